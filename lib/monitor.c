@@ -1,0 +1,482 @@
+/* The memory monitor: used / peak / limit per category and in total.
+ *
+ * Invariants (checked by cllm_monitor_check when quiescent):
+ *   - used(total) == sum of used(cat); at every instant total >= sum(cat), because a
+ *     reservation installs the total first and the category second, and a release
+ *     removes the category first and the total second;
+ *   - used(x) <= limit(x) whenever the limit was not lowered below use, since every
+ *     increase is one CAS that checks the limit against the value it replaces;
+ *   - peak(x) >= used(x): peaks are raised to values actually installed.
+ *
+ * Locks: one mutex per monitor guards the callback pair and the reclaimer table. It
+ * is never held while a callback runs, and the reserve/release fast paths never
+ * take it.
+ */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cllm/monitor.h>
+
+#include "internal/atomic.h"
+#include "internal/fault.h"
+#include "internal/util.h"
+
+/* ---- types ---------------------------------------------------------------- */
+
+typedef struct counter {
+  _Atomic size_t used;
+  _Atomic size_t peak;
+  _Atomic size_t limit; /* 0 = unlimited */
+} counter_t;
+
+typedef struct reclaimer {
+  cllm_reclaim_fn fn;
+  void *user;
+  unsigned busy; /* calls in flight (guarded by lock) */
+  bool removed;
+} reclaimer_t;
+
+struct cllm_monitor {
+  _Alignas(64) counter_t total;
+  _Alignas(64) counter_t cat[CLLM_CAT_COUNT];
+  _Alignas(64) _Atomic uint64_t refusals;
+  _Atomic uint64_t reclaim_runs;
+  _Atomic uint64_t reclaimed_bytes;
+  _Atomic uint64_t bad_releases;
+  _Atomic size_t credit;
+  _Atomic int n_reclaimers; /* a hint read without the lock */
+  pthread_mutex_t lock;
+  pthread_cond_t idle;
+  cllm_limit_fn limit_fn;
+  void *limit_user;
+  int n_rec;
+  reclaimer_t rec[CLLM_MONITOR_MAX_RECLAIMERS];
+  bool is_global;
+};
+
+static cllm_monitor_t g_monitor = {
+    .lock = PTHREAD_MUTEX_INITIALIZER,
+    .idle = PTHREAD_COND_INITIALIZER,
+    .is_global = true,
+};
+
+/* Set while the calling thread runs reclaimers: enforces the reentrancy rule. */
+static _Thread_local int t_in_reclaimer;
+
+const char *cllm_category_name(cllm_category_t cat) {
+  switch (cat) {
+    case CLLM_CAT_WEIGHTS: return "weights";
+    case CLLM_CAT_KV: return "kv";
+    case CLLM_CAT_STEP: return "step";
+    case CLLM_CAT_HEAP: return "heap";
+    default: return "unknown";
+  }
+}
+
+static bool cat_ok(cllm_category_t cat) { return (unsigned)cat < CLLM_CAT_COUNT; }
+
+/* ---- life cycle ------------------------------------------------------------ */
+
+cllm_monitor_config_t cllm_monitor_config_default(void) {
+  cllm_monitor_config_t c;
+  memset(&c, 0, sizeof c);
+  c.struct_size = sizeof c;
+  return c;
+}
+
+cllm_status_t cllm_monitor_create(const cllm_monitor_config_t *cfg, cllm_monitor_t **out) {
+  if (out == NULL) return CLLM_EINVAL;
+  *out = NULL;
+  cllm_monitor_config_t c = cllm_monitor_config_default();
+  if (cfg != NULL) {
+    if (cfg->struct_size < offsetof(cllm_monitor_config_t, limit_user) + sizeof(void *) ||
+        cfg->struct_size > sizeof c)
+      return CLLM_EINVAL;
+    memcpy(&c, cfg, cfg->struct_size);
+  }
+  cllm_monitor_t *m = CLLM_FAULT(CLLM_FAULT_MALLOC) ? NULL : aligned_alloc(64, sizeof *m);
+  if (m == NULL) return CLLM_ENOMEM;
+  memset(m, 0, sizeof *m);
+  if (pthread_mutex_init(&m->lock, NULL) != 0) {
+    free(m);
+    return CLLM_ENOMEM;
+  }
+  if (pthread_cond_init(&m->idle, NULL) != 0) {
+    pthread_mutex_destroy(&m->lock);
+    free(m);
+    return CLLM_ENOMEM;
+  }
+  atomic_init(&m->total.limit, c.limit_bytes);
+  for (int i = 0; i < CLLM_CAT_COUNT; i++) atomic_init(&m->cat[i].limit, c.category_limit_bytes[i]);
+  m->limit_fn = c.limit_fn;
+  m->limit_user = c.limit_user;
+  *out = m;
+  return CLLM_OK;
+}
+
+void cllm_monitor_destroy(cllm_monitor_t *m) {
+  if (m == NULL || m->is_global) return;
+  size_t used = cllm__atomic_load_relaxed(&m->total.used);
+  if (used != 0) cllm__warn("monitor destroyed with %zu bytes still reserved", used);
+  pthread_cond_destroy(&m->idle);
+  pthread_mutex_destroy(&m->lock);
+  free(m);
+}
+
+cllm_monitor_t *cllm_monitor_global(void) { return &g_monitor; }
+
+/* ---- reserve / release ------------------------------------------------------ */
+
+/* Why a reservation was refused, for the shortfall and the limit callback. */
+typedef struct refusal {
+  size_t used, limit;
+} refusal_t;
+
+/* Add `bytes` to c with one CAS loop; refuse (false) if the limit would be passed
+ * or the counter would overflow. *installed is the value we put in. */
+static bool counter_add(counter_t *c, size_t bytes, size_t *installed, refusal_t *why) {
+  size_t cur = cllm__atomic_load_relaxed(&c->used);
+  for (;;) {
+    size_t lim = cllm__atomic_load_relaxed(&c->limit);
+    size_t next;
+    if (cllm__add_overflow(cur, bytes, &next) || (lim != 0 && next > lim)) {
+      why->used = cur;
+      why->limit = lim != 0 ? lim : SIZE_MAX;
+      return false;
+    }
+    if (cllm__atomic_cas_weak_acq_rel(&c->used, &cur, next)) {
+      *installed = next;
+      return true;
+    }
+  }
+}
+
+static cllm_status_t reserve_once(cllm_monitor_t *m, cllm_category_t cat, size_t bytes,
+                                  refusal_t *why) {
+  size_t total_now, cat_now;
+  if (!counter_add(&m->total, bytes, &total_now, why)) return CLLM_ELIMIT;
+  if (!counter_add(&m->cat[cat], bytes, &cat_now, why)) {
+    cllm__atomic_sub_acq_rel(&m->total.used, bytes);
+    return CLLM_ELIMIT;
+  }
+  cllm__atomic_max_relaxed(&m->total.peak, total_now);
+  cllm__atomic_max_relaxed(&m->cat[cat].peak, cat_now);
+  return CLLM_OK;
+}
+
+/* Ask the reclaimers for `needed` bytes; returns what they report freeing. */
+static size_t run_reclaimers(cllm_monitor_t *m, cllm_category_t cat, size_t needed) {
+  reclaimer_t snap[CLLM_MONITOR_MAX_RECLAIMERS];
+  int idx[CLLM_MONITOR_MAX_RECLAIMERS];
+  int n = 0;
+  pthread_mutex_lock(&m->lock);
+  for (int i = 0; i < m->n_rec; i++) {
+    if (m->rec[i].removed) continue;
+    m->rec[i].busy++;
+    snap[n] = m->rec[i];
+    idx[n++] = i;
+  }
+  pthread_mutex_unlock(&m->lock);
+  if (n == 0) return 0;
+  cllm__atomic_add_relaxed(&m->reclaim_runs, 1);
+  size_t freed = 0;
+  t_in_reclaimer++;
+  for (int i = 0; i < n && freed < needed; i++) {
+    size_t got = snap[i].fn(snap[i].user, cat, needed - freed);
+    freed = got > SIZE_MAX - freed ? SIZE_MAX : freed + got;
+  }
+  t_in_reclaimer--;
+  pthread_mutex_lock(&m->lock);
+  /* Entries never move while busy (remove waits for busy == 0 before compacting). */
+  for (int i = 0; i < n; i++) m->rec[idx[i]].busy--;
+  pthread_cond_broadcast(&m->idle);
+  pthread_mutex_unlock(&m->lock);
+  cllm__atomic_add_relaxed(&m->reclaimed_bytes, freed);
+  return freed;
+}
+
+static cllm_status_t reserve_impl(cllm_monitor_t *m, cllm_category_t cat, size_t bytes,
+                                  bool reclaim) {
+  if (m == NULL || !cat_ok(cat)) return CLLM_EINVAL;
+  if (t_in_reclaimer) return CLLM_EBUSY;
+  if (bytes == 0) return CLLM_OK;
+  refusal_t why;
+  if (CLLM_FAULT(CLLM_FAULT_RESERVE)) {
+    why.used = cllm__atomic_load_relaxed(&m->total.used);
+    why.limit = cllm__atomic_load_relaxed(&m->total.limit);
+  } else if (CLLM_LIKELY(reserve_once(m, cat, bytes, &why) == CLLM_OK)) {
+    return CLLM_OK;
+  }
+  if (!reclaim) return CLLM_ELIMIT;
+  if (cllm__atomic_load_relaxed(&m->n_reclaimers) > 0) {
+    /* Shortfall = used + bytes - limit, saturating. */
+    size_t short_by;
+    if (why.used >= why.limit) {
+      if (cllm__add_overflow(bytes, why.used - why.limit, &short_by)) short_by = SIZE_MAX;
+    } else {
+      size_t room = why.limit - why.used;
+      short_by = bytes > room ? bytes - room : bytes;
+    }
+    run_reclaimers(m, cat, short_by);
+    if (reserve_once(m, cat, bytes, &why) == CLLM_OK) return CLLM_OK;
+  }
+  cllm__atomic_add_relaxed(&m->refusals, 1);
+  pthread_mutex_lock(&m->lock);
+  cllm_limit_fn fn = m->limit_fn;
+  void *user = m->limit_user;
+  pthread_mutex_unlock(&m->lock);
+  if (fn != NULL) fn(user, cat, why.used, bytes, why.limit);
+  return CLLM_ELIMIT;
+}
+
+cllm_status_t cllm_monitor_reserve(cllm_monitor_t *m, cllm_category_t cat, size_t bytes) {
+  return reserve_impl(m, cat, bytes, true);
+}
+
+cllm_status_t cllm_monitor_try_reserve(cllm_monitor_t *m, cllm_category_t cat, size_t bytes) {
+  return reserve_impl(m, cat, bytes, false);
+}
+
+cllm_status_t cllm_monitor_release(cllm_monitor_t *m, cllm_category_t cat, size_t bytes) {
+  if (m == NULL || !cat_ok(cat)) return CLLM_EINVAL;
+  if (bytes == 0) return CLLM_OK;
+  counter_t *c = &m->cat[cat];
+  size_t cur = cllm__atomic_load_relaxed(&c->used);
+  do {
+    if (cur < bytes) {
+      cllm__atomic_add_relaxed(&m->bad_releases, 1);
+      cllm__warn("release of %zu bytes of %s refused: only %zu reserved", bytes,
+                 cllm_category_name(cat), cur);
+      return CLLM_EINVAL;
+    }
+  } while (!cllm__atomic_cas_weak_acq_rel(&c->used, &cur, cur - bytes));
+  size_t prev = cllm__atomic_sub_acq_rel(&m->total.used, bytes);
+  cllm_assert_internal(prev >= bytes);
+  (void)prev;
+  return CLLM_OK;
+}
+
+/* ---- limits, peaks, callbacks ---------------------------------------------- */
+
+cllm_status_t cllm_monitor_set_limit(cllm_monitor_t *m, size_t bytes) {
+  if (m == NULL) return CLLM_EINVAL;
+  cllm__atomic_store_relaxed(&m->total.limit, bytes);
+  return CLLM_OK;
+}
+
+cllm_status_t cllm_monitor_set_category_limit(cllm_monitor_t *m, cllm_category_t cat,
+                                              size_t bytes) {
+  if (m == NULL || !cat_ok(cat)) return CLLM_EINVAL;
+  cllm__atomic_store_relaxed(&m->cat[cat].limit, bytes);
+  return CLLM_OK;
+}
+
+size_t cllm_monitor_limit(const cllm_monitor_t *m) {
+  return m == NULL ? 0 : cllm__atomic_load_relaxed(&((cllm_monitor_t *)m)->total.limit);
+}
+
+static const counter_t *pick(const cllm_monitor_t *m, cllm_category_t cat) {
+  if (m == NULL) return NULL;
+  if (cat == CLLM_CAT_COUNT) return &m->total;
+  return cat_ok(cat) ? &m->cat[cat] : NULL;
+}
+
+size_t cllm_monitor_used(const cllm_monitor_t *m, cllm_category_t cat) {
+  counter_t *c = (counter_t *)pick(m, cat);
+  return c == NULL ? 0 : cllm__atomic_load_relaxed(&c->used);
+}
+
+size_t cllm_monitor_peak(const cllm_monitor_t *m, cllm_category_t cat) {
+  counter_t *c = (counter_t *)pick(m, cat);
+  return c == NULL ? 0 : cllm__atomic_load_relaxed(&c->peak);
+}
+
+static void reset_peak(counter_t *c) {
+  /* Store the current use, then raise to any value installed meanwhile. */
+  cllm__atomic_store_relaxed(&c->peak, cllm__atomic_load_relaxed(&c->used));
+  cllm__atomic_max_relaxed(&c->peak, cllm__atomic_load_relaxed(&c->used));
+}
+
+cllm_status_t cllm_monitor_reset_peak(cllm_monitor_t *m) {
+  if (m == NULL) return CLLM_EINVAL;
+  for (int i = 0; i < CLLM_CAT_COUNT; i++) reset_peak(&m->cat[i]);
+  reset_peak(&m->total);
+  return CLLM_OK;
+}
+
+cllm_status_t cllm_monitor_set_limit_callback(cllm_monitor_t *m, cllm_limit_fn fn, void *user) {
+  if (m == NULL) return CLLM_EINVAL;
+  pthread_mutex_lock(&m->lock);
+  m->limit_fn = fn;
+  m->limit_user = fn != NULL ? user : NULL;
+  pthread_mutex_unlock(&m->lock);
+  return CLLM_OK;
+}
+
+/* ---- reclaimers ------------------------------------------------------------ */
+
+cllm_status_t cllm_monitor_add_reclaimer(cllm_monitor_t *m, cllm_reclaim_fn fn, void *user) {
+  if (m == NULL || fn == NULL) return CLLM_EINVAL;
+  if (t_in_reclaimer) return CLLM_EBUSY;
+  cllm_status_t rc = CLLM_OK;
+  pthread_mutex_lock(&m->lock);
+  for (int i = 0; i < m->n_rec; i++)
+    if (!m->rec[i].removed && m->rec[i].fn == fn && m->rec[i].user == user) rc = CLLM_EEXIST;
+  if (rc == CLLM_OK && m->n_rec == CLLM_MONITOR_MAX_RECLAIMERS) rc = CLLM_ENOMEM;
+  if (rc == CLLM_OK) {
+    m->rec[m->n_rec++] = (reclaimer_t){.fn = fn, .user = user};
+    cllm__atomic_add_relaxed(&m->n_reclaimers, 1);
+  }
+  pthread_mutex_unlock(&m->lock);
+  return rc;
+}
+
+cllm_status_t cllm_monitor_remove_reclaimer(cllm_monitor_t *m, cllm_reclaim_fn fn, void *user) {
+  if (m == NULL || fn == NULL) return CLLM_EINVAL;
+  if (t_in_reclaimer) return CLLM_EBUSY;
+  pthread_mutex_lock(&m->lock);
+  int at = -1;
+  for (int i = 0; i < m->n_rec && at < 0; i++)
+    if (!m->rec[i].removed && m->rec[i].fn == fn && m->rec[i].user == user) at = i;
+  if (at < 0) {
+    pthread_mutex_unlock(&m->lock);
+    return CLLM_ENOTFOUND;
+  }
+  m->rec[at].removed = true; /* no new run picks it up */
+  cllm__atomic_sub_relaxed(&m->n_reclaimers, 1);
+  /* Wait until no run is calling any entry, so entries can move. */
+  for (;;) {
+    bool busy = false;
+    for (int i = 0; i < m->n_rec; i++) busy = busy || m->rec[i].busy != 0;
+    if (!busy) break;
+    pthread_cond_wait(&m->idle, &m->lock);
+  }
+  int k = 0;
+  for (int i = 0; i < m->n_rec; i++)
+    if (!m->rec[i].removed) m->rec[k++] = m->rec[i];
+  m->n_rec = k;
+  pthread_mutex_unlock(&m->lock);
+  return CLLM_OK;
+}
+
+/* ---- stats and check --------------------------------------------------------- */
+
+cllm_status_t cllm_monitor_stats(const cllm_monitor_t *cm, cllm_monitor_stats_t *st) {
+  if (cm == NULL || st == NULL || st->struct_size < sizeof(size_t)) return CLLM_EINVAL;
+  cllm_monitor_t *m = (cllm_monitor_t *)cm;
+  cllm_monitor_stats_t s;
+  memset(&s, 0, sizeof s);
+  s.struct_size = st->struct_size < sizeof s ? st->struct_size : sizeof s;
+  s.used_bytes = cllm__atomic_load_relaxed(&m->total.used);
+  s.peak_bytes = cllm__atomic_load_relaxed(&m->total.peak);
+  s.limit_bytes = cllm__atomic_load_relaxed(&m->total.limit);
+  for (int i = 0; i < CLLM_CAT_COUNT; i++) {
+    s.cat[i].used_bytes = cllm__atomic_load_relaxed(&m->cat[i].used);
+    s.cat[i].peak_bytes = cllm__atomic_load_relaxed(&m->cat[i].peak);
+    s.cat[i].limit_bytes = cllm__atomic_load_relaxed(&m->cat[i].limit);
+  }
+  s.refusals = cllm__atomic_load_relaxed(&m->refusals);
+  s.reclaim_runs = cllm__atomic_load_relaxed(&m->reclaim_runs);
+  s.reclaimed_bytes = cllm__atomic_load_relaxed(&m->reclaimed_bytes);
+  s.bad_releases = cllm__atomic_load_relaxed(&m->bad_releases);
+  s.batch_credit_bytes = cllm__atomic_load_relaxed(&m->credit);
+  memcpy(st, &s, s.struct_size);
+  return CLLM_OK;
+}
+
+cllm_status_t cllm_monitor_check(const cllm_monitor_t *cm) {
+  if (cm == NULL) return CLLM_EINVAL;
+  cllm_monitor_stats_t s = {.struct_size = sizeof s};
+  if (cllm_monitor_stats(cm, &s) != CLLM_OK) return CLLM_EINVAL;
+  size_t sum = 0;
+  for (int i = 0; i < CLLM_CAT_COUNT; i++) {
+    sum += s.cat[i].used_bytes;
+    if (s.cat[i].peak_bytes < s.cat[i].used_bytes) {
+      cllm__error("monitor check: %s peak %zu < used %zu", cllm_category_name((cllm_category_t)i),
+                  s.cat[i].peak_bytes, s.cat[i].used_bytes);
+      return CLLM_ECORRUPT;
+    }
+  }
+  if (sum != s.used_bytes) {
+    cllm__error("monitor check: total %zu != sum of categories %zu", s.used_bytes, sum);
+    return CLLM_ECORRUPT;
+  }
+  if (s.peak_bytes < s.used_bytes || s.batch_credit_bytes > s.used_bytes) {
+    cllm__error("monitor check: peak %zu, used %zu, credit %zu inconsistent", s.peak_bytes,
+                s.used_bytes, s.batch_credit_bytes);
+    return CLLM_ECORRUPT;
+  }
+  return CLLM_OK;
+}
+
+/* ---- batched accounting ------------------------------------------------------- */
+
+cllm_status_t cllm_monitor_batch_init(cllm_monitor_batch_t *b, cllm_monitor_t *m,
+                                      cllm_category_t cat, size_t batch_bytes) {
+  if (b == NULL || m == NULL || !cat_ok(cat) || batch_bytes > SIZE_MAX / 4) return CLLM_EINVAL;
+  b->monitor = m;
+  b->cat = cat;
+  b->batch_bytes = batch_bytes != 0 ? batch_bytes : CLLM_MONITOR_BATCH_DEFAULT_BYTES;
+  b->credit = 0;
+  b->published = 0;
+  return CLLM_OK;
+}
+
+/* Report the batch's credit to the monitor's stats (slow paths only). */
+static void publish(cllm_monitor_batch_t *b) {
+  if (b->credit >= b->published)
+    cllm__atomic_add_relaxed(&b->monitor->credit, b->credit - b->published);
+  else
+    cllm__atomic_sub_relaxed(&b->monitor->credit, b->published - b->credit);
+  b->published = b->credit;
+}
+
+cllm_status_t cllm_monitor_batch_refill_(cllm_monitor_batch_t *b, size_t bytes) {
+  if (b == NULL || b->monitor == NULL) return CLLM_EINVAL;
+  if (bytes <= b->credit) { /* reached only through a direct call */
+    b->credit -= bytes;
+    return CLLM_OK;
+  }
+  cllm_monitor_t *m = b->monitor;
+  size_t need = bytes - b->credit, ask;
+  /* Leave batch_bytes of credit after this reservation, when the limit allows. */
+  if (!cllm__add_overflow(need, b->batch_bytes, &ask) &&
+      cllm_monitor_try_reserve(m, b->cat, ask) == CLLM_OK) {
+    b->credit = b->batch_bytes;
+    publish(b);
+    return CLLM_OK;
+  }
+  /* Near the limit: reserve exactly the shortfall (reclaimers may run). */
+  cllm_status_t rc = cllm_monitor_reserve(m, b->cat, need);
+  if (rc != CLLM_OK) return rc;
+  b->credit = 0;
+  publish(b);
+  return CLLM_OK;
+}
+
+cllm_status_t cllm_monitor_batch_release_slow_(cllm_monitor_batch_t *b, size_t bytes) {
+  if (b == NULL || b->monitor == NULL) return CLLM_EINVAL;
+  size_t total;
+  if (cllm__add_overflow(b->credit, bytes, &total)) return CLLM_EINVAL;
+  if (total <= 2 * b->batch_bytes) { /* reached only through a direct call */
+    b->credit = total;
+    return CLLM_OK;
+  }
+  size_t give = total - b->batch_bytes;
+  cllm_status_t rc = cllm_monitor_release(b->monitor, b->cat, give);
+  if (rc != CLLM_OK) return rc;
+  b->credit = b->batch_bytes;
+  publish(b);
+  return CLLM_OK;
+}
+
+cllm_status_t cllm_monitor_batch_flush(cllm_monitor_batch_t *b) {
+  if (b == NULL || b->monitor == NULL) return CLLM_EINVAL;
+  if (b->credit == 0) return CLLM_OK;
+  cllm_status_t rc = cllm_monitor_release(b->monitor, b->cat, b->credit);
+  if (rc != CLLM_OK) return rc;
+  b->credit = 0;
+  publish(b);
+  return CLLM_OK;
+}
