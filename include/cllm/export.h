@@ -4,7 +4,13 @@
 
 #if defined(__GNUC__) || defined(__clang__)
 #define CLLM_API __attribute__((visibility("default")))
+/* gcc's warn_unused_result cannot be silenced with a (void) cast, so only clang
+ * (where the cast works) warns about an ignored status. */
+#if defined(__clang__)
 #define CLLM_NODISCARD __attribute__((warn_unused_result))
+#else
+#define CLLM_NODISCARD
+#endif
 #define CLLM_LIKELY(x) __builtin_expect(!!(x), 1)
 #define CLLM_UNLIKELY(x) __builtin_expect(!!(x), 0)
 #define CLLM_MALLOC_ATTR __attribute__((malloc))

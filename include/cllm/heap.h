@@ -1,0 +1,145 @@
+/* cllm-mem: per-thread NUMA-aware heaps (mimalloc heaps in per-node exclusive arenas).
+ *
+ *   cllm_heaps_config_t cfg = cllm_heaps_config_default();
+ *   cfg.bytes_per_node = 1ull << 30;                 // one region per NUMA node
+ *   cllm_heaps_t *heaps; if (cllm_heaps_create(&cfg, &heaps) < 0) ...;
+ *
+ *   // in a worker thread (optionally: cllm_heap_attach(heaps, node) first)
+ *   float *x = cllm_heap_alloc_aligned(heaps, n * sizeof(float), 64);
+ *   ...
+ *   cllm_heap_free(heaps, x);                        // from any thread
+ *   cllm_heaps_destroy(heaps);                        // after every thread is done
+ *
+ * Each thread allocates from its own mimalloc heap, created on first use inside the
+ * region of its node: an explicit cllm_heap_attach() wins, then the node the thread
+ * is bound to, then the node of the CPU it runs on. A heap allocates only on the
+ * thread that owns it (Thread: owner for alloc, calloc, realloc, alloc_aligned);
+ * cllm_heap_free and cllm_heap_usable_size work from any thread (Thread: any).
+ * Every byte handed out is charged to the monitor's HEAP category through a
+ * per-thread batched counter (slack: at most 2 x batch_bytes per thread).
+ *
+ * Pointer-returning calls return NULL on failure and record the reason for the
+ * calling thread (cllm_last_status()) and in the per-thread/node stats.
+ */
+#ifndef CLLM_HEAP_H
+#define CLLM_HEAP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cllm/export.h>
+#include <cllm/monitor.h>
+#include <cllm/numa.h>
+#include <cllm/status.h>
+
+CLLM_EXTERN_C_BEGIN
+
+typedef struct cllm_heaps cllm_heaps_t;
+
+// What the heaps could set up on this machine.
+typedef enum cllm_heap_mode {
+  CLLM_HEAP_MODE_NUMA = 0,   // one bound exclusive arena per node
+  CLLM_HEAP_MODE_SINGLE = 1, // one node (or max_nodes 1): one arena, no binding needed
+  CLLM_HEAP_MODE_PLAIN = 2,  // regions could not be set up or bound: plain per-thread
+                             // mimalloc heaps from mimalloc's own memory
+} cllm_heap_mode_t;
+
+// "numa", "single", "plain".
+CLLM_API const char *cllm_heap_mode_name(cllm_heap_mode_t mode);
+
+typedef struct cllm_heaps_config {
+  size_t struct_size;              // set by cllm_heaps_config_default()
+  size_t bytes_per_node;           // region per node; rounded up to 32 MiB; default 1 GiB
+  cllm_monitor_t *monitor;         // NULL = cllm_monitor_global()
+  const cllm_topology_t *topology; // NULL = cllm_topology_system()
+  int max_nodes;                   // 0 = all nodes of the topology
+  bool transparent_huge_pages;     // advise regions for THP (default true)
+  bool allow_fallback;             // a full node may serve from another node (counted)
+  bool allow_plain;                // degrade to PLAIN mode when regions fail (default true)
+  size_t batch_bytes;              // monitor batch per thread; 0 = default
+} cllm_heaps_config_t;
+
+// Defaults as documented above. Thread: any.
+CLLM_API cllm_heaps_config_t cllm_heaps_config_default(void);
+
+// Reserve and bind one region per node and register each as an exclusive mimalloc
+// arena. Errors: CLLM_EINVAL (out NULL, bad config), CLLM_ENOMEM, CLLM_ESYS (map or
+// bind failed and allow_plain is false), CLLM_ENOTSUP (mimalloc arena limit reached
+// and allow_plain is false). *out is NULL on error; nothing is leaked. Note:
+// mimalloc can never unregister an arena, so each create uses up to one of its 64
+// arena slots per node for the life of the process; destroy returns the memory.
+CLLM_API CLLM_NODISCARD cllm_status_t cllm_heaps_create(const cllm_heaps_config_t *cfg,
+                                                         cllm_heaps_t **out);
+// Destroy the heaps: every pointer from them becomes invalid. NULL is a no-op.
+// The caller guarantees no thread uses them any more.
+CLLM_API void cllm_heaps_destroy(cllm_heaps_t *h);
+
+// The mode in force.
+CLLM_API cllm_heap_mode_t cllm_heaps_mode(const cllm_heaps_t *h);
+
+// Make the calling thread allocate from `node`'s region from now on.
+// Errors: CLLM_EINVAL (NULL), CLLM_ENOTFOUND (no such node), CLLM_EBUSY (the thread
+// already has a heap on another node and it still holds live blocks), CLLM_ENOMEM.
+// Thread: owner (acts on the calling thread).
+CLLM_API CLLM_NODISCARD cllm_status_t cllm_heap_attach(cllm_heaps_t *h, int node);
+// The node the calling thread allocates from (attaching by the rules above if it
+// has no heap yet), or -1 for NULL.
+CLLM_API int cllm_heap_node(cllm_heaps_t *h);
+
+// Allocate `bytes` (16-byte aligned; 0 returns a unique minimal block). NULL on
+// failure: CLLM_EINVAL (h NULL), CLLM_ENOMEM (node region full), CLLM_ELIMIT
+// (monitor refused). Thread: owner.
+CLLM_API CLLM_MALLOC_ATTR void *cllm_heap_alloc(cllm_heaps_t *h, size_t bytes);
+// As alloc with `align` a power of two up to at least 2 MiB; any other align gives
+// NULL and CLLM_EINVAL (counted). Thread: owner.
+CLLM_API CLLM_MALLOC_ATTR void *cllm_heap_alloc_aligned(cllm_heaps_t *h, size_t bytes,
+                                                        size_t align);
+// n x size zeroed bytes; an overflowing product gives NULL and CLLM_EOVERFLOW.
+CLLM_API CLLM_MALLOC_ATTR void *cllm_heap_calloc(cllm_heaps_t *h, size_t n, size_t size);
+// Resize p (NULL p = alloc; bytes 0 = free and return NULL). On failure NULL is
+// returned and p is untouched. Thread: owner.
+CLLM_API void *cllm_heap_realloc(cllm_heaps_t *h, void *p, size_t bytes);
+// Free p (NULL is a no-op). A pointer that is not from these heaps is ignored,
+// counted in stats, and logged (it never corrupts anything). Thread: any.
+CLLM_API void cllm_heap_free(cllm_heaps_t *h, void *p);
+// Usable bytes of p (0 for NULL or a foreign pointer). Thread: any.
+CLLM_API size_t cllm_heap_usable_size(cllm_heaps_t *h, const void *p);
+// Return the calling thread's batched monitor credit now (a thread that stops
+// allocating for a long time may call this). Thread: owner.
+CLLM_API CLLM_NODISCARD cllm_status_t cllm_heap_thread_flush(cllm_heaps_t *h);
+
+/* ---- statistics -------------------------------------------------------------- */
+
+#define CLLM_HEAP_MAX_NODES 64
+
+typedef struct cllm_heap_node_stats {
+  int node;
+  size_t region_bytes;      // 0 in PLAIN mode
+  size_t huge_page_bytes;   // region bytes the kernel backs with THP (smaps)
+  size_t bytes_in_use;      // handed out and not freed (usable sizes)
+  uint64_t allocations;
+  uint64_t frees;
+  uint64_t failures;        // NULL returned (full region, limit, bad input)
+  uint64_t fallbacks;       // served by another node (allow_fallback)
+} cllm_heap_node_stats_t;
+
+typedef struct cllm_heaps_stats {
+  size_t struct_size;       // the caller sets sizeof(cllm_heaps_stats_t)
+  cllm_heap_mode_t mode;
+  int nodes;
+  int threads;              // threads that have a heap now
+  uint64_t foreign_frees;   // frees of pointers not from these heaps
+  uint64_t einval;          // bad-argument calls (non-power-of-two alignment, ...)
+  cllm_heap_node_stats_t node[CLLM_HEAP_MAX_NODES];
+} cllm_heaps_stats_t;
+
+// Fill *st. Errors: CLLM_EINVAL. Thread: any.
+CLLM_API CLLM_NODISCARD cllm_status_t cllm_heaps_stats(const cllm_heaps_t *h,
+                                                        cllm_heaps_stats_t *st);
+// Verify invariants (regions registered, per-node counters consistent, monitor
+// HEAP figure covers bytes in use). CLLM_ECORRUPT on violation. Thread: any.
+CLLM_API CLLM_NODISCARD cllm_status_t cllm_heaps_check(const cllm_heaps_t *h);
+
+CLLM_EXTERN_C_END
+#endif /* CLLM_HEAP_H */
