@@ -156,7 +156,12 @@ static cllm_status_t reserve_once(cllm_monitor_t *m, cllm_category_t cat, size_t
                                   refusal_t *why) {
   size_t total_now, cat_now;
   if (!counter_add(&m->total, bytes, &total_now, why)) return CLLM_ELIMIT;
-  if (!counter_add(&m->cat[cat], bytes, &cat_now, why)) {
+  counter_t *c = &m->cat[cat];
+  if (cllm__atomic_load_relaxed(&c->limit) == 0) {
+    /* No category limit: one fetch_add. It cannot overflow, because the total
+     * (which is >= every category) was just raised by `bytes` without overflowing. */
+    cat_now = cllm__atomic_add_acq_rel(&c->used, bytes) + bytes;
+  } else if (!counter_add(c, bytes, &cat_now, why)) {
     cllm__atomic_sub_acq_rel(&m->total.used, bytes);
     return CLLM_ELIMIT;
   }
