@@ -29,13 +29,18 @@ build() {
   src=$(ls "$fuzz_dir/${name}_fuzz.c" "$fuzz_dir/${name}_fuzz.cc" 2>/dev/null | head -n1 || true)
   [ -n "$src" ] || { echo "fuzz.sh: no fuzzer '$name' (try --list)" >&2; exit 2; }
   command -v clang >/dev/null || { echo "fuzz.sh: clang not found (tools/bazel installs it)" >&2; exit 1; }
-  mkdir -p "$build_dir/obj-$name"
+  mkdir -p "$build_dir/obj"
   local flags=(-g -O1 -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined
                -D_GNU_SOURCE -DCLLM_FAULT_INJECTION -Iinclude -I. -I"$fuzz_dir")
-  local objs=()
+  # The library's objects are shared by every fuzzer; rebuilt when a source or any
+  # header is newer than the object.
+  local newest_h objs=()
+  newest_h=$(ls -t include/cllm/*.h lib/*.h lib/internal/*.h 2>/dev/null | head -n1)
   for c in lib/*.c; do
-    o="$build_dir/obj-$name/$(basename "${c%.c}").o"
-    clang -std=c11 "${flags[@]}" -c "$c" -o "$o"
+    o="$build_dir/obj/$(basename "${c%.c}").o"
+    if [ ! -e "$o" ] || [ "$c" -nt "$o" ] || [ "$newest_h" -nt "$o" ]; then
+      clang -std=c11 "${flags[@]}" -c "$c" -o "$o"
+    fi
     objs+=("$o")
   done
   local cc=clang std=-std=gnu11
