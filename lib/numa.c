@@ -11,6 +11,7 @@
 #include <hwloc.h>
 #include <pthread.h>
 #include <sched.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
@@ -154,25 +155,30 @@ void cllm_topology_destroy(cllm_topology_t *t) {
   topo_free(t);
 }
 
-static pthread_once_t g_sys_once = PTHREAD_ONCE_INIT;
-static cllm_topology_t *g_sys;
-
-static void load_system(void) {
-  cllm_topology_config_t c = cllm_topology_config_default();
-  const char *cap = getenv("CLLM_NUMA_MAX_NODES");
-  if (cap != NULL && atoi(cap) > 0) c.max_nodes = atoi(cap);
-  cllm_topology_t *t = NULL;
-  if (cllm_topology_create(&c, &t) == CLLM_OK) {
-    t->is_static = true;
-    g_sys = t;
-  } else {
-    cllm__warn("hwloc could not load this machine's topology");
-  }
-}
+/* Loaded on first use under a mutex; a failed load (e.g. out of memory) is not
+ * cached, the next call tries again. Once loaded it is never freed. */
+static pthread_mutex_t g_sys_lock = PTHREAD_MUTEX_INITIALIZER;
+static cllm_topology_t *_Atomic g_sys;
 
 const cllm_topology_t *cllm_topology_system(void) {
-  pthread_once(&g_sys_once, load_system);
-  return g_sys;
+  cllm_topology_t *t = atomic_load_explicit(&g_sys, memory_order_acquire);
+  if (t != NULL) return t;
+  pthread_mutex_lock(&g_sys_lock);
+  t = atomic_load_explicit(&g_sys, memory_order_relaxed);
+  if (t == NULL) {
+    cllm_topology_config_t c = cllm_topology_config_default();
+    const char *cap = getenv("CLLM_NUMA_MAX_NODES");
+    if (cap != NULL && atoi(cap) > 0) c.max_nodes = atoi(cap);
+    if (cllm_topology_create(&c, &t) == CLLM_OK) {
+      t->is_static = true;
+      atomic_store_explicit(&g_sys, t, memory_order_release);
+    } else {
+      t = NULL;
+      cllm__warn("hwloc could not load this machine's topology");
+    }
+  }
+  pthread_mutex_unlock(&g_sys_lock);
+  return t;
 }
 
 /* ---- queries -------------------------------------------------------------------------- */

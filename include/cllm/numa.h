@@ -61,7 +61,8 @@ CLLM_API CLLM_NODISCARD cllm_status_t cllm_topology_create(const cllm_topology_c
 CLLM_API void cllm_topology_destroy(cllm_topology_t *t);
 
 // The running machine's topology, loaded once on first use; CLLM_NUMA_MAX_NODES in
-// the environment caps its nodes. NULL only if hwloc cannot load at all. Thread: any.
+// the environment caps its nodes. NULL if it cannot be loaded (hwloc failed, or out
+// of memory: a later call tries again). Thread: any.
 CLLM_API const cllm_topology_t *cllm_topology_system(void);
 
 // Number of NUMA nodes (>= 1); 0 for NULL. Thread: any.
