@@ -17,6 +17,9 @@
  * cllm_heap_free and cllm_heap_usable_size work from any thread (Thread: any).
  * Every byte handed out is charged to the monitor's HEAP category through a
  * per-thread batched counter (slack: at most 2 x batch_bytes per thread).
+ * A thread that exits leaves its blocks valid (any thread may free them later);
+ * its batched credit goes back to the monitor at exit, and mimalloc lets other
+ * threads' heaps of the same node reuse its segments.
  *
  * Pointer-returning calls return NULL on failure and record the reason for the
  * calling thread (cllm_last_status()) and in the per-thread/node stats.
@@ -65,43 +68,81 @@ CLLM_API cllm_heaps_config_t cllm_heaps_config_default(void);
 
 // Reserve and bind one region per node and register each as an exclusive mimalloc
 // arena. Errors: CLLM_EINVAL (out NULL, bad config), CLLM_ENOMEM, CLLM_ESYS (map or
-// bind failed and allow_plain is false), CLLM_ENOTSUP (mimalloc arena limit reached
-// and allow_plain is false). *out is NULL on error; nothing is leaked. Note:
-// mimalloc can never unregister an arena, so each create uses up to one of its 64
-// arena slots per node for the life of the process; destroy returns the memory.
+// bind failed and allow_plain is false), CLLM_ENOTSUP (mimalloc arena limit reached,
+// or binding refused because the topology is not this machine, and allow_plain is
+// false). With allow_plain, any of those gives PLAIN mode instead (see
+// cllm_heaps_mode). cfg NULL = defaults. *out is NULL on error; nothing is leaked.
+//
+// Sizing: each thread allocating on a node holds at least one 32 MiB mimalloc
+// segment of that node's region, so bytes_per_node should be >= 32 MiB x the
+// threads on the node (plus what they keep live). Regions are mapped MAP_NORESERVE:
+// only touched pages use memory.
+//
+// Regions and mimalloc's 64-arena limit: mimalloc can never unregister an arena, so
+// a region, once registered, stays mapped for the life of the process. Destroy puts
+// it in a process-wide pool, and a later create asking for the same region size,
+// node and THP setting reuses it (and its arena) instead of registering a new one;
+// so creating and destroying heaps objects of one shape any number of times uses at
+// most `nodes` arena slots. Memory the kernel committed for a pooled region stays
+// committed (mimalloc keeps its segments there) and is reused by the next owner.
+// Thread: any.
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_heaps_create(const cllm_heaps_config_t *cfg,
                                                          cllm_heaps_t **out);
 // Destroy the heaps: every pointer from them becomes invalid. NULL is a no-op.
-// The caller guarantees no thread uses them any more.
+// The caller guarantees no thread uses them any more. Every thread's batched HEAP
+// credit is returned to the monitor. The calling thread's mimalloc heaps are
+// destroyed at once; other threads that are still alive keep theirs (mimalloc lets
+// only the owner delete a heap) until they exit, so the region space those hold
+// (including blocks never freed) comes back only then. Thread: any.
 CLLM_API void cllm_heaps_destroy(cllm_heaps_t *h);
 
-// The mode in force.
+// The mode in force (PLAIN for NULL). Thread: any.
 CLLM_API cllm_heap_mode_t cllm_heaps_mode(const cllm_heaps_t *h);
 
-// Make the calling thread allocate from `node`'s region from now on.
-// Errors: CLLM_EINVAL (NULL), CLLM_ENOTFOUND (no such node), CLLM_EBUSY (the thread
-// already has a heap on another node and it still holds live blocks), CLLM_ENOMEM.
+// Make the calling thread allocate from `node`'s region from now on (its heap for
+// that node is created now). Blocks it allocated on another node stay valid: a
+// thread keeps one mimalloc heap per node it has used. Errors: CLLM_EINVAL (NULL),
+// CLLM_ENOTFOUND (no such node), CLLM_ENOMEM (no memory for the thread's state or
+// its mimalloc heap). (CLLM_EBUSY is never returned: switching nodes is always
+// allowed.) In PLAIN mode the node is recorded but memory has no placement.
 // Thread: owner (acts on the calling thread).
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_heap_attach(cllm_heaps_t *h, int node);
 // The node the calling thread allocates from (attaching by the rules above if it
-// has no heap yet), or -1 for NULL.
+// has no heap yet), or -1 for NULL. Thread: owner.
 CLLM_API int cllm_heap_node(cllm_heaps_t *h);
 
 // Allocate `bytes` (16-byte aligned; 0 returns a unique minimal block). NULL on
-// failure: CLLM_EINVAL (h NULL), CLLM_ENOMEM (node region full), CLLM_ELIMIT
-// (monitor refused). Thread: owner.
+// failure: CLLM_EINVAL (h NULL), CLLM_ENOMEM (node region full, size too large, no
+// memory for the thread's heap), CLLM_ELIMIT (monitor refused). With allow_fallback
+// in NUMA mode a full node is served by the next node with room (counted in the
+// thread's node's `fallbacks`). Thread: owner.
 CLLM_API CLLM_MALLOC_ATTR void *cllm_heap_alloc(cllm_heaps_t *h, size_t bytes);
-// As alloc with `align` a power of two up to at least 2 MiB; any other align gives
-// NULL and CLLM_EINVAL (counted). Thread: owner.
+// Largest alignment cllm_heap_alloc_aligned accepts (half a mimalloc segment).
+#define CLLM_HEAP_MAX_ALIGN ((size_t)16 << 20)
+
+// As alloc with `align` a power of two up to CLLM_HEAP_MAX_ALIGN (16 MiB); any other
+// align (0, 3, 32 MiB...) gives NULL and CLLM_EINVAL (counted in `einval`). Large
+// alignments over-allocate inside the region (usable size counts from the returned
+// pointer). Thread: owner.
 CLLM_API CLLM_MALLOC_ATTR void *cllm_heap_alloc_aligned(cllm_heaps_t *h, size_t bytes,
                                                         size_t align);
 // n x size zeroed bytes; an overflowing product gives NULL and CLLM_EOVERFLOW.
+// Other errors as alloc. Thread: owner.
 CLLM_API CLLM_MALLOC_ATTR void *cllm_heap_calloc(cllm_heaps_t *h, size_t n, size_t size);
 // Resize p (NULL p = alloc; bytes 0 = free and return NULL). On failure NULL is
-// returned and p is untouched. Thread: owner.
+// returned and p is untouched. p may come from any thread's heap of h; the result
+// comes from the calling thread's heap and is 16-byte aligned (an alignment asked
+// of alloc_aligned is not kept when the block moves). A foreign p gives NULL and
+// CLLM_EINVAL (counted in foreign_frees). Thread: owner.
 CLLM_API void *cllm_heap_realloc(cllm_heaps_t *h, void *p, size_t bytes);
 // Free p (NULL is a no-op). A pointer that is not from these heaps is ignored,
-// counted in stats, and logged (it never corrupts anything). Thread: any.
+// counted in stats (foreign_frees), and logged as a warning: in NUMA and SINGLE
+// modes p must lie inside one of h's regions and be 16-byte aligned; in PLAIN mode
+// it must lie in a 32 MiB mimalloc segment that h's heaps have allocated from, so a
+// block of plain mi_malloc from the same thread's segment cannot be told apart
+// there (mimalloc frees it safely, but the HEAP figure is then off). A pointer into
+// the middle of a block of h is not detected (undefined, as for free()). The bytes
+// go back through the calling thread's batch. Thread: any.
 CLLM_API void cllm_heap_free(cllm_heaps_t *h, void *p);
 // Usable bytes of p (0 for NULL or a foreign pointer). Thread: any.
 CLLM_API size_t cllm_heap_usable_size(cllm_heaps_t *h, const void *p);
@@ -121,7 +162,10 @@ typedef struct cllm_heap_node_stats {
   uint64_t allocations;
   uint64_t frees;
   uint64_t failures;        // NULL returned (full region, limit, bad input)
-  uint64_t fallbacks;       // served by another node (allow_fallback)
+  uint64_t fallbacks;       // this node's threads served by another node (allow_fallback)
+  bool bound;               // the region is bound to the node (mbind), as read at create
+  int os_node;              // the OS node it is bound to, -1 if unbound
+  const void *region_start; // first byte of the region (NULL in PLAIN mode)
 } cllm_heap_node_stats_t;
 
 typedef struct cllm_heaps_stats {
@@ -132,9 +176,17 @@ typedef struct cllm_heaps_stats {
   uint64_t foreign_frees;   // frees of pointers not from these heaps
   uint64_t einval;          // bad-argument calls (non-power-of-two alignment, ...)
   cllm_heap_node_stats_t node[CLLM_HEAP_MAX_NODES];
+  size_t region_align_bytes; // alignment of every region (32 MiB)
 } cllm_heaps_stats_t;
 
-// Fill *st. Errors: CLLM_EINVAL. Thread: any.
+// Per-node figures add up blocks by the node whose region holds them (allocations
+// and frees from every thread, live and exited). In PLAIN mode memory has no node:
+// every figure is reported under node[0]. Figures are exact when no thread is
+// allocating; otherwise each is a recent value.
+
+// Fill *st (takes the process-wide heaps lock, reads /proc/self/smaps for the THP
+// figure: not for hot paths). Errors: CLLM_EINVAL (NULL, struct_size too small).
+// Thread: any.
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_heaps_stats(const cllm_heaps_t *h,
                                                         cllm_heaps_stats_t *st);
 // Verify invariants (regions registered, per-node counters consistent, monitor

@@ -1,0 +1,312 @@
+/* heap_bench: the per-thread NUMA heaps against plain mimalloc and glibc malloc.
+ *
+ * Sizes: a fixed mix from 16 B to 64 KiB (70% 16..256 B, 20% 256 B..4 KiB,
+ * 10% 4..64 KiB), drawn from a seeded table. Every block gets one byte written.
+ *
+ * case same_thread:  each thread keeps a ring of 256 live blocks; one op = free the
+ *                    oldest block and allocate a new one (so 1 alloc + 1 free).
+ * case cross_thread: threads in a ring (2, 4, ...): each allocates blocks and hands
+ *                    them through a single-producer/single-consumer queue to the
+ *                    next thread, which frees them; one op = 1 alloc here + 1 free of
+ *                    a block another thread allocated.
+ *
+ * impl: cllm_heap (cllm_heap_alloc/free, monitor accounting included), mimalloc
+ * (mi_malloc/mi_free on the default heap), mi_arena_heap (what cllm_heap is built
+ * on, see below), glibc (__libc_malloc/__libc_free, so the figure is glibc's even
+ * when mimalloc's library overrides malloc in this process).
+ * ns_per_op: wall time x threads / ops (time per alloc+free on one thread). Extras:
+ * mops_total (all threads), vs_mimalloc (ns_per_op_median / mimalloc's, same run),
+ * faults_per_op (minor page faults over the timed repetitions).
+ * Repetitions interleave the implementations so background load hits them alike.
+ * Every repetition starts fresh threads (so each gets a new mimalloc heap; the
+ * exited threads' segments are reclaimed). --no-thp: regions without MADV_HUGEPAGE.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include <cllm/heap.h>
+#include <cllm/monitor.h>
+#include <mimalloc.h>
+
+#include "harness.h"
+
+extern void *__libc_malloc(size_t);
+extern void __libc_free(void *);
+
+#define NSIZES 4096
+#define RING 256
+#define QCAP 1024
+
+typedef enum { IMPL_CLLM, IMPL_MI, IMPL_MI_ARENA, IMPL_GLIBC, IMPL_COUNT } impl_t;
+static const char *const impl_name[IMPL_COUNT] = {"cllm_heap", "mimalloc", "mi_arena_heap",
+                                                  "glibc"};
+
+/* mi_arena_heap: what cllm_heap is built on, without it: a per-thread mimalloc heap
+ * in an exclusive arena of our own (32 MiB aligned region), plus mi_usable_size on
+ * both sides (the accounting's unavoidable part). The gap cllm_heap - mi_arena_heap
+ * is the cost of the cllm layer (thread state, monitor batch, counters, checks). */
+static mi_arena_id_t g_arena;
+static bool g_arena_ok;
+static __thread mi_heap_t *t_arena_heap;
+static volatile size_t g_usable_sink;
+
+static bool arena_init(void) {
+  size_t size = (size_t)1 << 30, align = (size_t)32 << 20;
+  char *m = mmap(NULL, size + align, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (m == MAP_FAILED) return false;
+  char *start = (char *)(((uintptr_t)m + align - 1) & ~(uintptr_t)(align - 1));
+  return mi_manage_os_memory_ex(start, size, true, false, true, -1, true, &g_arena);
+}
+
+static inline void *arena_alloc(size_t n) {
+  mi_heap_t *h = t_arena_heap;
+  if (__builtin_expect(h == NULL, 0)) h = t_arena_heap = mi_heap_new_in_arena(g_arena);
+  if (h == NULL) return NULL;
+  void *p = n <= MI_SMALL_SIZE_MAX ? mi_heap_malloc_small(h, n) : mi_heap_malloc(h, n);
+  if (p != NULL) g_usable_sink = mi_usable_size(p);
+  return p;
+}
+
+static size_t g_sizes[NSIZES];
+static cllm_heaps_t *g_heaps;
+
+static void make_sizes(void) {
+  unsigned long long s = 42;
+  for (int i = 0; i < NSIZES; i++) {
+    s = s * 6364136223846793005ull + 1442695040888963407ull;
+    unsigned r = (unsigned)(s >> 33);
+    unsigned bucket = r % 100;
+    size_t lo, hi;
+    if (bucket < 70) lo = 16, hi = 256;
+    else if (bucket < 90) lo = 256, hi = 4096;
+    else lo = 4096, hi = 65536;
+    g_sizes[i] = lo + (size_t)((r >> 8) % (unsigned)(hi - lo + 1));
+  }
+}
+
+/* One allocator call per implementation; `impl` is a constant in each loop below. */
+static inline __attribute__((always_inline)) void *A(impl_t impl, size_t n) {
+  switch (impl) {
+  case IMPL_CLLM: return cllm_heap_alloc(g_heaps, n);
+  case IMPL_MI: return mi_malloc(n);
+  case IMPL_MI_ARENA: return arena_alloc(n);
+  default: return __libc_malloc(n);
+  }
+}
+static inline __attribute__((always_inline)) void F(impl_t impl, void *p) {
+  switch (impl) {
+  case IMPL_CLLM: cllm_heap_free(g_heaps, p); break;
+  case IMPL_MI: mi_free(p); break;
+  case IMPL_MI_ARENA: g_usable_sink = mi_usable_size(p); mi_free(p); break;
+  default: __libc_free(p); break;
+  }
+}
+
+/* ---- single-producer single-consumer queue ---- */
+typedef struct queue {
+  _Alignas(64) _Atomic size_t head; /* consumer */
+  _Alignas(64) _Atomic size_t tail; /* producer */
+  _Alignas(64) void *slot[QCAP];
+} queue_t;
+
+static bool q_push(queue_t *q, void *p) {
+  size_t t = atomic_load_explicit(&q->tail, memory_order_relaxed);
+  if (t - atomic_load_explicit(&q->head, memory_order_acquire) >= QCAP) return false;
+  q->slot[t % QCAP] = p;
+  atomic_store_explicit(&q->tail, t + 1, memory_order_release);
+  return true;
+}
+static void *q_pop(queue_t *q) {
+  size_t h = atomic_load_explicit(&q->head, memory_order_relaxed);
+  if (h == atomic_load_explicit(&q->tail, memory_order_acquire)) return NULL;
+  void *p = q->slot[h % QCAP];
+  atomic_store_explicit(&q->head, h + 1, memory_order_release);
+  return p;
+}
+
+typedef struct worker {
+  impl_t impl;
+  int id;
+  long ops;
+  void *ring[RING];
+  queue_t *in, *out;
+  atomic_long *done; /* cross_thread: producers finished */
+  int nthreads;
+  long failures;
+} worker_t;
+
+#define SAME_THREAD_LOOP(IMPL)                                 \
+  for (long i = 0; i < w->ops; i++) {                          \
+    int k = (int)(i & (RING - 1));                             \
+    if (w->ring[k] != NULL) F(IMPL, w->ring[k]);               \
+    char *p = A(IMPL, g_sizes[(i * 7 + w->id * 131) & (NSIZES - 1)]); \
+    if (p == NULL) { w->failures++; w->ring[k] = NULL; continue; } \
+    p[0] = (char)i;                                            \
+    w->ring[k] = p;                                            \
+  }
+
+static void *same_thread(void *arg) {
+  worker_t *w = arg;
+  switch (w->impl) {
+  case IMPL_CLLM: SAME_THREAD_LOOP(IMPL_CLLM) break;
+  case IMPL_MI: SAME_THREAD_LOOP(IMPL_MI) break;
+  case IMPL_MI_ARENA: SAME_THREAD_LOOP(IMPL_MI_ARENA) break;
+  default: SAME_THREAD_LOOP(IMPL_GLIBC) break;
+  }
+  for (int k = 0; k < RING; k++) {
+    if (w->ring[k] != NULL) F(w->impl, w->ring[k]);
+    w->ring[k] = NULL;
+  }
+  return NULL;
+}
+
+#define CROSS_LOOP(IMPL)                                                  \
+  for (long i = 0; i < w->ops; i++) {                                     \
+    char *p = A(IMPL, g_sizes[(i * 7 + w->id * 131) & (NSIZES - 1)]);     \
+    if (p == NULL) { w->failures++; continue; }                           \
+    p[0] = (char)i;                                                       \
+    while (!q_push(w->out, p)) { /* full: free what others sent us */     \
+      void *q = q_pop(w->in);                                             \
+      if (q != NULL) F(IMPL, q);                                          \
+      else sched_yield(); /* the consumer may share our core */           \
+    }                                                                     \
+    void *q = q_pop(w->in);                                               \
+    if (q != NULL) F(IMPL, q);                                            \
+  }                                                                       \
+  atomic_fetch_add(w->done, 1);                                           \
+  for (;;) { /* drain until every producer is done and the queue is empty */ \
+    void *q = q_pop(w->in);                                               \
+    if (q != NULL) { F(IMPL, q); continue; }                              \
+    sched_yield();                                                        \
+    if (atomic_load(w->done) == w->nthreads) {                            \
+      while ((q = q_pop(w->in)) != NULL) F(IMPL, q);                      \
+      break;                                                              \
+    }                                                                     \
+  }
+
+static void *cross_thread(void *arg) {
+  worker_t *w = arg;
+  switch (w->impl) {
+  case IMPL_CLLM: CROSS_LOOP(IMPL_CLLM) break;
+  case IMPL_MI: CROSS_LOOP(IMPL_MI) break;
+  case IMPL_MI_ARENA: CROSS_LOOP(IMPL_MI_ARENA) break;
+  default: CROSS_LOOP(IMPL_GLIBC) break;
+  }
+  return NULL;
+}
+
+/* One repetition: ns per op (per thread). */
+static double run_once(bool cross, impl_t impl, int threads, long ops, long *failures) {
+  static worker_t w[64];
+  static queue_t q[64];
+  void *args[64];
+  atomic_long done = 0;
+  for (int i = 0; i < threads; i++) {
+    memset(&w[i], 0, sizeof w[i]);
+    w[i].impl = impl;
+    w[i].id = i;
+    w[i].ops = ops;
+    w[i].nthreads = threads;
+    w[i].done = &done;
+    atomic_store(&q[i].head, 0);
+    atomic_store(&q[i].tail, 0);
+    w[i].out = &q[i];
+    w[i].in = &q[(i + threads - 1) % threads];
+    args[i] = &w[i];
+  }
+  double ns = bench_run_threads(threads, cross ? cross_thread : same_thread, args);
+  for (int i = 0; i < threads; i++) *failures += w[i].failures;
+  return ns * threads / ((double)ops * threads);
+}
+
+int main(int argc, char **argv) {
+  bench_opts_t o = bench_parse(argc, argv, "heap_bench", "--no-thp");
+  bool thp = true;
+  for (int i = 1; i < argc; i++)
+    if (strcmp(argv[i], "--no-thp") == 0) thp = false;
+  make_sizes();
+  cllm_monitor_t *mon = NULL;
+  cllm_monitor_config_t mc = cllm_monitor_config_default();
+  if (cllm_monitor_create(&mc, &mon) != CLLM_OK) return 1;
+  cllm_heaps_config_t hc = cllm_heaps_config_default();
+  hc.monitor = mon;
+  hc.bytes_per_node = (size_t)2 << 30; /* room for 64 threads' segments */
+  hc.transparent_huge_pages = thp;
+  if (cllm_heaps_create(&hc, &g_heaps) != CLLM_OK) {
+    fprintf(stderr, "heap_bench: cllm_heaps_create failed\n");
+    return 1;
+  }
+  bench_note(&o, "heap mode: %s", cllm_heap_mode_name(cllm_heaps_mode(g_heaps)));
+  g_arena_ok = arena_init();
+  if (!g_arena_ok) bench_note(&o, "mi_arena_heap: skipped (could not register an arena)");
+  long ops = o.quick ? 200000 : 1000000;
+  int max_t = o.max_threads < 64 ? o.max_threads : 64;
+
+  for (int c = 0; c < 2; c++) {
+    bool cross = c == 1;
+    for (int t = cross ? 2 : 1; t <= max_t; t *= 2) {
+      double ns[IMPL_COUNT][BENCH_MAX_REPS];
+      long fails[IMPL_COUNT] = {0};
+      uint64_t faults[IMPL_COUNT] = {0};
+      for (int i = 0; i < IMPL_COUNT; i++) { /* warm-up: first touch of fresh memory */
+        if (i == IMPL_MI_ARENA && !g_arena_ok) continue;
+        long f = 0;
+        (void)run_once(cross, (impl_t)i, t, ops / 4, &f);
+      }
+      for (int r = 0; r < o.reps; r++) {
+        for (int i = 0; i < IMPL_COUNT; i++) {
+          if (i == IMPL_MI_ARENA && !g_arena_ok) continue;
+          uint64_t f0 = bench_minor_faults();
+          ns[i][r] = run_once(cross, (impl_t)i, t, ops, &fails[i]);
+          faults[i] += bench_minor_faults() - f0;
+        }
+      }
+      bench_row_t rows[IMPL_COUNT];
+      for (int i = 0; i < IMPL_COUNT; i++) {
+        bench_row_t row = {.bench = "heap_bench",
+                           .case_name = cross ? "cross_thread" : "same_thread",
+                           .impl = impl_name[i],
+                           .threads = t,
+                           .ops = (uint64_t)ops * (uint64_t)t};
+        bench_stats(ns[i], o.reps, &row);
+        rows[i] = row;
+      }
+      for (int i = 0; i < IMPL_COUNT; i++) {
+        if (i == IMPL_MI_ARENA && !g_arena_ok) continue;
+        bench_extra_num(&rows[i], "mops_total", 1e3 * t / rows[i].ns_per_op_median);
+        bench_extra_num(&rows[i], "vs_mimalloc",
+                        rows[i].ns_per_op_median / rows[IMPL_MI].ns_per_op_median);
+        bench_extra_num(&rows[i], "faults_per_op",
+                        (double)faults[i] / ((double)o.reps * (double)ops * t));
+        if (fails[i] != 0) bench_extra_num(&rows[i], "failures", (double)fails[i]);
+        if (i == IMPL_CLLM) bench_extra_num(&rows[i], "thp", thp ? 1.0 : 0.0);
+        bench_emit(&o, &rows[i]);
+      }
+    }
+  }
+  cllm_heaps_stats_t st;
+  st.struct_size = sizeof st;
+  if (cllm_heaps_stats(g_heaps, &st) == CLLM_OK)
+    bench_note(&o,
+               "cllm_heap: %llu allocations, %llu failures, %zu bytes in use at the end, "
+               "%zu region bytes backed by THP",
+               (unsigned long long)st.node[0].allocations, (unsigned long long)st.node[0].failures,
+               st.node[0].bytes_in_use, st.node[0].huge_page_bytes);
+  cllm_heaps_destroy(g_heaps);
+  if (cllm_monitor_used(mon, CLLM_CAT_HEAP) != 0) {
+    fprintf(stderr, "heap_bench: monitor HEAP did not return to 0\n");
+    return 1;
+  }
+  cllm_monitor_destroy(mon);
+  return 0;
+}
