@@ -1,0 +1,339 @@
+/* cllm-mem: per-step bump arenas for the temporary buffers of a forward pass.
+ *
+ *   cllm_arena_config_t cfg = cllm_arena_config_default();
+ *   cfg.initial_bytes = 64u << 20;                  // optional: map the first chunk now
+ *   cllm_arena_t *a; if (cllm_arena_create(&cfg, &a) < 0) ...;
+ *
+ *   for (;;) {                                      // one forward pass per iteration
+ *     for (int l = 0; l < n_layers; l++) {
+ *       CLLM_ARENA_SCOPE(a);                        // rewinds at the end of the block
+ *       float *x = cllm_arena_alloc(a, d * sizeof(float));        // 64-byte aligned
+ *       cllm_float_array_t q = cllm_arena_floats(a, d);           // { data, n }
+ *       if (x == NULL || q.data == NULL) ... cllm_last_status() says why ...
+ *     }
+ *     cllm_arena_reset(a);                          // O(1) in the steady state
+ *   }
+ *   cllm_arena_destroy(a);
+ *
+ * Model. An arena owns a list of chunks and bumps a pointer through them. The fast
+ * path (cllm_arena_alloc / cllm_arena_alloc_aligned) is inline below: align, add,
+ * compare; it takes no lock, touches no atomic and calls neither mimalloc nor the
+ * monitor. When the current chunk is full the out-of-line slow path moves to the
+ * next chunk or adds one (geometric growth, capped by max_chunk_bytes; a request
+ * above the cap gets a dedicated chunk of its own). Each chunk is charged to the
+ * monitor's STEP category when it is obtained (cllm_monitor_reserve, so the
+ * monitor's reclaimers, e.g. the KV cache, may free memory first) and released
+ * when it is given back.
+ *
+ * cllm_arena_reset() ends a step. If the step fit in one chunk it is O(1): the
+ * pointer goes back to the start and nothing is returned to the kernel. If the step
+ * spilled into more chunks, reset replaces them by ONE chunk of the step's
+ * high-water size, so from the next step on a steady workload makes zero allocator
+ * calls and zero monitor calls. An optional shrink policy (shrink_after_steps,
+ * shrink_fraction) and cllm_arena_trim() give memory back when the high-water
+ * stays well below the capacity.
+ *
+ * Chunks. With cfg.heaps set, chunks come from cllm_heap_alloc_aligned(heaps, size,
+ * 2 MiB) on the calling thread (the thread's NUMA node); the heaps charge them to
+ * the monitor's HEAP category, so such an arena does not charge STEP as well (each
+ * byte is counted once in the monitor's total). Without heaps (default)
+ * they are mapped directly, 2 MiB aligned, advised for transparent huge pages and
+ * pre-faulted once (MADV_POPULATE_WRITE): a first touch costs ~11.6 us per 4 KiB
+ * page on the machines we target, pre-faulting ~0.24 us. Chunk sizes are multiples
+ * of CLLM_ARENA_GRANULE (2 MiB).
+ *
+ * Sanitizers and debug. Under AddressSanitizer (the library and the caller built
+ * with -fsanitize=address), memory past the bump pointer and everything released by
+ * reset or rewind is poisoned, so a use after reset is reported; the inline fast
+ * path then calls an out-of-line unpoison. With CLLM_DEBUG >= 2 (the library's
+ * debug builds) released memory is also filled with 0xDB. With CLLM_DEBUG >= 1 the
+ * out-of-line calls detect use of one arena from two threads at once, and from two
+ * threads within one step (see "Thread" below); a detection is a debug assertion
+ * (abort). Release builds add nothing to the fast path.
+ *
+ * Thread: an arena is `Thread: external-sync` (one worker thread uses it without
+ * locks). In debug builds one step (between two resets) must be allocated by one
+ * thread: hand an arena to another thread between steps (e.g. the main thread may
+ * reset the workers' arenas after a join). Functions are not thread-safe unless
+ * tagged otherwise.
+ *
+ * Pointer-returning calls return NULL on failure and record the reason for the
+ * calling thread (cllm_last_status()) and in the stats.
+ */
+#ifndef CLLM_ARENA_H
+#define CLLM_ARENA_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cllm/export.h>
+#include <cllm/heap.h>
+#include <cllm/monitor.h>
+#include <cllm/status.h>
+
+CLLM_EXTERN_C_BEGIN
+
+// Default alignment of cllm_arena_alloc (a cache line; AVX-512 friendly).
+#define CLLM_ARENA_DEFAULT_ALIGN ((size_t)64)
+// Largest alignment cllm_arena_alloc_aligned accepts (larger: NULL, CLLM_EINVAL).
+#define CLLM_ARENA_MAX_ALIGN ((size_t)2 << 20)
+// Chunks start on and are sized in multiples of this (2 MiB, the THP size).
+#define CLLM_ARENA_GRANULE ((size_t)2 << 20)
+// Largest request accepted; above it: NULL, CLLM_EINVAL (an "overflowing size").
+#define CLLM_ARENA_MAX_REQUEST (SIZE_MAX >> 2)
+
+// Is the including translation unit built with AddressSanitizer?
+#if defined(__SANITIZE_ADDRESS__)
+#define CLLM_ARENA_ASAN_ 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define CLLM_ARENA_ASAN_ 1
+#endif
+#endif
+#ifndef CLLM_ARENA_ASAN_
+#define CLLM_ARENA_ASAN_ 0
+#endif
+
+/* ---- configuration -------------------------------------------------------------- */
+
+typedef struct cllm_arena_config {
+  size_t struct_size;          // set by cllm_arena_config_default()
+  size_t initial_bytes;        // first chunk, obtained by create; 0 = on first allocation
+  size_t min_chunk_bytes;      // smallest growth chunk; 0 = 2 MiB (rounded up to 2 MiB)
+  size_t max_chunk_bytes;      // cap on a growth chunk; 0 = 256 MiB. A request above it
+                               // gets a dedicated chunk; reset's coalesced chunk (one
+                               // step's high-water) is not capped.
+  cllm_heaps_t *heaps;         // optional (borrowed): chunks from the calling thread's heap
+  cllm_monitor_t *monitor;     // NULL = cllm_monitor_global() (borrowed)
+  bool transparent_huge_pages; // advise chunks for THP (default true)
+  bool populate;               // pre-fault every new chunk once (default true)
+  unsigned shrink_after_steps; // shrink policy: K consecutive low steps; 0 = off (default)
+  double shrink_fraction;      // a step is "low" when its high-water < fraction x
+                               // capacity; in (0, 1], default 0.5
+} cllm_arena_config_t;
+
+// The defaults documented above. Thread: any.
+CLLM_API cllm_arena_config_t cllm_arena_config_default(void);
+
+/* ---- the arena ------------------------------------------------------------------------
+ * The struct is public only so that the fast path can be inline. Its fields are
+ * private: never read or write them, never declare a cllm_arena_t yourself (only
+ * cllm_arena_create makes one; the rest of the state lies behind it). */
+typedef struct cllm_arena {
+  uintptr_t cur_; // private: the bump pointer (0 when the arena has no chunk)
+  uintptr_t end_; // private: end of the current chunk (a multiple of CLLM_ARENA_GRANULE)
+} cllm_arena_t;
+
+// Create an arena (and its first chunk when cfg->initial_bytes > 0). cfg NULL =
+// defaults. Errors: CLLM_EINVAL (out NULL, bad struct_size, shrink_fraction outside
+// (0,1], max_chunk_bytes < min_chunk_bytes), CLLM_ENOMEM (metadata or first chunk),
+// CLLM_ELIMIT (the monitor refused the first chunk). *out is NULL on error and
+// nothing is leaked. Thread: any (the arena then belongs to its user thread).
+CLLM_API CLLM_NODISCARD cllm_status_t cllm_arena_create(const cllm_arena_config_t *cfg,
+                                                         cllm_arena_t **out);
+
+// Destroy the arena: every pointer from it becomes invalid, every chunk is given
+// back and released from the monitor. NULL is a no-op. Thread: external-sync.
+CLLM_API void cllm_arena_destroy(cllm_arena_t *a);
+
+// Slow path of the inline allocation calls (call those instead): moves to or adds a
+// chunk, handles bad input. Thread: external-sync.
+CLLM_API CLLM_MALLOC_ATTR void *cllm_arena_alloc_slow_(cllm_arena_t *a, size_t bytes,
+                                                       size_t align);
+// Under AddressSanitizer: mark [p, p+bytes) addressable (called by the inline fast
+// path; a no-op in builds without ASan). Thread: external-sync.
+CLLM_API void cllm_arena_asan_unpoison_(void *p, size_t bytes);
+
+// Allocate `bytes` aligned to `align`, a power of two up to CLLM_ARENA_MAX_ALIGN.
+// The memory lives until the next reset, or a rewind to a mark taken before it; it is
+// not zeroed. bytes == 0 returns a unique valid pointer (one byte is reserved, like
+// malloc(0) on glibc). NULL on failure, with the reason in cllm_last_status() and in
+// the stats: CLLM_EINVAL (a NULL, align 0, not a power of two or above
+// CLLM_ARENA_MAX_ALIGN, bytes above CLLM_ARENA_MAX_REQUEST, e.g. SIZE_MAX),
+// CLLM_ELIMIT (the monitor refused a new chunk even after its reclaimers ran),
+// CLLM_ENOMEM (the system or the heap had no memory). A failed call changes nothing:
+// the arena stays usable with the chunks it has. Thread: external-sync.
+static inline CLLM_MALLOC_ATTR void *cllm_arena_alloc_aligned(cllm_arena_t *a, size_t bytes,
+                                                              size_t align) {
+  if (CLLM_LIKELY(a != NULL && (align & (align - 1)) == 0 &&
+                  align - 1 < CLLM_ARENA_MAX_ALIGN)) {
+    // end_ is a multiple of CLLM_ARENA_MAX_ALIGN and cur_ <= end_, so p <= end_.
+    uintptr_t p = (a->cur_ + (align - 1)) & ~(uintptr_t)(align - 1);
+    if (CLLM_LIKELY(bytes - 1 < a->end_ - p)) { // 1 <= bytes <= end_ - p
+      a->cur_ = p + bytes;
+#if CLLM_ARENA_ASAN_
+      cllm_arena_asan_unpoison_((void *)p, bytes);
+#endif
+      return (void *)p;
+    }
+  }
+  return cllm_arena_alloc_slow_(a, bytes, align);
+}
+
+// cllm_arena_alloc_aligned(a, bytes, CLLM_ARENA_DEFAULT_ALIGN). Thread: external-sync.
+static inline CLLM_MALLOC_ATTR void *cllm_arena_alloc(cllm_arena_t *a, size_t bytes) {
+  return cllm_arena_alloc_aligned(a, bytes, CLLM_ARENA_DEFAULT_ALIGN);
+}
+
+// End a step: every allocation is released (poisoned under ASan, filled with 0xDB
+// when CLLM_DEBUG >= 2), every mark becomes stale. O(1) when the step fit in one
+// chunk. After a spill the chunks are replaced by one chunk of the step's high-water
+// size (they are given back first, then the new chunk is obtained; if that fails
+// the arena is left empty but usable, and the refusal is counted). Runs the shrink
+// policy. Nothing is returned to the kernel otherwise. Errors: CLLM_EINVAL (NULL).
+// Thread: external-sync (any thread may reset between steps).
+CLLM_API cllm_status_t cllm_arena_reset(cllm_arena_t *a);
+
+/* ---- marks: nested scopes inside a step --------------------------------------------- */
+
+// A position in an arena, for cllm_arena_rewind. A value type; fields are private.
+// A mark stays valid until the arena is reset or rewound to an earlier mark;
+// rewinding to it again is allowed (a per-layer loop may rewind to one mark N times).
+typedef struct cllm_arena_mark {
+  const cllm_arena_t *arena_; // private: the arena it belongs to
+  uint64_t id_;               // private: serial (unique per arena, never reused); 0 = none
+  size_t depth_;              // private: its slot in the arena's mark stack
+} cllm_arena_mark_t;
+
+// Take a mark at the current position. On failure (a NULL: CLLM_EINVAL; the mark
+// stack could not grow: CLLM_ENOMEM) the returned mark has id 0, rewinding to it is
+// refused, and cllm_last_status() says why. Thread: external-sync.
+CLLM_API cllm_arena_mark_t cllm_arena_mark(cllm_arena_t *a);
+
+// Release every allocation made after `m` (poisoned / filled as by reset); marks
+// taken after `m` become stale, `m` stays valid. Chunks are kept. Errors:
+// CLLM_EINVAL (a NULL, a mark of another arena or with id 0), CLLM_ESTATE (a stale
+// mark: the arena was reset, or rewound to a mark taken before it, since). A refused
+// rewind changes nothing. Thread: external-sync.
+CLLM_API CLLM_NODISCARD cllm_status_t cllm_arena_rewind(cllm_arena_t *a, cllm_arena_mark_t m);
+
+/* ---- capacity ------------------------------------------------------------------------ */
+
+// Pre-size for a known worst case (ggml's reserve-then-run): afterwards `bytes` of
+// allocations from the current position need no new chunk. When nothing is in use
+// the arena becomes one chunk of at least `bytes` (a larger first chunk is obtained
+// before the old ones are given back); during a step a chunk is added after the
+// current one unless enough room is already there. Also sets the floor below which
+// the shrink policy and trim never go (reserve(a, 0) clears it). Errors: CLLM_EINVAL
+// (NULL, bytes > CLLM_ARENA_MAX_REQUEST), CLLM_ELIMIT, CLLM_ENOMEM (nothing changed).
+// Thread: external-sync.
+CLLM_API CLLM_NODISCARD cllm_status_t cllm_arena_reserve(cllm_arena_t *a, size_t bytes);
+
+// Give memory back now, down to the last completed step's high-water (rounded up to
+// CLLM_ARENA_GRANULE) but not below the reserve floor: one chunk of that size
+// remains (none if it is 0); a mapped chunk is shrunk in place. Only between steps.
+// Errors: CLLM_EINVAL (NULL), CLLM_ESTATE (allocations are live: reset first).
+// If a smaller heap-backed chunk cannot be obtained the old one is kept.
+// Thread: external-sync.
+CLLM_API CLLM_NODISCARD cllm_status_t cllm_arena_trim(cllm_arena_t *a);
+
+/* ---- statistics ---------------------------------------------------------------------- */
+
+typedef struct cllm_arena_stats {
+  size_t struct_size;               // the caller sets sizeof(cllm_arena_stats_t)
+  size_t bytes_in_use;              // from the first chunk's start to the bump pointer,
+                                    // alignment padding included, chunk tails excluded
+  size_t step_high_water_bytes;     // the most in use during the current step
+  size_t last_step_high_water_bytes; // that of the step ended by the last reset
+  size_t high_water_bytes;          // all-time
+  size_t capacity_bytes;            // sum of chunk sizes (= what STEP is charged; a
+                                    // heap-backed arena's chunks are charged to HEAP)
+  size_t chunks;
+  size_t largest_chunk_bytes;
+  size_t reserve_floor_bytes;       // from cllm_arena_reserve
+  uint64_t resets;
+  uint64_t spilled_steps;           // resets that found more than one chunk in use
+  uint64_t coalesces;               // resets that rebuilt the chunks into one
+  uint64_t shrinks;                 // memory given back by the policy or trim
+  uint64_t refused;                 // allocations or chunks refused (ELIMIT / ENOMEM)
+  uint64_t einval;                  // bad-argument calls
+  uint64_t allocator_calls;         // chunk obtain / give back / trim calls
+  uint64_t monitor_calls;           // cllm_monitor_reserve / release calls
+  bool heap_backed;                 // cfg.heaps was set
+} cllm_arena_stats_t;
+
+// Fill *st (O(1)). Errors: CLLM_EINVAL (NULL, struct_size too small). Thread:
+// external-sync.
+CLLM_API CLLM_NODISCARD cllm_status_t cllm_arena_stats(const cllm_arena_t *a,
+                                                        cllm_arena_stats_t *st);
+
+// Verify the invariants (bump pointer inside the current chunk, chunk sizes and
+// alignment, capacity and monitor charge, usage, the mark stack). CLLM_ECORRUPT on a
+// violation (logged), CLLM_EINVAL for NULL. Thread: external-sync.
+CLLM_API CLLM_NODISCARD cllm_status_t cllm_arena_check(const cllm_arena_t *a);
+
+/* ---- float arrays (the seed's FloatArray) -------------------------------------------- */
+
+// An aligned float array with its length. From an arena (released by reset/rewind,
+// cllm_float_array_free is a no-op for it) or from the heaps (freed by
+// cllm_float_array_free). data is NULL and n 0 on failure.
+typedef struct cllm_float_array {
+  float *data;         // 64-byte aligned
+  size_t n;            // number of floats
+  cllm_heaps_t *heaps_; // private: owner for heap-backed arrays
+  int kind_;           // private: 0 arena / empty, 1 cllm heaps, 2 mimalloc
+} cllm_float_array_t;
+
+// n floats from the arena, 64-byte aligned (n == 0: a unique pointer, n 0). NULL data
+// on failure as cllm_arena_alloc (n * sizeof(float) overflowing: CLLM_EINVAL).
+// Thread: external-sync.
+static inline cllm_float_array_t cllm_arena_floats(cllm_arena_t *a, size_t n) {
+  cllm_float_array_t f = {NULL, 0, NULL, 0};
+  size_t bytes;
+  if (__builtin_mul_overflow(n, sizeof(float), &bytes)) bytes = SIZE_MAX; // refused: EINVAL
+  f.data = (float *)cllm_arena_alloc(a, bytes);
+  if (f.data != NULL) f.n = n;
+  return f;
+}
+
+// n floats, 64-byte aligned, from `heaps` (the calling thread's heap, Thread: owner)
+// or, with heaps NULL, from mimalloc (mi_malloc_aligned, Thread: any). Free with
+// cllm_float_array_free. Errors (data NULL): CLLM_EINVAL (n * sizeof(float)
+// overflows), CLLM_ENOMEM / CLLM_ELIMIT (from the heap).
+CLLM_API cllm_float_array_t cllm_heap_floats(cllm_heaps_t *heaps, size_t n);
+
+// Free a heap-backed array and set *f to {NULL, 0}; for an arena-backed or empty
+// array only *f is cleared. NULL f is a no-op. Thread: any.
+CLLM_API void cllm_float_array_free(cllm_float_array_t *f);
+
+/* ---- scope-bound buffers (__attribute__((cleanup)), GCC and Clang) ----------------- */
+
+// A mark plus its arena, rewound at scope exit by CLLM_ARENA_SCOPE.
+typedef struct cllm_arena_scope {
+  cllm_arena_t *arena;
+  cllm_arena_mark_t mark;
+} cllm_arena_scope_t;
+
+static inline cllm_arena_scope_t cllm_arena_scope_begin_(cllm_arena_t *a) {
+  cllm_arena_scope_t s;
+  s.arena = a;
+  s.mark = cllm_arena_mark(a);
+  return s;
+}
+static inline void cllm_arena_scope_end_(cllm_arena_scope_t *s) {
+  if (s->arena != NULL && s->mark.id_ != 0) {
+    cllm_status_t rc = cllm_arena_rewind(s->arena, s->mark);
+    (void)rc; // a stale scope (the arena was reset inside it) is refused and harmless
+  }
+}
+
+#define CLLM_ARENA_CAT2_(x, y) x##y
+#define CLLM_ARENA_CAT_(x, y) CLLM_ARENA_CAT2_(x, y)
+#if defined(__GNUC__) || defined(__clang__)
+#define CLLM_ARENA_HAVE_CLEANUP 1
+// CLLM_ARENA_SCOPE(a);  takes a mark now and rewinds to it when the enclosing block
+// exits (by any path: return, break, goto out of it). One per line.
+#define CLLM_ARENA_SCOPE(a)                                                   \
+  __attribute__((cleanup(cllm_arena_scope_end_), unused)) cllm_arena_scope_t  \
+  CLLM_ARENA_CAT_(cllm_arena_scope_, __LINE__) = cllm_arena_scope_begin_(a)
+// CLLM_FLOAT_ARRAY_AUTO cllm_float_array_t w = cllm_heap_floats(h, n);  freed at
+// scope exit by cllm_float_array_free.
+#define CLLM_FLOAT_ARRAY_AUTO __attribute__((cleanup(cllm_float_array_free)))
+#else
+#define CLLM_ARENA_HAVE_CLEANUP 0
+#endif
+
+CLLM_EXTERN_C_END
+
+#endif /* CLLM_ARENA_H */
