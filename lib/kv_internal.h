@@ -1,0 +1,207 @@
+/* The paged KV cache's private state, shared by lib/kv_cache.c (storage, blocks,
+ * LRU, monitor, stats, check), lib/kv_seq.c (sequences, id map, preemption,
+ * callbacks), lib/kv_prefix.c (hashing, prefix index) and lib/kv_copy.c (the
+ * seed's copy API). Nothing here is public.
+ *
+ * Every helper named *_locked requires kv->lock; none takes it.
+ */
+#ifndef CLLM_KV_INTERNAL_H
+#define CLLM_KV_INTERNAL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cllm/kv_cache.h>
+
+#define KV_NONE CLLM_KV_NONE
+
+/* ---- blocks ---- */
+enum { KV_FREE = 0, KV_ACTIVE = 1, KV_CACHED = 2 };
+
+typedef struct kv_block {
+  uint32_t refcnt;
+  uint32_t prev, next;     // FREE: next = free stack link; CACHED (unpinned): LRU links
+  uint32_t hprev, hnext;   // hash index chain (indexed blocks only)
+  uint32_t parent;         // indexed: the block before this one in its chain (NONE: first)
+  uint32_t parent_gen;     // the parent's gen when this block was indexed
+  uint32_t gen;            // bumped whenever the block's content identity ends
+  uint32_t fill;           // token rows in use (ACTIVE)
+  uint8_t state, band, indexed, pinned;
+  uint8_t linked;          // in the hash chain of `hash` (indexed, or stale: unlinked lazily)
+  uint64_t hash, salt;     // indexed blocks (hash also while stale-linked)
+} kv_block_t;
+
+/* ---- slots (sequences and copy entries) ---- */
+enum { S_FREE = 0, S_OPEN = 1, S_PREEMPTED = 2, S_ZOMBIE = 3 };
+enum { K_SEQ = 0, K_COPY = 1 };
+
+typedef struct kv_slot {
+  char *id;               // owned copy (kept across reuse of the slot while it fits)
+  size_t id_cap;
+  uint64_t id_hash;
+  uint32_t *table;        // block ids in position order (owned, grows by doubling)
+  uint32_t nb, table_cap;
+  size_t length;          // reserved token positions (copy entry: unused)
+  size_t committed;       // token ids recorded
+  uint64_t salt;
+  uint64_t chain_hash;    // hash of the last full committed block (0 at the root)
+  uint32_t chain_prev;    // canonical indexed block for that position (NONE at root)
+  uint32_t chain_prev_gen;
+  uint32_t gen;           // handle generation
+  uint32_t lru_prev, lru_next;  // sequence LRU (per band) or copy-entry LRU; free slot list
+  uint32_t victim_next;   // callback list
+  uint8_t state, kind, band, in_lru, cb_pending, chain_broken;
+  uint8_t vreason;        // eviction reason, stable while cb_pending
+  size_t n_keys, n_values;      // copy entries
+} kv_slot_t;
+
+/* The evictions of one call whose callback is due. The first few ids are copied
+ * here (on the caller's stack), so their slots can be reused at once and no second
+ * lock round trip is needed; the rest are slots linked through victim_next and
+ * marked cb_pending until their callback has run. */
+#define KV_VICTIMS_INLINE 8
+#define KV_VICTIMS_BYTES 512
+typedef struct kv_victims {
+  uint32_t head, tail;  // overflow: slots linked through victim_next
+  uint32_t n_inline, used;
+  uint16_t off[KV_VICTIMS_INLINE];
+  uint8_t reason[KV_VICTIMS_INLINE];
+  char buf[KV_VICTIMS_BYTES];
+} kv_victims_t;
+
+static inline void kv__victims_init(kv_victims_t *v) {
+  v->head = v->tail = CLLM_KV_NONE;
+  v->n_inline = v->used = 0;
+}
+
+struct cllm_kv_cache {
+  pthread_mutex_t lock;
+
+  /* shape and storage (immutable after create) */
+  uint32_t layers, kv_heads, head_dim, dtype_bytes, bt, bt_shift;
+  uint32_t num_blocks;
+  size_t chunk_bytes;   // one block, one layer, K or V
+  size_t block_bytes;   // 2 x layers x chunk_bytes
+  size_t pool_stride;   // bytes from one pool to the next
+  char *base;           // the one mapping: pools K0, V0, K1, V1, ...
+  size_t map_bytes;
+  bool populate, preemption;
+  uint32_t commit_step; // blocks per commit step
+  cllm_monitor_t *mon;
+  cllm_kv_evict_fn evict_fn;
+  void *evict_user;
+  cllm_kv_hash_fn hash_fn;
+  void *hash_user;
+  bool reclaimer_on;
+
+  /* blocks */
+  kv_block_t *blocks;
+  cllm_kv_token_t *btok;  // [num_blocks][bt]: token ids of indexed blocks
+  uint32_t committed;     // blocks [0, committed) have committed pages
+  uint32_t hwm;           // blocks [hwm, num_blocks) were never used
+  uint32_t free_head, free_count;  // recycled FREE blocks (a stack)
+  uint32_t lru_head[CLLM_KV_BANDS], lru_tail[CLLM_KV_BANDS];  // head = least recent
+  uint32_t cached_lru;    // CACHED blocks in the LRU lists (evictable)
+  uint32_t cached_pinned; // CACHED pinned blocks (not in any list)
+  uint32_t active_count, pinned_count, pin_cap;
+  uint32_t *hbuckets;
+  uint32_t hmask, indexed_count;
+  size_t tokens_active;   // sum of fill over ACTIVE blocks
+  size_t charged_bytes;   // what this cache holds in the monitor
+  size_t uncharge_pending;// blocks freed under the lock, released at unlock
+
+  /* slots */
+  kv_slot_t *slots;
+  uint32_t max_slots, slot_free_head, slots_used;
+  uint64_t *idmap;        // open addressing: (low 32 bits of the id hash) << 32 | slot+1;
+                          // 0 = empty (probes compare the tag before touching a slot)
+  uint32_t idmask;
+  cllm_kv_token_t *tails; // [max_slots][bt]: committed tokens of the partial block
+  uint32_t seq_lru_head[CLLM_KV_BANDS], seq_lru_tail[CLLM_KV_BANDS];
+  uint32_t copy_lru_head, copy_lru_tail;
+  uint32_t copy_blocks, copy_budget_blocks, copy_count, seq_count;
+
+  /* statistics */
+  uint64_t st_prefix_query, st_prefix_hit, st_evictions, st_copy_evictions;
+  uint64_t st_preemptions, st_cow, st_refused, st_reclaimed;
+};
+
+/* ---- lib/kv_cache.c: blocks ---- */
+void kv__lock(cllm_kv_cache_t *kv);
+void kv__unlock(cllm_kv_cache_t *kv);
+/* Take k blocks into ids[] (ACTIVE, refcount 1, fill 0, band `band`): FREE, never
+ * used, then LRU CACHED; charges the monitor for the ones not taken from CACHED.
+ * All or nothing: CLLM_ENOMEM (not enough FREE + CACHED), CLLM_ELIMIT (monitor). */
+cllm_status_t kv__take_blocks_locked(cllm_kv_cache_t *kv, uint32_t k, uint32_t band,
+                                     uint32_t *ids);
+/* Could k blocks be taken now without preemption (ignoring the monitor)? */
+bool kv__blocks_available_locked(const cllm_kv_cache_t *kv, uint32_t k);
+/* Add a reference to an ACTIVE or CACHED block (CACHED leaves the LRU). */
+void kv__ref_locked(cllm_kv_cache_t *kv, uint32_t b, uint32_t band);
+/* Drop a reference; at 0 an indexed block becomes CACHED (MRU of its band or
+ * pinned), any other FREE (monitor released). */
+void kv__unref_locked(cllm_kv_cache_t *kv, uint32_t b);
+/* Set a block's fill (ACTIVE), keeping tokens_active. */
+void kv__set_fill_locked(cllm_kv_cache_t *kv, uint32_t b, uint32_t fill);
+/* Drop up to `n` CACHED blocks (LRU order) to FREE; returns how many. */
+uint32_t kv__drop_cached_locked(cllm_kv_cache_t *kv, uint32_t n);
+/* Pin / unpin one block (ACTIVE or CACHED). */
+void kv__pin_locked(cllm_kv_cache_t *kv, uint32_t b);
+void kv__unpin_locked(cllm_kv_cache_t *kv, uint32_t b);
+
+static inline char *kv__k_ptr(const cllm_kv_cache_t *kv, uint32_t b, uint32_t layer) {
+  return kv->base + (size_t)(2u * layer) * kv->pool_stride + (size_t)b * kv->chunk_bytes;
+}
+static inline char *kv__v_ptr(const cllm_kv_cache_t *kv, uint32_t b, uint32_t layer) {
+  return kv->base + (size_t)(2u * layer + 1u) * kv->pool_stride + (size_t)b * kv->chunk_bytes;
+}
+
+/* ---- lib/kv_prefix.c: hashing and the prefix index ---- */
+uint64_t kv__hash_default(void *user, uint64_t prev, uint64_t salt, const cllm_kv_token_t *t,
+                          size_t n);
+uint64_t kv__hash_string(const char *s, size_t *len);
+/* Index block b under `hash` (unlinking it from a stale chain first). */
+void kv__index_insert_locked(cllm_kv_cache_t *kv, uint32_t b, uint64_t hash);
+/* Take b out of the index: O(1), touches only b (the chain link is dropped later). */
+void kv__index_remove_locked(cllm_kv_cache_t *kv, uint32_t b);
+/* The indexed block with this content after `prev` (NONE at the root), or NONE.
+ * Unlinks the stale entries it walks over. */
+uint32_t kv__index_find_locked(cllm_kv_cache_t *kv, uint64_t hash, uint64_t salt,
+                               uint32_t prev, uint32_t prev_gen, const cllm_kv_token_t *tokens);
+/* Record `n` committed tokens of slot s (positions checked by the caller),
+ * indexing every block that becomes full. */
+void kv__commit_tokens_locked(cllm_kv_cache_t *kv, uint32_t s, const cllm_kv_token_t *tokens,
+                              size_t n);
+/* Longest cached prefix of tokens[0..n) in blocks (at most max_blocks) for `salt`:
+ * ids[] receives the blocks (not referenced yet). */
+uint32_t kv__match_prefix_locked(cllm_kv_cache_t *kv, uint64_t salt,
+                                 const cllm_kv_token_t *tokens, uint32_t max_blocks,
+                                 uint32_t *ids);
+cllm_status_t kv__check_index_locked(const cllm_kv_cache_t *kv);
+
+/* ---- lib/kv_seq.c: slots ---- */
+/* Look up `id` (NUL-terminated); returns the slot or KV_NONE. *h gets its hash. */
+uint32_t kv__id_find_locked(const cllm_kv_cache_t *kv, const char *id, uint64_t *h,
+                            size_t *len);
+/* A free slot holding a copy of id, entered in the id map (state S_OPEN, kind). */
+cllm_status_t kv__slot_new_locked(cllm_kv_cache_t *kv, const char *id, uint64_t h, size_t len,
+                                  uint8_t kind, uint32_t *out);
+/* Remove slot s from the id map and free it, or leave it as a zombie for a
+ * pending callback. The blocks must already be released. */
+void kv__slot_retire_locked(cllm_kv_cache_t *kv, uint32_t s);
+/* Grow a slot's block table to hold at least n ids. */
+cllm_status_t kv__table_reserve(kv_slot_t *sl, uint32_t n);
+/* Queue slot s for the eviction callback (copies its id, or sets cb_pending). */
+void kv__victim_push_locked(cllm_kv_cache_t *kv, kv_victims_t *v, uint32_t s);
+/* Unlock, run the callbacks, then finish the victims under the lock again. */
+void kv__unlock_and_call(cllm_kv_cache_t *kv, kv_victims_t *v);
+void kv__free_slots(cllm_kv_cache_t *kv);
+cllm_status_t kv__check_slots_locked(const cllm_kv_cache_t *kv, uint32_t *refs);
+
+/* ---- lib/kv_copy.c ---- */
+/* Release a copy entry's blocks and LRU membership (slot not retired). */
+void kv__copy_drop_locked(cllm_kv_cache_t *kv, uint32_t s);
+
+#endif /* CLLM_KV_INTERNAL_H */
