@@ -130,12 +130,14 @@ int cllm__prim_lock(void *addr, size_t size, bool on_fault) {
     return ENOSYS;
 #endif
   }
-  return mlock(addr, size) == 0 ? 0 : errno;
+  /* The raw syscall: AddressSanitizer intercepts mlock() and turns it into a no-op
+   * that reports success, which would make every lock report look true. */
+  return syscall(SYS_mlock, addr, size) == 0 ? 0 : errno;
 }
 
 int cllm__prim_unlock(void *addr, size_t size) {
   if (addr == NULL || size == 0) return EINVAL;
-  return munlock(addr, size) == 0 ? 0 : errno;
+  return syscall(SYS_munlock, addr, size) == 0 ? 0 : errno;
 }
 
 int cllm__prim_protect(void *addr, size_t size, bool writable) {

@@ -1,0 +1,242 @@
+/* cllm-mem: the pinned weights heap (one region per model: NUMA-placed, optionally
+ * huge-paged and mlocked, bump-allocated, loaded from files, sealed read-only).
+ *
+ *   cllm_weights_config_t cfg = cllm_weights_config_default();
+ *   cfg.capacity_bytes = model_bytes;
+ *   cfg.numa = CLLM_WEIGHTS_NUMA_INTERLEAVE;           // spread over every node
+ *   cfg.huge_pages = CLLM_WEIGHTS_HUGE_TRANSPARENT;
+ *   cfg.lock = CLLM_WEIGHTS_LOCK_BEST_EFFORT;
+ *   cfg.reader_threads = 4;                            // parallel preads
+ *   cllm_weights_t *w;
+ *   if (cllm_weights_create(&cfg, &w) < 0) ...;
+ *
+ *   void *tensor;                                      // a file range, bit-exact
+ *   if (cllm_weights_load_path(w, "model.gguf", tensor_offset, tensor_bytes, &tensor) < 0) ...;
+ *   float *bias;                                       // or filled by hand
+ *   if (cllm_weights_alloc(w, n * sizeof(float), 0, (void **)&bias) < 0) ...;
+ *   ...
+ *   if (cllm_weights_seal(w) < 0) ...;                 // read-only from now on
+ *   cllm_weights_stats_t st = {.struct_size = sizeof st};
+ *   if (cllm_weights_stats(w, &st) == CLLM_OK) ...;    // where the pages are, locked?
+ *   cllm_weights_destroy(w);                           // frees every tensor at once
+ *
+ * Order at create (ARCHITECTURE.md section 4): reserve the bytes in the monitor,
+ * map the region (not yet committed), ask for huge pages, apply the NUMA policy
+ * (mbind) while no page exists, commit every page (MADV_POPULATE_WRITE, in large
+ * steps, on the reader threads), and only then mlock. Pages are therefore placed
+ * by the policy, never by the thread that happens to lock them.
+ *
+ * Commit policy: the whole region is committed at create (simple and predictable:
+ * what create returns is all the memory the model will use, charged to the
+ * monitor's WEIGHTS category, and loads never fault). capacity_bytes is rounded
+ * up to the page size (to 2 MiB with huge pages); the rounded size is what is
+ * charged and what stats report as capacity.
+ *
+ * Placement that cannot be applied (the topology is not this machine, or mbind
+ * fails): LOCAL proceeds with the kernel's default policy (first touch, by the
+ * creating thread, is its own node); BIND and INTERLEAVE proceed the same way only
+ * when the topology has a single node (every page lands there anyway); otherwise
+ * create fails with the binding's status (CLLM_ENOTSUP or CLLM_ESYS). Stats report
+ * the policy requested and the one applied, and why they differ.
+ *
+ * Memory handed out by alloc and load is zero-filled until written (a failed load
+ * puts back the zeros it overwrote). Not thread-safe unless tagged: create, alloc,
+ * load and seal are `Thread: external-sync` (one caller at a time; load itself
+ * reads with several threads); the weights themselves may be read from any thread.
+ */
+#ifndef CLLM_WEIGHTS_H
+#define CLLM_WEIGHTS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cllm/export.h>
+#include <cllm/monitor.h>
+#include <cllm/numa.h>
+#include <cllm/status.h>
+
+CLLM_EXTERN_C_BEGIN
+
+typedef struct cllm_weights cllm_weights_t;
+
+// Where the pages go.
+typedef enum cllm_weights_numa {
+  CLLM_WEIGHTS_NUMA_LOCAL = 0,      // the creating thread's node (bound when there are
+                                    // several nodes; first touch when there is one)
+  CLLM_WEIGHTS_NUMA_BIND = 1,       // strictly on `node` (MPOL_BIND)
+  CLLM_WEIGHTS_NUMA_INTERLEAVE = 2, // round-robin over `interleave_nodes` (all if none)
+  CLLM_WEIGHTS_NUMA_DEFAULT = 3,    // no policy: the kernel places pages on first touch
+                                    // (the creating thread commits them); also what
+                                    // stats report when a policy could not be applied
+} cllm_weights_numa_t;
+
+// Huge pages.
+typedef enum cllm_weights_huge {
+  CLLM_WEIGHTS_HUGE_OFF = 0,         // base pages (the region is not advised; with THP
+                                     // in `always` mode the kernel may still use them)
+  CLLM_WEIGHTS_HUGE_TRANSPARENT = 1, // madvise(MADV_HUGEPAGE), region 2 MiB aligned
+  CLLM_WEIGHTS_HUGE_HUGETLBFS = 2,   // MAP_HUGETLB from the reserved pool; when the pool
+                                     // is short, falls back to TRANSPARENT (see stats)
+} cllm_weights_huge_t;
+
+// mlock.
+typedef enum cllm_weights_lock {
+  CLLM_WEIGHTS_LOCK_OFF = 0,
+  CLLM_WEIGHTS_LOCK_BEST_EFFORT = 1, // try; on failure continue unlocked, warn once
+                                     // through the log hook and report it in stats
+  CLLM_WEIGHTS_LOCK_REQUIRED = 2,    // failure fails create with CLLM_ESYS
+} cllm_weights_lock_t;
+
+// Load progress: called on the thread that called load, after each chunk it has
+// read and once at the end (done == total). Return true to go on, false to cancel
+// the load (it then fails with CLLM_EPREEMPTED and leaves the heap as it was). It
+// may do anything except call this heap's functions.
+typedef bool (*cllm_weights_progress_fn)(void *user, size_t done_bytes, size_t total_bytes);
+
+#define CLLM_WEIGHTS_ALIGN_DEFAULT ((size_t)64)  // alignment when align == 0
+#define CLLM_WEIGHTS_MAX_NODES 64                // pages_per_node entries (OS node numbers)
+
+typedef struct cllm_weights_config {
+  size_t struct_size;              // set by cllm_weights_config_default()
+  size_t capacity_bytes;           // the region (required, > 0); rounded up, see above
+  cllm_weights_numa_t numa;        // default LOCAL
+  int node;                        // BIND: the node (topology index), default 0
+  const int *interleave_nodes;     // INTERLEAVE: the nodes (borrowed during create);
+  int n_interleave_nodes;          //   NULL/0 = every node of the topology
+  cllm_weights_huge_t huge_pages;  // default TRANSPARENT
+  cllm_weights_lock_t lock;        // default OFF
+  cllm_monitor_t *monitor;         // charged (WEIGHTS) for what is committed; NULL = global
+  const cllm_topology_t *topology; // NULL = cllm_topology_system(); must outlive the heap
+  int reader_threads;              // threads that commit the region and read loads,
+                                   // the calling thread included (1 = it alone; at most
+                                   // 64; 0 = auto: the CPUs this process may use, at
+                                   // most 8). One thread's pread copies at about half
+                                   // of memcpy bandwidth (the kernel's copy), two reach
+                                   // it. On a machine with several nodes each extra
+                                   // thread is bound to the CPUs of a node of the policy
+                                   // (with no policy there, commit stays on the caller)
+  size_t read_chunk_bytes;         // one pread / one progress step; 0 = 8 MiB;
+                                   // clamped to [64 KiB, 1 GiB]
+  cllm_weights_progress_fn progress; // optional, for every load
+  void *progress_user;
+} cllm_weights_config_t;
+
+// Defaults: capacity 0 (must be set), LOCAL, TRANSPARENT huge pages, no locking,
+// global monitor, system topology, auto readers, 8 MiB chunks. Thread: any.
+CLLM_API cllm_weights_config_t cllm_weights_config_default(void);
+
+// Create the heap: reserve, map, place, commit and lock the whole region (see the
+// order above). *out is NULL on error and nothing is leaked (region unmapped,
+// monitor released). Errors: CLLM_EINVAL (cfg or out NULL, bad struct_size,
+// capacity 0, unknown enum, reader_threads < 0 or > 64, a node out of range,
+// more than 64 interleave nodes),
+// CLLM_EOVERFLOW (capacity cannot be rounded up), CLLM_ELIMIT (the monitor refused
+// the capacity), CLLM_ENOMEM (metadata, map or commit failed), CLLM_ENOTSUP /
+// CLLM_ESYS (a placement that matters could not be applied, see above), CLLM_ESYS
+// (lock REQUIRED and mlock failed: the errno and RLIMIT_MEMLOCK are logged).
+// Thread: any (the calling thread commits pages, with the reader threads).
+CLLM_API CLLM_NODISCARD cllm_status_t cllm_weights_create(const cllm_weights_config_t *cfg,
+                                                           cllm_weights_t **out);
+// Unmap the region (every pointer from the heap becomes invalid) and release the
+// monitor. NULL is a no-op. Thread: external-sync (no other thread may use it).
+CLLM_API void cllm_weights_destroy(cllm_weights_t *w);
+
+// Bump-allocate `bytes` (zero-filled) aligned to `align` (a power of two; 0 = 64;
+// e.g. 4096 for page alignment). Nothing is freed until destroy.
+// Errors: CLLM_EINVAL (w or out NULL, bytes 0, align not a power of two),
+// CLLM_ESTATE (sealed), CLLM_ENOMEM (does not fit in what is left). On error *out
+// is NULL and the heap is unchanged. Thread: external-sync.
+CLLM_API CLLM_NODISCARD cllm_status_t cllm_weights_alloc(cllm_weights_t *w, size_t bytes,
+                                                          size_t align, void **out);
+
+// Read `bytes` of the file at `path` from `offset` into a new 64-byte aligned
+// allocation, bit-exact, with pread calls of read_chunk_bytes on reader_threads
+// threads, reporting progress through the configured callback. On success *out is
+// the data; on error *out is NULL and the heap is as it was (nothing allocated,
+// the zeros back). Errors: CLLM_EINVAL (NULL w/path/out, bytes 0), CLLM_ESTATE
+// (sealed), CLLM_ENOMEM (does not fit), CLLM_ENOTFOUND (no such file), CLLM_ERANGE
+// (offset + bytes beyond the end of the file), CLLM_EIO (a read error, or the file
+// got shorter during the load), CLLM_ESYS (open or read failed otherwise, e.g.
+// EACCES, EMFILE, EISDIR), CLLM_EPREEMPTED (the progress callback cancelled),
+// CLLM_EOVERFLOW (offset + bytes overflows). Thread: external-sync.
+CLLM_API CLLM_NODISCARD cllm_status_t cllm_weights_load_path(cllm_weights_t *w, const char *path,
+                                                              uint64_t offset, size_t bytes,
+                                                              void **out);
+// As load_path, from an open file descriptor (borrowed; its file position is not
+// used or changed). Errors as load_path, and CLLM_EINVAL for fd < 0 or an fd that
+// cannot be stat'ed. Thread: external-sync.
+CLLM_API CLLM_NODISCARD cllm_status_t cllm_weights_load_fd(cllm_weights_t *w, int fd,
+                                                            uint64_t offset, size_t bytes,
+                                                            void **out);
+
+// Make the whole region read-only (mprotect): a later write is a SIGSEGV, reads
+// keep working; alloc and load are refused with CLLM_ESTATE. Sealing a sealed heap
+// is a no-op (CLLM_OK). Errors: CLLM_EINVAL (NULL), CLLM_ESYS (mprotect failed:
+// still writable, unchanged). Thread: external-sync.
+CLLM_API CLLM_NODISCARD cllm_status_t cllm_weights_seal(cllm_weights_t *w);
+
+// The region's base address (its size is stats' capacity_bytes), e.g. to register
+// it with a device; NULL for NULL. Thread: any.
+CLLM_API const void *cllm_weights_base(const cllm_weights_t *w);
+
+typedef struct cllm_weights_stats {
+  size_t struct_size;             // the caller sets sizeof(cllm_weights_stats_t)
+  size_t capacity_bytes;          // the region (rounded as documented)
+  size_t used_bytes;              // bump offset (allocations and loads, with padding)
+  size_t committed_bytes;         // committed and charged to the monitor (= capacity)
+  size_t locked_bytes;            // mlocked (0 or capacity)
+  cllm_weights_lock_t lock_requested;
+  int lock_errno;                 // mlock's errno when locking fell short, else 0
+  size_t memlock_limit_bytes;     // RLIMIT_MEMLOCK when locking was tried (SIZE_MAX:
+                                  // unlimited; root bypasses it with CAP_IPC_LOCK)
+  cllm_weights_huge_t huge_requested;
+  cllm_weights_huge_t huge_applied; // HUGETLBFS -> TRANSPARENT when the pool was short,
+                                    // TRANSPARENT -> OFF when madvise failed
+  int huge_errno;                 // why huge_applied differs from huge_requested, else 0
+  size_t huge_bytes;              // bytes backed by huge pages, read back from the kernel
+                                  // (smaps AnonHugePages; the whole region for hugetlbfs)
+  cllm_weights_numa_t numa_requested;
+  cllm_weights_numa_t numa_applied; // LOCAL is reported as BIND when it was bound
+  uint64_t numa_nodes_mask;       // topology nodes of the applied policy (bit i = node
+                                  // i; 0 for DEFAULT)
+  cllm_status_t numa_status;      // why numa_applied differs from numa_requested (the
+                                  // binding's status), else CLLM_OK
+  int pages_nodes;                // entries filled in pages_per_node (highest OS node + 1)
+  size_t pages_per_node[CLLM_WEIGHTS_MAX_NODES]; // base pages per OS node (move_pages)
+  size_t pages_absent;            // pages not present (0 once committed)
+  size_t pages_other;             // pages on nodes >= CLLM_WEIGHTS_MAX_NODES or unknown
+  size_t page_bytes;              // the base page size the counts are in
+  cllm_status_t readback_status;  // CLLM_OK, or CLLM_ESYS if the kernel queries failed
+                                  // (then huge_bytes/pages_* are 0)
+  bool sealed;
+  uint64_t loads;                 // successful loads
+  uint64_t loaded_bytes;          // bytes they read
+  uint64_t load_failures;         // loads that failed (heap left as it was)
+  int last_load_errno;            // errno of the most recent open or read that failed
+                                  // (0 if none has)
+} cllm_weights_stats_t;
+
+// Fill *st. Reads the page placement and huge pages back from the kernel: O(pages)
+// (a move_pages query per 1024 pages and one pass over /proc/self/smaps), so call
+// it after loading, not on a hot path. Errors: CLLM_EINVAL (NULL, struct_size too
+// small). Thread: any (the figures are each exact; not one snapshot under alloc).
+CLLM_API CLLM_NODISCARD cllm_status_t cllm_weights_stats(const cllm_weights_t *w,
+                                                          cllm_weights_stats_t *st);
+
+// Verify the invariants (used <= capacity, committed == capacity, locked is 0 or
+// capacity, the monitor holds at least what is committed, the bytes past `used`
+// are zero when CLLM_DEBUG >= 3). Returns CLLM_ECORRUPT on a violation (and logs
+// which), CLLM_EINVAL for NULL. Thread: external-sync.
+CLLM_API CLLM_NODISCARD cllm_status_t cllm_weights_check(const cllm_weights_t *w);
+
+// "local", "bind", "interleave", "default"; "unknown" otherwise. Static storage.
+// These three: Thread: any.
+CLLM_API const char *cllm_weights_numa_name(cllm_weights_numa_t p);
+// "off", "transparent", "hugetlbfs"; "unknown" otherwise.
+CLLM_API const char *cllm_weights_huge_name(cllm_weights_huge_t h);
+// "off", "best_effort", "required"; "unknown" otherwise.
+CLLM_API const char *cllm_weights_lock_name(cllm_weights_lock_t l);
+
+CLLM_EXTERN_C_END
+#endif /* CLLM_WEIGHTS_H */

@@ -1,0 +1,686 @@
+/* The pinned weights heap: one region per model, placed, committed, locked, then
+ * bump-allocated and filled from files, and finally sealed read-only.
+ *
+ * Concept. create() does, in this order and only in this order:
+ *   1. reserve capacity in the monitor (WEIGHTS);
+ *   2. map the region, uncommitted (hugetlbfs first when asked; on failure the
+ *      ordinary mapping, 2 MiB aligned, advised for THP);
+ *   3. apply the NUMA policy with mbind while no page of the region exists;
+ *   4. commit every page (MADV_POPULATE_WRITE) in steps of COMMIT_STEP, on the
+ *      reader threads, each bound to the node its pages go to;
+ *   5. lock (mlock2 MLOCK_ONFAULT over pages already present, so it faults nothing
+ *      in and moves nothing: they are where the policy put them).
+ * Any failure undoes what was done before it (unmap, release) and returns.
+ *
+ * Invariants (cllm_weights_check):
+ *   - used <= capacity; committed == capacity (the whole region is committed at
+ *     create); locked is 0 or capacity; the monitor holds >= capacity in WEIGHTS;
+ *   - every byte in [used, capacity) is zero: alloc hands out zeros, and a failed
+ *     load zeroes what it wrote before returning (so "the heap as it was" holds
+ *     byte for byte, not just for the bump pointer);
+ *   - once sealed, the region is PROT_READ and used never changes again.
+ *
+ * Threads and locks: no lock. create/alloc/load/seal are external-sync; `used`,
+ * `sealed` and the load counters are atomics so that stats() may run on any thread.
+ * load() runs reader threads of its own and joins them before returning; they touch
+ * only the destination range and the job's atomics. The progress callback runs on
+ * the calling thread with no library state locked.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <cllm/weights.h>
+
+#include "internal/atomic.h"
+#include "internal/fault.h"
+#include "internal/prim.h"
+#include "internal/util.h"
+
+#define WEIGHTS_MAGIC 0x574549474854534cull /* "WEIGHTSL" */
+#define MAX_READERS 64
+#define AUTO_READERS_MAX 8
+#define DEFAULT_CHUNK ((size_t)8 << 20)
+#define MIN_CHUNK ((size_t)64 << 10)
+#define MAX_CHUNK ((size_t)1 << 30)
+#define COMMIT_STEP ((size_t)64 << 20)
+
+struct cllm_weights {
+  uint64_t magic;
+  char *base;
+  size_t capacity;                 /* mapped, committed and charged */
+  _Atomic size_t used;             /* bump offset */
+  _Atomic bool sealed;
+  cllm_monitor_t *monitor;
+  const cllm_topology_t *topo;     /* NULL only if hwloc could not load the machine */
+  int readers;
+  size_t chunk;
+  cllm_weights_progress_fn progress;
+  void *progress_user;
+
+  size_t locked;
+  cllm_weights_lock_t lock_requested;
+  int lock_errno;
+  size_t memlock_limit;
+
+  cllm_weights_huge_t huge_requested, huge_applied;
+  int huge_errno;
+
+  cllm_weights_numa_t numa_requested, numa_applied;
+  cllm_status_t numa_status;
+  int n_nodes_applied;             /* nodes of the applied policy */
+  int nodes_applied[MAX_READERS];  /* topology indexes (readers bind round-robin) */
+  bool bind_readers;               /* several nodes, this machine: bind reader threads */
+
+  _Atomic uint64_t loads, loaded_bytes, load_failures;
+  _Atomic int last_load_errno;
+};
+
+/* ---- names -------------------------------------------------------------------- */
+
+const char *cllm_weights_numa_name(cllm_weights_numa_t p) {
+  switch (p) {
+    case CLLM_WEIGHTS_NUMA_LOCAL: return "local";
+    case CLLM_WEIGHTS_NUMA_BIND: return "bind";
+    case CLLM_WEIGHTS_NUMA_INTERLEAVE: return "interleave";
+    case CLLM_WEIGHTS_NUMA_DEFAULT: return "default";
+  }
+  return "unknown";
+}
+
+const char *cllm_weights_huge_name(cllm_weights_huge_t h) {
+  switch (h) {
+    case CLLM_WEIGHTS_HUGE_OFF: return "off";
+    case CLLM_WEIGHTS_HUGE_TRANSPARENT: return "transparent";
+    case CLLM_WEIGHTS_HUGE_HUGETLBFS: return "hugetlbfs";
+  }
+  return "unknown";
+}
+
+const char *cllm_weights_lock_name(cllm_weights_lock_t l) {
+  switch (l) {
+    case CLLM_WEIGHTS_LOCK_OFF: return "off";
+    case CLLM_WEIGHTS_LOCK_BEST_EFFORT: return "best_effort";
+    case CLLM_WEIGHTS_LOCK_REQUIRED: return "required";
+  }
+  return "unknown";
+}
+
+cllm_weights_config_t cllm_weights_config_default(void) {
+  cllm_weights_config_t c;
+  memset(&c, 0, sizeof c);
+  c.struct_size = sizeof c;
+  c.numa = CLLM_WEIGHTS_NUMA_LOCAL;
+  c.huge_pages = CLLM_WEIGHTS_HUGE_TRANSPARENT;
+  c.lock = CLLM_WEIGHTS_LOCK_OFF;
+  c.reader_threads = 0;
+  return c;
+}
+
+/* reader_threads == 0: the CPUs this process may run on, at most AUTO_READERS_MAX
+ * (one kernel copy thread reaches ~half of memcpy bandwidth; two or more reach it). */
+static int auto_readers(void) {
+  cpu_set_t set;
+  int n = 0;
+  if (sched_getaffinity(0, sizeof set, &set) == 0) n = CPU_COUNT(&set);
+  if (n <= 0) {
+    long v = sysconf(_SC_NPROCESSORS_ONLN);
+    n = v > 0 ? (int)v : 1;
+  }
+  return n < AUTO_READERS_MAX ? n : AUTO_READERS_MAX;
+}
+
+static cllm_status_t status_of_errno(int e) {
+  switch (e) {
+    case 0: return CLLM_OK;
+    case ENOMEM: case EAGAIN: return CLLM_ENOMEM;
+    case EIO: return CLLM_EIO;
+    case ENOENT: return CLLM_ENOTFOUND;
+    default: return CLLM_ESYS;
+  }
+}
+
+/* ---- the parallel chunk runner (commit at create, pread at load) ---------------- */
+
+typedef struct job {
+  cllm_weights_t *w;
+  char *dst;
+  size_t total, chunk;
+  int fd;                 /* < 0: commit (populate) instead of read */
+  off_t file_off;
+  _Atomic size_t next;    /* next offset to claim */
+  _Atomic size_t done;    /* bytes completed */
+  _Atomic int err;        /* first errno; -1 = short read (EOF) */
+  _Atomic bool stop;
+} job_t;
+
+typedef struct worker {
+  job_t *job;
+  int node;               /* bind to this node first, or -1 */
+  pthread_t tid;
+} worker_t;
+
+static void job_fail(job_t *j, int e) {
+  int zero = 0;
+  atomic_compare_exchange_strong(&j->err, &zero, e);
+  atomic_store_explicit(&j->stop, true, memory_order_release);
+}
+
+/* Claim and process one chunk; false when there is nothing left or the job stopped. */
+static bool job_step(job_t *j) {
+  if (atomic_load_explicit(&j->stop, memory_order_acquire)) return false;
+  size_t off = cllm__atomic_add_relaxed(&j->next, j->chunk);
+  if (off >= j->total) return false;
+  size_t n = j->total - off < j->chunk ? j->total - off : j->chunk;
+  int e;
+  if (j->fd < 0) {
+    e = cllm__prim_populate(j->dst + off, n);
+  } else {
+    size_t got = 0;
+    e = cllm__prim_pread_full(j->fd, j->dst + off, n, j->file_off + (off_t)off, &got);
+    if (e == 0 && got < n) e = -1;
+  }
+  if (e != 0) {
+    job_fail(j, e);
+    return false;
+  }
+  cllm__atomic_add_relaxed(&j->done, n);
+  return true;
+}
+
+static void *worker_main(void *arg) {
+  worker_t *wk = arg;
+  if (wk->node >= 0) (void)cllm_thread_bind_node(wk->job->w->topo, wk->node);
+  while (job_step(wk->job)) {
+  }
+  return NULL;
+}
+
+/* Run the job on the calling thread plus up to w->readers - 1 threads (fewer if the
+ * job is small or a thread cannot start). `progress` (reads only) runs on the
+ * calling thread after each of its chunks and once at the end; false cancels.
+ * Returns 0, an errno, -1 (short read) or -2 (cancelled). */
+static int job_run(job_t *j, bool with_progress, bool multi) {
+  cllm_weights_t *w = j->w;
+  worker_t workers[MAX_READERS];
+  int n_threads = 0;
+  size_t n_chunks = (j->total + j->chunk - 1) / j->chunk;
+  int want = multi ? w->readers : 1;
+  if ((size_t)want > n_chunks) want = (int)n_chunks;
+  for (int i = 1; i < want; i++) {
+    worker_t *wk = &workers[n_threads];
+    wk->job = j;
+    wk->node = w->bind_readers ? w->nodes_applied[i % w->n_nodes_applied] : -1;
+    if (pthread_create(&wk->tid, NULL, worker_main, wk) != 0) break;
+    n_threads++;
+  }
+  bool cancelled = false;
+  while (job_step(j)) {
+    if (with_progress && w->progress != NULL &&
+        !w->progress(w->progress_user, atomic_load(&j->done), j->total)) {
+      cancelled = true;
+      atomic_store_explicit(&j->stop, true, memory_order_release);
+      break;
+    }
+  }
+  for (int i = 0; i < n_threads; i++) pthread_join(workers[i].tid, NULL);
+  int e = atomic_load(&j->err);
+  if (e != 0) return e;
+  if (cancelled) return -2;
+  cllm_assert_internal(atomic_load(&j->done) == j->total);
+  if (with_progress && w->progress != NULL &&
+      !w->progress(w->progress_user, j->total, j->total))
+    return -2;
+  return 0;
+}
+
+/* How far a stopped job may have written (claimed chunks), for undoing it. */
+static size_t job_claimed(job_t *j) {
+  size_t c = atomic_load(&j->next);
+  return c < j->total ? c : j->total;
+}
+
+/* ---- create / destroy ----------------------------------------------------------- */
+
+static void unmap_region(void *base, size_t size) {
+  /* munmap of a whole mapping we own cannot fail in practice; a second try covers
+   * an injected failure, and anything worse is logged (the bytes would leak). */
+  int e = cllm__prim_unmap(base, size);
+  if (e != 0) e = cllm__prim_unmap(base, size);
+  if (e != 0) cllm__error("weights: munmap of %zu bytes failed: %s", size, strerror(e));
+}
+
+static cllm_status_t check_config(const cllm_weights_config_t *cfg, int n_nodes) {
+  if (cfg->struct_size < sizeof(cllm_weights_config_t)) return CLLM_EINVAL;
+  if (cfg->capacity_bytes == 0) return CLLM_EINVAL;
+  if ((unsigned)cfg->numa > CLLM_WEIGHTS_NUMA_DEFAULT) return CLLM_EINVAL;
+  if ((unsigned)cfg->huge_pages > CLLM_WEIGHTS_HUGE_HUGETLBFS) return CLLM_EINVAL;
+  if ((unsigned)cfg->lock > CLLM_WEIGHTS_LOCK_REQUIRED) return CLLM_EINVAL;
+  if (cfg->reader_threads < 0 || cfg->reader_threads > MAX_READERS) return CLLM_EINVAL;
+  if (cfg->numa == CLLM_WEIGHTS_NUMA_BIND && (cfg->node < 0 || cfg->node >= n_nodes))
+    return CLLM_EINVAL;
+  if (cfg->numa == CLLM_WEIGHTS_NUMA_INTERLEAVE) {
+    if (cfg->n_interleave_nodes < 0 || cfg->n_interleave_nodes > MAX_READERS ||
+        (cfg->n_interleave_nodes > 0 && cfg->interleave_nodes == NULL))
+      return CLLM_EINVAL;
+    for (int i = 0; i < cfg->n_interleave_nodes; i++)
+      if (cfg->interleave_nodes[i] < 0 || cfg->interleave_nodes[i] >= n_nodes) return CLLM_EINVAL;
+  }
+  return CLLM_OK;
+}
+
+/* Map the region: hugetlbfs when asked (falling back), else 2 MiB aligned and
+ * advised for THP, else plain pages. Records what was applied. */
+static cllm_status_t map_region(cllm_weights_t *w) {
+  size_t hp = cllm__prim_huge_page_size();
+  void *p = NULL;
+  w->huge_applied = w->huge_requested;
+  if (w->huge_requested == CLLM_WEIGHTS_HUGE_HUGETLBFS) {
+    int e = cllm__prim_map_hugetlb(w->capacity, &p);
+    if (e == 0) {
+      w->base = p;
+      return CLLM_OK;
+    }
+    w->huge_errno = e;
+    w->huge_applied = CLLM_WEIGHTS_HUGE_TRANSPARENT;
+    cllm__info("weights: hugetlbfs mapping of %zu bytes refused (%s; see "
+               "/proc/sys/vm/nr_hugepages); using transparent huge pages",
+               w->capacity, strerror(e));
+  }
+  bool huge = w->huge_applied == CLLM_WEIGHTS_HUGE_TRANSPARENT;
+  int e = cllm__prim_map(w->capacity, huge ? hp : 0, &p);
+  if (e != 0) return status_of_errno(e);
+  w->base = p;
+  if (huge) {
+    int a = cllm__prim_advise_huge(p, w->capacity);
+    if (a != 0) {
+      w->huge_errno = a;
+      w->huge_applied = CLLM_WEIGHTS_HUGE_OFF;
+    }
+  }
+  return CLLM_OK;
+}
+
+/* Apply the NUMA policy before any page is touched (see the header for when a
+ * policy that cannot be applied is tolerated). */
+static cllm_status_t place_region(cllm_weights_t *w, const cllm_weights_config_t *cfg) {
+  int n_nodes = w->topo != NULL ? cllm_topology_nodes(w->topo) : 1;
+  bool this_system = w->topo != NULL && cllm_topology_is_this_system(w->topo);
+  cllm_status_t s = CLLM_OK;
+  w->numa_applied = CLLM_WEIGHTS_NUMA_DEFAULT;
+  w->n_nodes_applied = 0;
+  switch (cfg->numa) {
+    case CLLM_WEIGHTS_NUMA_DEFAULT:
+      return CLLM_OK;
+    case CLLM_WEIGHTS_NUMA_LOCAL: {
+      /* One node: first touch by this thread is exact; no policy needed. */
+      if (n_nodes <= 1) return CLLM_OK;
+      int node = this_system ? cllm_topology_current_node(w->topo) : -1;
+      s = node < 0 ? CLLM_ENOTSUP : cllm_topology_bind_area(w->topo, w->base, w->capacity, node);
+      if (s == CLLM_OK) {
+        w->numa_applied = CLLM_WEIGHTS_NUMA_BIND;
+        w->nodes_applied[0] = node;
+        w->n_nodes_applied = 1;
+      } else {
+        w->numa_status = s;  /* first touch by the creating thread instead */
+      }
+      return CLLM_OK;
+    }
+    case CLLM_WEIGHTS_NUMA_BIND:
+      s = w->topo == NULL ? CLLM_ENOTSUP
+                          : cllm_topology_bind_area(w->topo, w->base, w->capacity, cfg->node);
+      if (s == CLLM_OK) {
+        w->numa_applied = CLLM_WEIGHTS_NUMA_BIND;
+        w->nodes_applied[0] = cfg->node;
+        w->n_nodes_applied = 1;
+      }
+      break;
+    case CLLM_WEIGHTS_NUMA_INTERLEAVE:
+      s = w->topo == NULL ? CLLM_ENOTSUP
+                          : cllm_topology_interleave_area(w->topo, w->base, w->capacity,
+                                                          cfg->interleave_nodes,
+                                                          cfg->n_interleave_nodes);
+      if (s == CLLM_OK) {
+        w->numa_applied = CLLM_WEIGHTS_NUMA_INTERLEAVE;
+        if (cfg->n_interleave_nodes > 0) {
+          for (int i = 0; i < cfg->n_interleave_nodes; i++)
+            w->nodes_applied[i] = cfg->interleave_nodes[i];
+          w->n_nodes_applied = cfg->n_interleave_nodes;
+        } else {
+          int n = n_nodes < MAX_READERS ? n_nodes : MAX_READERS;
+          for (int i = 0; i < n; i++) w->nodes_applied[i] = i;
+          w->n_nodes_applied = n;
+        }
+      }
+      break;
+  }
+  if (s == CLLM_OK) return CLLM_OK;
+  w->numa_status = s;
+  if (n_nodes <= 1) return CLLM_OK; /* every page lands on the one node anyway */
+  cllm__warn("weights: cannot apply NUMA policy %s over %d nodes: %s",
+             cllm_weights_numa_name(cfg->numa), n_nodes, cllm_status_str(s));
+  return s;
+}
+
+/* mlock the committed region. Best effort logs once and continues. */
+static cllm_status_t lock_region(cllm_weights_t *w) {
+  if (w->lock_requested == CLLM_WEIGHTS_LOCK_OFF) return CLLM_OK;
+  w->memlock_limit = cllm__prim_memlock_limit();
+  /* mlock2(MLOCK_ONFAULT): the pages are all present, so this locks them all
+   * without faulting anything in (placement already happened); it is also a raw
+   * syscall, which sanitizers do not replace (ASan turns mlock into a no-op).
+   * Kernels without mlock2 (< 4.4) get plain mlock. */
+  int e = cllm__prim_lock(w->base, w->capacity, true);
+  if (e == ENOSYS || e == EINVAL) e = cllm__prim_lock(w->base, w->capacity, false);
+  if (e == 0) {
+    w->locked = w->capacity;
+    return CLLM_OK;
+  }
+  (void)cllm__prim_unlock(w->base, w->capacity); /* drop any partial lock */
+  w->lock_errno = e;
+  char lim[32];
+  if (w->memlock_limit == SIZE_MAX) snprintf(lim, sizeof lim, "unlimited");
+  else snprintf(lim, sizeof lim, "%zu bytes", w->memlock_limit);
+  if (w->lock_requested == CLLM_WEIGHTS_LOCK_REQUIRED) {
+    cllm__error("weights: mlock of %zu bytes failed: %s (RLIMIT_MEMLOCK %s); raise "
+                "`ulimit -l` or grant CAP_IPC_LOCK",
+                w->capacity, strerror(e), lim);
+    return CLLM_ESYS;
+  }
+  cllm__warn("weights: mlock of %zu bytes failed: %s (RLIMIT_MEMLOCK %s); continuing "
+             "unlocked (pages may be swapped out); raise `ulimit -l` or grant CAP_IPC_LOCK",
+             w->capacity, strerror(e), lim);
+  return CLLM_OK;
+}
+
+cllm_status_t cllm_weights_create(const cllm_weights_config_t *cfg, cllm_weights_t **out) {
+  if (out == NULL) return CLLM_EINVAL;
+  *out = NULL;
+  if (cfg == NULL) return CLLM_EINVAL;
+  const cllm_topology_t *topo = cfg->topology != NULL ? cfg->topology : cllm_topology_system();
+  int n_nodes = topo != NULL ? cllm_topology_nodes(topo) : 1;
+  cllm_status_t s = check_config(cfg, n_nodes);
+  if (s != CLLM_OK) return s;
+
+  bool huge = cfg->huge_pages != CLLM_WEIGHTS_HUGE_OFF;
+  size_t granule = huge ? cllm__prim_huge_page_size() : cllm__prim_page_size(), capacity;
+  if (!cllm__align_up_checked(cfg->capacity_bytes, granule, &capacity)) return CLLM_EOVERFLOW;
+
+  cllm_weights_t *w = CLLM_FAULT(CLLM_FAULT_MALLOC) ? NULL : calloc(1, sizeof *w);
+  if (w == NULL) return CLLM_ENOMEM;
+  w->magic = WEIGHTS_MAGIC;
+  w->capacity = capacity;
+  w->monitor = cfg->monitor != NULL ? cfg->monitor : cllm_monitor_global();
+  w->topo = topo;
+  w->readers = cfg->reader_threads > 0 ? cfg->reader_threads : auto_readers();
+  w->chunk = cfg->read_chunk_bytes != 0 ? cfg->read_chunk_bytes : DEFAULT_CHUNK;
+  w->chunk = w->chunk < MIN_CHUNK ? MIN_CHUNK : w->chunk > MAX_CHUNK ? MAX_CHUNK : w->chunk;
+  w->progress = cfg->progress;
+  w->progress_user = cfg->progress_user;
+  w->lock_requested = cfg->lock;
+  w->huge_requested = cfg->huge_pages;
+  w->numa_requested = cfg->numa;
+
+  s = cllm_monitor_reserve(w->monitor, CLLM_CAT_WEIGHTS, capacity);
+  if (s != CLLM_OK) goto fail_free;
+  s = map_region(w);
+  if (s != CLLM_OK) goto fail_release;
+  s = place_region(w, cfg);
+  if (s != CLLM_OK) goto fail_unmap;
+  w->bind_readers = w->n_nodes_applied > 0 && n_nodes > 1 && cllm_topology_is_this_system(topo);
+
+  /* Commit. With no policy on a several-node machine, only this thread may touch
+   * the pages (first touch decides their node). */
+  size_t step = COMMIT_STEP;
+  if (w->huge_applied == CLLM_WEIGHTS_HUGE_HUGETLBFS) step = cllm__align_down(step, granule);
+  job_t commit = {.w = w, .dst = w->base, .total = capacity, .chunk = step, .fd = -1};
+  bool multi = !(w->numa_applied == CLLM_WEIGHTS_NUMA_DEFAULT && n_nodes > 1);
+  int e = job_run(&commit, false, multi);
+  if (e != 0) {
+    s = status_of_errno(e);
+    goto fail_unmap;
+  }
+  s = lock_region(w);
+  if (s != CLLM_OK) goto fail_unmap;
+  *out = w;
+  return CLLM_OK;
+
+fail_unmap:
+  unmap_region(w->base, capacity);
+fail_release:
+  (void)cllm_monitor_release(w->monitor, CLLM_CAT_WEIGHTS, capacity);
+fail_free:
+  w->magic = 0;
+  free(w);
+  return s;
+}
+
+void cllm_weights_destroy(cllm_weights_t *w) {
+  if (w == NULL) return;
+  if (w->magic != WEIGHTS_MAGIC) return;
+  unmap_region(w->base, w->capacity); /* also unlocks */
+  (void)cllm_monitor_release(w->monitor, CLLM_CAT_WEIGHTS, w->capacity);
+  w->magic = 0;
+  free(w);
+}
+
+const void *cllm_weights_base(const cllm_weights_t *w) { return w != NULL ? w->base : NULL; }
+
+/* ---- allocation ------------------------------------------------------------------- */
+
+/* Where `bytes` aligned to `align` would go: the offset, or an error. */
+static cllm_status_t place(const cllm_weights_t *w, size_t bytes, size_t align, size_t *off) {
+  if (align == 0) align = CLLM_WEIGHTS_ALIGN_DEFAULT;
+  if (!cllm__is_pow2(align)) return CLLM_EINVAL;
+  uintptr_t cur = (uintptr_t)w->base + atomic_load_explicit(&w->used, memory_order_relaxed);
+  size_t start, end;
+  if (!cllm__align_up_checked((size_t)cur, align, &start)) return CLLM_ENOMEM;
+  start -= (uintptr_t)w->base;
+  if (cllm__add_overflow(start, bytes, &end) || end > w->capacity) return CLLM_ENOMEM;
+  *off = start;
+  return CLLM_OK;
+}
+
+static cllm_status_t writable(const cllm_weights_t *w) {
+  return atomic_load_explicit(&w->sealed, memory_order_acquire) ? CLLM_ESTATE : CLLM_OK;
+}
+
+cllm_status_t cllm_weights_alloc(cllm_weights_t *w, size_t bytes, size_t align, void **out) {
+  if (out == NULL) return CLLM_EINVAL;
+  *out = NULL;
+  if (w == NULL || w->magic != WEIGHTS_MAGIC || bytes == 0) return CLLM_EINVAL;
+  if (align != 0 && !cllm__is_pow2(align)) return CLLM_EINVAL;
+  cllm_status_t s = writable(w);
+  if (s != CLLM_OK) return s;
+  size_t off;
+  s = place(w, bytes, align, &off);
+  if (s != CLLM_OK) return s;
+  atomic_store_explicit(&w->used, off + bytes, memory_order_relaxed);
+  *out = w->base + off;
+  return CLLM_OK;
+}
+
+/* ---- loading ---------------------------------------------------------------------- */
+
+static cllm_status_t load_into(cllm_weights_t *w, int fd, uint64_t offset, size_t bytes,
+                               void **out) {
+  size_t fsize, end;
+  int e = cllm__prim_file_size(fd, &fsize);
+  if (e != 0) return e == EBADF ? CLLM_EINVAL : CLLM_ESYS;
+  if (cllm__add_overflow((size_t)offset, bytes, &end) || offset > (uint64_t)INT64_MAX ||
+      end > (size_t)INT64_MAX)
+    return CLLM_EOVERFLOW;
+  if (end > fsize) return CLLM_ERANGE;
+  size_t off;
+  cllm_status_t s = place(w, bytes, 0, &off);
+  if (s != CLLM_OK) return s;
+
+  job_t j = {.w = w, .dst = w->base + off, .total = bytes, .chunk = w->chunk, .fd = fd,
+             .file_off = (off_t)offset};
+  e = job_run(&j, true, true);
+  if (e != 0) {
+    /* Put the zeros back where chunks may have been written. */
+    memset(j.dst, 0, job_claimed(&j));
+    if (e > 0) atomic_store_explicit(&w->last_load_errno, e, memory_order_relaxed);
+    if (e == -2) return CLLM_EPREEMPTED;
+    if (e == -1) {
+      cllm__warn("weights: file ended early while loading %zu bytes at offset %llu "
+                 "(truncated during the load?)", bytes, (unsigned long long)offset);
+      return CLLM_EIO;
+    }
+    cllm__warn("weights: read of %zu bytes at offset %llu failed: %s", bytes,
+               (unsigned long long)offset, strerror(e));
+    return e == EIO ? CLLM_EIO : e == EBADF ? CLLM_EINVAL : CLLM_ESYS;
+  }
+  atomic_store_explicit(&w->used, off + bytes, memory_order_relaxed);
+  cllm__atomic_add_relaxed(&w->loads, 1);
+  cllm__atomic_add_relaxed(&w->loaded_bytes, bytes);
+  *out = j.dst;
+  return CLLM_OK;
+}
+
+static cllm_status_t load_check(cllm_weights_t *w, size_t bytes, void **out) {
+  if (out == NULL) return CLLM_EINVAL;
+  *out = NULL;
+  if (w == NULL || w->magic != WEIGHTS_MAGIC || bytes == 0) return CLLM_EINVAL;
+  return writable(w);
+}
+
+cllm_status_t cllm_weights_load_fd(cllm_weights_t *w, int fd, uint64_t offset, size_t bytes,
+                                   void **out) {
+  cllm_status_t s = load_check(w, bytes, out);
+  if (s != CLLM_OK) return s;
+  if (fd < 0) return CLLM_EINVAL;
+  s = load_into(w, fd, offset, bytes, out);
+  if (s != CLLM_OK) cllm__atomic_add_relaxed(&w->load_failures, 1);
+  return s;
+}
+
+cllm_status_t cllm_weights_load_path(cllm_weights_t *w, const char *path, uint64_t offset,
+                                     size_t bytes, void **out) {
+  cllm_status_t s = load_check(w, bytes, out);
+  if (s != CLLM_OK) return s;
+  if (path == NULL) return CLLM_EINVAL;
+  int fd = -1;
+  int e = cllm__prim_open_ro(path, &fd);
+  if (e != 0) {
+    cllm__atomic_add_relaxed(&w->load_failures, 1);
+    atomic_store_explicit(&w->last_load_errno, e, memory_order_relaxed);
+    return e == ENOENT || e == ENOTDIR ? CLLM_ENOTFOUND : CLLM_ESYS;
+  }
+  s = load_into(w, fd, offset, bytes, out);
+  if (s != CLLM_OK) cllm__atomic_add_relaxed(&w->load_failures, 1);
+  close(fd);
+  return s;
+}
+
+/* ---- seal ---------------------------------------------------------------------------- */
+
+cllm_status_t cllm_weights_seal(cllm_weights_t *w) {
+  if (w == NULL || w->magic != WEIGHTS_MAGIC) return CLLM_EINVAL;
+  if (atomic_load_explicit(&w->sealed, memory_order_acquire)) return CLLM_OK;
+  int e = cllm__prim_protect(w->base, w->capacity, false);
+  if (e != 0) {
+    cllm__warn("weights: mprotect(PROT_READ) of %zu bytes failed: %s", w->capacity,
+               strerror(e));
+    return CLLM_ESYS;
+  }
+  atomic_store_explicit(&w->sealed, true, memory_order_release);
+  return CLLM_OK;
+}
+
+/* ---- stats and check ------------------------------------------------------------------ */
+
+cllm_status_t cllm_weights_stats(const cllm_weights_t *w, cllm_weights_stats_t *st) {
+  if (w == NULL || st == NULL || w->magic != WEIGHTS_MAGIC ||
+      st->struct_size < sizeof(cllm_weights_stats_t))
+    return CLLM_EINVAL;
+  size_t ss = st->struct_size;
+  memset(st, 0, sizeof *st);
+  st->struct_size = ss;
+  st->capacity_bytes = w->capacity;
+  st->used_bytes = atomic_load_explicit(&w->used, memory_order_relaxed);
+  st->committed_bytes = w->capacity;
+  st->locked_bytes = w->locked;
+  st->lock_requested = w->lock_requested;
+  st->lock_errno = w->lock_errno;
+  st->memlock_limit_bytes = w->memlock_limit;
+  st->huge_requested = w->huge_requested;
+  st->huge_applied = w->huge_applied;
+  st->huge_errno = w->huge_errno;
+  st->numa_requested = w->numa_requested;
+  st->numa_applied = w->numa_applied;
+  for (int i = 0; i < w->n_nodes_applied; i++)
+    if (w->nodes_applied[i] < 64) st->numa_nodes_mask |= (uint64_t)1 << w->nodes_applied[i];
+  st->numa_status = w->numa_status;
+  st->sealed = atomic_load_explicit(&w->sealed, memory_order_acquire);
+  st->loads = atomic_load_explicit(&w->loads, memory_order_relaxed);
+  st->loaded_bytes = atomic_load_explicit(&w->loaded_bytes, memory_order_relaxed);
+  st->load_failures = atomic_load_explicit(&w->load_failures, memory_order_relaxed);
+  st->last_load_errno = atomic_load_explicit(&w->last_load_errno, memory_order_relaxed);
+  st->page_bytes = cllm__prim_page_size();
+
+  /* Read back from the kernel what it actually did. */
+  int e = 0;
+  if (w->huge_applied == CLLM_WEIGHTS_HUGE_HUGETLBFS) {
+    st->huge_bytes = w->capacity; /* hugetlbfs mappings are huge pages throughout */
+  } else {
+    e = cllm__prim_huge_bytes(w->base, w->capacity, &st->huge_bytes);
+  }
+  if (e == 0)
+    e = cllm__prim_pages_per_node(w->base, w->capacity, st->pages_per_node,
+                                  CLLM_WEIGHTS_MAX_NODES, &st->pages_absent, &st->pages_other);
+  if (e != 0) {
+    st->readback_status = CLLM_ESYS;
+    st->huge_bytes = 0;
+    memset(st->pages_per_node, 0, sizeof st->pages_per_node);
+    st->pages_absent = st->pages_other = 0;
+  } else {
+    for (int i = 0; i < CLLM_WEIGHTS_MAX_NODES; i++)
+      if (st->pages_per_node[i] != 0) st->pages_nodes = i + 1;
+  }
+  return CLLM_OK;
+}
+
+cllm_status_t cllm_weights_check(const cllm_weights_t *w) {
+  if (w == NULL) return CLLM_EINVAL;
+  if (w->magic != WEIGHTS_MAGIC) {
+    cllm__error("weights check: bad magic %#llx", (unsigned long long)w->magic);
+    return CLLM_ECORRUPT;
+  }
+  size_t used = atomic_load_explicit(&w->used, memory_order_relaxed);
+  if (used > w->capacity) {
+    cllm__error("weights check: used %zu > capacity %zu", used, w->capacity);
+    return CLLM_ECORRUPT;
+  }
+  if (w->base == NULL || ((uintptr_t)w->base & (cllm__prim_page_size() - 1)) != 0) {
+    cllm__error("weights check: region base %p not page aligned", (void *)w->base);
+    return CLLM_ECORRUPT;
+  }
+  if (w->locked != 0 && w->locked != w->capacity) {
+    cllm__error("weights check: locked %zu is neither 0 nor capacity %zu", w->locked,
+                w->capacity);
+    return CLLM_ECORRUPT;
+  }
+  size_t charged = cllm_monitor_used(w->monitor, CLLM_CAT_WEIGHTS);
+  if (charged < w->capacity) {
+    cllm__error("weights check: monitor holds %zu in weights, less than the %zu committed",
+                charged, w->capacity);
+    return CLLM_ECORRUPT;
+  }
+  if (CLLM_DEBUG >= 3) {
+    for (size_t i = used; i < w->capacity; i++) {
+      if (w->base[i] != 0) {
+        cllm__error("weights check: byte %zu past used (%zu) is not zero", i, used);
+        return CLLM_ECORRUPT;
+      }
+    }
+  }
+  return CLLM_OK;
+}
