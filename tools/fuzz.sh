@@ -30,6 +30,9 @@ build() {
   [ -n "$src" ] || { echo "fuzz.sh: no fuzzer '$name' (try --list)" >&2; exit 2; }
   command -v clang >/dev/null || { echo "fuzz.sh: clang not found (tools/bazel installs it)" >&2; exit 1; }
   mkdir -p "$build_dir/obj"
+  # One build at a time: several fuzzers may be started together.
+  exec 9>"$build_dir/.lock"
+  flock 9
   local flags=(-g -O1 -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined
                -D_GNU_SOURCE -DCLLM_FAULT_INJECTION -Iinclude -I. -I"$fuzz_dir")
   # The library's objects are shared by every fuzzer; rebuilt when a source or any
@@ -47,6 +50,7 @@ build() {
   case "$src" in *.cc) cc=clang++ std=-std=c++17 ;; esac
   $cc $std "${flags[@]}" -fsanitize=fuzzer "$src" "${objs[@]}" -o "$build_dir/$name" \
       -lmimalloc -lhwloc -lpthread -ldl
+  flock -u 9
 }
 
 run() {
