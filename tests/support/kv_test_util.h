@@ -1,0 +1,124 @@
+/* Helpers shared by the KV cache's Criterion suites (kv_cache_test.c,
+ * kv_model_test.c). */
+#ifndef CLLM_TESTS_KV_TEST_UTIL_H
+#define CLLM_TESTS_KV_TEST_UTIL_H
+
+#include <criterion/criterion.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cllm/kv_cache.h>
+#include <cllm/monitor.h>
+
+/* ---- helpers -------------------------------------------------------------------- */
+
+static cllm_monitor_t *mk_monitor(size_t limit) {
+  cllm_monitor_config_t mc = cllm_monitor_config_default();
+  mc.limit_bytes = limit;
+  cllm_monitor_t *m = NULL;
+  cr_assert_eq(cllm_monitor_create(&mc, &m), CLLM_OK);
+  return m;
+}
+
+/* layers 2, 1 head of dim 4, fp32: a row is 16 bytes, a chunk bt x 16. */
+static cllm_kv_config_t small_cfg(cllm_monitor_t *m, size_t blocks, uint32_t bt) {
+  cllm_kv_config_t c = cllm_kv_config_default();
+  c.layers = 2;
+  c.kv_heads = 1;
+  c.head_dim = 4;
+  c.dtype_bytes = 4;
+  c.block_tokens = bt;
+  c.capacity_blocks = blocks;
+  c.monitor = m;
+  return c;
+}
+
+static cllm_kv_cache_t *mk(const cllm_kv_config_t *c) {
+  cllm_kv_cache_t *kv = NULL;
+  cllm_status_t rc = cllm_kv_cache_create(c, &kv);
+  cr_assert_eq(rc, CLLM_OK, "create: %s", cllm_status_name(rc));
+  cr_assert_not_null(kv);
+  return kv;
+}
+
+static cllm_kv_stats_t stats(cllm_kv_cache_t *kv) {
+  cllm_kv_stats_t st;
+  st.struct_size = sizeof st;
+  cr_assert_eq(cllm_kv_stats(kv, &st), CLLM_OK);
+  return st;
+}
+
+static void check(cllm_kv_cache_t *kv) { cr_assert_eq(cllm_kv_check(kv), CLLM_OK); }
+
+static cllm_kv_seq_t open_seq(cllm_kv_cache_t *kv, const char *id) {
+  cllm_kv_seq_t s;
+  cr_assert_eq(cllm_kv_seq_open(kv, id, NULL, &s), CLLM_OK);
+  return s;
+}
+
+/* Reserve n tokens and commit tokens[0..n). */
+static void extend(cllm_kv_cache_t *kv, cllm_kv_seq_t s, const cllm_kv_token_t *t, size_t n) {
+  cr_assert_eq(cllm_kv_seq_reserve(kv, s, n, NULL), CLLM_OK);
+  cr_assert_eq(cllm_kv_seq_commit(kv, s, t, n), CLLM_OK);
+}
+
+static size_t table(cllm_kv_cache_t *kv, cllm_kv_seq_t s, uint32_t *out, size_t cap) {
+  size_t n = 0;
+  cr_assert_eq(cllm_kv_seq_block_table(kv, s, out, cap, &n), CLLM_OK);
+  return n;
+}
+
+static void seq_tokens(cllm_kv_token_t *t, size_t n, int base) {
+  for (size_t i = 0; i < n; i++) t[i] = (cllm_kv_token_t)(base * 1000 + (int)i);
+}
+
+static void fill_floats(float *f, size_t n, int seed) {
+  for (size_t i = 0; i < n; i++) f[i] = (float)(seed * 10000 + (int)i);
+}
+
+/* A recorder for the eviction callback. */
+typedef struct rec {
+  int calls;
+  char ids[64][96];
+  cllm_kv_evict_reason_t reasons[64];
+  cllm_kv_cache_t *kv;
+  bool close_preempted;
+} rec_t;
+
+static void record(void *user, const char *id, cllm_kv_evict_reason_t reason) {
+  rec_t *r = user;
+  if (r->calls < 64) {
+    snprintf(r->ids[r->calls], sizeof r->ids[0], "%s", id);
+    r->reasons[r->calls] = reason;
+  }
+  r->calls++;
+  if (r->close_preempted && reason == CLLM_KV_EVICT_PREEMPTED) {
+    cllm_kv_seq_t s;  // re-entrant: the callback runs outside the lock
+    cr_assert_eq(cllm_kv_seq_find(r->kv, id, &s), CLLM_OK);
+    cr_assert_eq(cllm_kv_seq_close(r->kv, s), CLLM_OK);
+  }
+}
+
+static void write_row(cllm_kv_cache_t *kv, cllm_kv_loc_t loc, uint32_t val) {
+  for (uint32_t l = 0; l < 2; l++) {
+    uint32_t *k, *v;
+    cr_assert_eq(cllm_kv_block_layer(kv, loc.block, l, (void **)&k, (void **)&v), CLLM_OK);
+    for (int j = 0; j < 4; j++) {
+      k[loc.offset * 4 + j] = val + l;
+      v[loc.offset * 4 + j] = ~(val + l);
+    }
+  }
+}
+
+static uint32_t read_row(cllm_kv_cache_t *kv, cllm_kv_seq_t s, size_t pos) {
+  uint32_t t[64];
+  size_t n = table(kv, s, t, 64);
+  cr_assert_lt(pos / 4, n);
+  uint32_t *k, *v;
+  cr_assert_eq(cllm_kv_block_layer(kv, t[pos / 4], 1, (void **)&k, (void **)&v), CLLM_OK);
+  cr_assert_eq(v[(pos % 4) * 4], ~k[(pos % 4) * 4]);
+  return k[(pos % 4) * 4] - 1;
+}
+
+#endif
