@@ -159,7 +159,8 @@ CLLM_API CLLM_NODISCARD cllm_status_t cllm_weights_alloc(cllm_weights_t *w, size
 // (offset + bytes beyond the end of the file), CLLM_EIO (a read error, or the file
 // got shorter during the load), CLLM_ESYS (open or read failed otherwise, e.g.
 // EACCES, EMFILE, EISDIR), CLLM_EPREEMPTED (the progress callback cancelled),
-// CLLM_EOVERFLOW (offset + bytes overflows). Thread: external-sync.
+// CLLM_EOVERFLOW (offset + bytes overflows or passes the largest file offset,
+// 2^63-1). Thread: external-sync.
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_weights_load_path(cllm_weights_t *w, const char *path,
                                                               uint64_t offset, size_t bytes,
                                                               void **out);
