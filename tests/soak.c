@@ -54,9 +54,11 @@ typedef struct seq_state {
   cllm_kv_cache_t *kv; /* the shared cache, or the worker's own */
   cllm_kv_seq_t seq;
   bool open;
-  uint32_t tag;       /* this sequence's tag for the tokens it wrote */
-  uint32_t parent_tag;/* tokens before fork_at carry the parent's tag */
-  size_t fork_at;
+  /* Who wrote each position: segment k covers [seg_start[k], seg_start[k+1]) and
+   * carries seg_tag[k]; a fork copies its parent's segments and starts its own. */
+  uint32_t seg_tag[8];
+  size_t seg_start[8];
+  int nseg;
   size_t len;
   size_t target;
   char id[48];
@@ -70,7 +72,9 @@ static double now_s(void) {
 
 static uint32_t row_tag(const seq_state_t *s, size_t pos) {
   if (pos < SYS_PROMPT) return 0x5EED0000u; /* the shared system prompt */
-  return pos < s->fork_at ? s->parent_tag : s->tag;
+  for (int k = s->nseg - 1; k > 0; k--)
+    if (pos >= s->seg_start[k]) return s->seg_tag[k];
+  return s->seg_tag[0];
 }
 
 /* Write or verify the tag of token `pos` in layer 0's K row. */
@@ -116,7 +120,7 @@ static bool extend(shared_t *sh, seq_state_t *s, const cllm_kv_token_t *prompt) 
   MT_CHECK(rc == CLLM_OK, "reserve %s", cllm_status_name(rc));
   uint32_t tag = row_tag(s, s->len);
   memcpy(k_row(s->kv, loc.block, loc.offset), &tag, sizeof tag);
-  cllm_kv_token_t t = s->len < SYS_PROMPT ? prompt[s->len] : (cllm_kv_token_t)(s->tag ^ s->len);
+  cllm_kv_token_t t = s->len < SYS_PROMPT ? prompt[s->len] : (cllm_kv_token_t)(tag ^ s->len);
   rc = cllm_kv_seq_commit(s->kv, s->seq, &t, 1);
   MT_CHECK(rc == CLLM_OK, "commit %s", cllm_status_name(rc));
   s->len++;
@@ -179,9 +183,9 @@ static void *worker_main(void *arg) {
       seq_state_t *s = &seqs[i];
       if (!s->open) {
         snprintf(s->id, sizeof s->id, "w%d-%u", wk->id, serial++);
-        s->tag = ((uint32_t)wk->id << 24) | (serial & 0xFFFFFF);
-        s->parent_tag = s->tag;
-        s->fork_at = 0;
+        s->seg_tag[0] = ((uint32_t)wk->id << 24) | (serial & 0xFFFFFF);
+        s->seg_start[0] = 0;
+        s->nseg = 1;
         s->target = SYS_PROMPT + 1 + mt_rand(&rng) % 200;
         size_t cached = 0;
         cllm_status_t rc;
@@ -200,15 +204,17 @@ static void *worker_main(void *arg) {
       if (s->len >= s->target) {
         /* sometimes fork the finished sequence into the next slot's place first */
         int j = i ^ 1; /* the other slot on the same cache */
-        if (!seqs[j].open && mt_rand(&rng) % 4 == 0) {
+        if (!seqs[j].open && s->nseg < 8 && mt_rand(&rng) % 4 == 0) {
           seq_state_t *c = &seqs[j];
           snprintf(c->id, sizeof c->id, "w%d-f%u", wk->id, serial++);
           cllm_status_t rc = cllm_kv_seq_fork(s->kv, s->seq, c->id, &c->seq);
           if (rc == CLLM_OK) {
             c->open = true;
-            c->parent_tag = s->tag;
-            c->tag = ((uint32_t)wk->id << 24) | (serial & 0xFFFFFF) | 0x800000u;
-            c->fork_at = s->len;
+            memcpy(c->seg_tag, s->seg_tag, sizeof c->seg_tag);
+            memcpy(c->seg_start, s->seg_start, sizeof c->seg_start);
+            c->seg_tag[s->nseg] = ((uint32_t)wk->id << 24) | (serial & 0xFFFFFF) | 0x800000u;
+            c->seg_start[s->nseg] = s->len;
+            c->nseg = s->nseg + 1;
             c->len = s->len;
             c->target = s->len + 1 + mt_rand(&rng) % 64;
             atomic_fetch_add(&sh->forks, 1);
