@@ -7,7 +7,7 @@
  *   fixed  the same 256 sizes every step (decode-like, the serving steady state).
  * Implementations (impl):
  *   cllm_arena     cllm_arena_alloc + cllm_arena_reset (default config: THP, pre-faulted)
- *   glibc          malloc / free
+ *   glibc          glibc's malloc / free (bench_glibc_*: malloc itself is mimalloc here)
  *   mimalloc       mi_malloc / mi_free
  *   mimalloc_heap  mi_heap_new, mi_heap_malloc..., mi_heap_destroy per step
  *   jemalloc       mallocx / dallocx from libjemalloc.so.2 (dlopen, RTLD_LOCAL: it does
@@ -193,10 +193,10 @@ static bool run_step(worker_t *w, int impl, const size_t *sz) {
   }
   case I_GLIBC:
     for (int i = 0; i < PER_STEP; i++) {
-      if ((w->ptr[i] = malloc(sz[i])) == NULL) return false;
+      if ((w->ptr[i] = bench_glibc_malloc(sz[i])) == NULL) return false;
       touch(w->ptr[i], i);
     }
-    for (int i = 0; i < PER_STEP; i++) free(w->ptr[i]);
+    for (int i = 0; i < PER_STEP; i++) bench_glibc_free(w->ptr[i]);
     return true;
   case I_MI:
     for (int i = 0; i < PER_STEP; i++) {

@@ -1,6 +1,7 @@
 /* The shared benchmark harness: see harness.h. */
 #include "harness.h"
 
+#include <dlfcn.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -214,4 +215,39 @@ double bench_run_threads(int n, void *(*fn)(void *), void **args) {
   free(t);
   free(g);
   return end - t0;
+}
+
+/* ---- glibc's own allocator ------------------------------------------------------ */
+
+static void *(*g_malloc)(size_t);
+static void *(*g_memalign)(size_t, size_t);
+static void (*g_free)(void *);
+static pthread_once_t g_glibc_once = PTHREAD_ONCE_INIT;
+
+static void glibc_resolve(void) {
+  void *h = dlopen("libc.so.6", RTLD_NOW | RTLD_NOLOAD);
+  if (h != NULL) {
+    g_malloc = (void *(*)(size_t))dlsym(h, "malloc");
+    g_memalign = (void *(*)(size_t, size_t))dlsym(h, "memalign");
+    g_free = (void (*)(void *))dlsym(h, "free");
+  }
+  if (g_malloc == NULL || g_memalign == NULL || g_free == NULL) {
+    fprintf(stderr, "bench: cannot find glibc's malloc in libc.so.6\n");
+    exit(1);
+  }
+}
+
+void *bench_glibc_malloc(size_t n) {
+  pthread_once(&g_glibc_once, glibc_resolve);
+  return g_malloc(n);
+}
+
+void *bench_glibc_memalign(size_t align, size_t n) {
+  pthread_once(&g_glibc_once, glibc_resolve);
+  return g_memalign(align, n);
+}
+
+void bench_glibc_free(void *p) {
+  pthread_once(&g_glibc_once, glibc_resolve);
+  g_free(p);
 }

@@ -82,6 +82,12 @@ uint64_t bench_minor_faults(void);
 // Run fn(arg_i) on n threads started together (a barrier), return the wall time of
 // the slowest in ns. args is an array of n pointers.
 double bench_run_threads(int n, void *(*fn)(void *), void **args);
+// glibc's own malloc/free/memalign, looked up in libc.so.6 (dlsym on its handle).
+// Linking cllm-mem brings in Debian's libmimalloc, which replaces malloc AND the
+// __libc_* aliases for the whole process, so "glibc" rows must not call malloc.
+void *bench_glibc_malloc(size_t n);
+void *bench_glibc_memalign(size_t align, size_t n);
+void bench_glibc_free(void *p);
 // Keep the compiler from optimising a value away.
 static inline void bench_sink(const void *p) { __asm__ volatile("" : : "r"(p) : "memory"); }
 

@@ -12,8 +12,8 @@
  *
  * impl: cllm_heap (cllm_heap_alloc/free, monitor accounting included), mimalloc
  * (mi_malloc/mi_free on the default heap), mi_arena_heap (what cllm_heap is built
- * on, see below), glibc (__libc_malloc/__libc_free, so the figure is glibc's even
- * when mimalloc's library overrides malloc in this process).
+ * on, see below), glibc (glibc's own malloc/free through bench_glibc_*: mimalloc's
+ * library replaces malloc and the __libc_* aliases in this process).
  * ns_per_op: wall time x threads / ops (time per alloc+free on one thread). Extras:
  * mops_total (all threads), vs_mimalloc (ns_per_op_median / mimalloc's, same run),
  * faults_per_op (minor page faults over the timed repetitions).
@@ -39,8 +39,6 @@
 
 #include "harness.h"
 
-extern void *__libc_malloc(size_t);
-extern void __libc_free(void *);
 
 #define NSIZES 4096
 #define RING 256
@@ -100,7 +98,7 @@ static inline __attribute__((always_inline)) void *A(impl_t impl, size_t n) {
   case IMPL_CLLM: return cllm_heap_alloc(g_heaps, n);
   case IMPL_MI: return mi_malloc(n);
   case IMPL_MI_ARENA: return arena_alloc(n);
-  default: return __libc_malloc(n);
+  default: return bench_glibc_malloc(n);
   }
 }
 static inline __attribute__((always_inline)) void F(impl_t impl, void *p) {
@@ -108,7 +106,7 @@ static inline __attribute__((always_inline)) void F(impl_t impl, void *p) {
   case IMPL_CLLM: cllm_heap_free(g_heaps, p); break;
   case IMPL_MI: mi_free(p); break;
   case IMPL_MI_ARENA: g_usable_sink = mi_usable_size(p); mi_free(p); break;
-  default: __libc_free(p); break;
+  default: bench_glibc_free(p); break;
   }
 }
 

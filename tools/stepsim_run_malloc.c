@@ -10,6 +10,8 @@
  * Every byte is charged to the same global monitor (same categories) so the peaks
  * compare like for like; malloc's own overhead (headers, fragmentation) is not.
  */
+#include <dlfcn.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,11 +20,49 @@
 #include "stepsim.h"
 
 /* Linking cllm-mem brings in Debian's libmimalloc, which replaces the process's
- * malloc. This mode stands for what a runtime gets by default, glibc's malloc, so it
- * calls glibc's allocator by its own names. */
-extern void *__libc_malloc(size_t bytes);
-extern void *__libc_memalign(size_t align, size_t bytes);
-extern void __libc_free(void *p);
+ * malloc (and the __libc_* aliases). This mode stands for what a runtime gets by
+ * default, glibc's malloc, so it looks glibc's own functions up in libc.so.6. Under
+ * a sanitizer it uses the process's malloc, which the sanitizer must see. */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define SYS_ALLOC_SANITIZED 1
+#endif
+
+static void *(*sys_malloc_fn)(size_t);
+static void *(*sys_memalign_fn)(size_t, size_t);
+static void (*sys_free_fn)(void *);
+static pthread_once_t sys_once = PTHREAD_ONCE_INIT;
+
+static void *plain_memalign(size_t align, size_t n) {
+  void *p = NULL;
+  return posix_memalign(&p, align, n) == 0 ? p : NULL;
+}
+
+static void sys_resolve(void) {
+  sys_malloc_fn = malloc, sys_memalign_fn = plain_memalign, sys_free_fn = free;
+#ifndef SYS_ALLOC_SANITIZED
+  void *h = dlopen("libc.so.6", RTLD_NOW | RTLD_NOLOAD);
+  void *m = h ? dlsym(h, "malloc") : NULL, *a = h ? dlsym(h, "memalign") : NULL,
+       *f = h ? dlsym(h, "free") : NULL;
+  if (m != NULL && a != NULL && f != NULL) {
+    sys_malloc_fn = (void *(*)(size_t))m;
+    sys_memalign_fn = (void *(*)(size_t, size_t))a;
+    sys_free_fn = (void (*)(void *))f;
+  }
+#endif
+}
+
+static void *sys_malloc(size_t n) {
+  pthread_once(&sys_once, sys_resolve);
+  return sys_malloc_fn(n);
+}
+static void *sys_memalign(size_t align, size_t n) {
+  pthread_once(&sys_once, sys_resolve);
+  return sys_memalign_fn(align, n);
+}
+static void sys_free(void *p) {
+  pthread_once(&sys_once, sys_resolve);
+  sys_free_fn(p);
+}
 
 static size_t round64(size_t n) { return (n + 63) & ~(size_t)63; }
 
@@ -43,7 +83,7 @@ static int mal_setup(ss_sim_t *s) {
     fprintf(stderr, "stepsim: malloc mode: the weights (%zu bytes) do not fit the limit\n", n);
     return -1;
   }
-  s->mweights = __libc_memalign(64, n);
+  s->mweights = sys_memalign(64, n);
   if (s->mweights == NULL) {
     (void)cllm_monitor_release(s->mon, CLLM_CAT_WEIGHTS, n);
     fprintf(stderr, "stepsim: malloc mode: out of memory for the weights\n");
@@ -81,7 +121,7 @@ static void mal_teardown(ss_sim_t *s) {
   }
   /* only the monitor is there to report (what malloc does is invisible to it) */
   if (s->cfg->metrics) res->metrics_text = ss_collect_metrics(s, false);
-  __libc_free(s->mweights);
+  sys_free(s->mweights);
   s->mweights = NULL;
   (void)cllm_monitor_release(s->mon, CLLM_CAT_WEIGHTS, s->mweights_bytes);
   if (s->mbook_bytes != 0) fprintf(stderr, "stepsim: malloc mode leaked %zu bookkeeping bytes\n", s->mbook_bytes);
@@ -90,7 +130,7 @@ static void mal_teardown(ss_sim_t *s) {
 /* Bookkeeping: a 16-byte header keeps the size so free can release it exactly. */
 static void *mal_book_alloc(ss_sim_t *s, size_t bytes) {
   if (cllm_monitor_reserve(s->mon, CLLM_CAT_HEAP, bytes + 16) != CLLM_OK) return NULL;
-  unsigned char *p = __libc_malloc(bytes + 16);
+  unsigned char *p = sys_malloc(bytes + 16);
   if (p == NULL) {
     (void)cllm_monitor_release(s->mon, CLLM_CAT_HEAP, bytes + 16);
     return NULL;
@@ -105,7 +145,7 @@ static void mal_book_free(ss_sim_t *s, void *q) {
   unsigned char *p = (unsigned char *)q - 16;
   size_t bytes;
   memcpy(&bytes, p, sizeof bytes);
-  __libc_free(p);
+  sys_free(p);
   s->mbook_bytes -= bytes + 16;
   (void)cllm_monitor_release(s->mon, CLLM_CAT_HEAP, bytes + 16);
 }
@@ -121,7 +161,7 @@ static cllm_status_t mal_admit(ss_sim_t *s, ss_req_t *r) {
   size_t n = kvbuf_bytes(s);
   cllm_status_t rc = cllm_monitor_reserve(s->mon, CLLM_CAT_KV, n);
   if (rc != CLLM_OK) return rc;
-  r->kvbuf = __libc_malloc(n); /* not zeroed: pages are touched as tokens are written */
+  r->kvbuf = sys_malloc(n); /* not zeroed: pages are touched as tokens are written */
   if (r->kvbuf == NULL) {
     (void)cllm_monitor_release(s->mon, CLLM_CAT_KV, n);
     return CLLM_ENOMEM;
@@ -140,7 +180,7 @@ static void mal_touch(ss_sim_t *s, ss_req_t *r) { (void)s, (void)r; }
 
 static void mal_release(ss_sim_t *s, ss_req_t *r) {
   if (r->kvbuf == NULL) return;
-  __libc_free(r->kvbuf);
+  sys_free(r->kvbuf);
   r->kvbuf = NULL;
   (void)cllm_monitor_release(s->mon, CLLM_CAT_KV, r->kvbuf_bytes);
   r->kvbuf_bytes = 0;
@@ -177,7 +217,7 @@ static void *mal_temp_alloc(ss_worker_t *w, size_t bytes) {
   if (w->n_live >= (int)(sizeof w->live / sizeof w->live[0])) return NULL;
   size_t n = round64(bytes ? bytes : 1);
   if (cllm_monitor_reserve(s->mon, CLLM_CAT_STEP, n) != CLLM_OK) return NULL;
-  void *p = __libc_memalign(64, n);
+  void *p = sys_memalign(64, n);
   if (p == NULL) {
     (void)cllm_monitor_release(s->mon, CLLM_CAT_STEP, n);
     return NULL;
@@ -196,7 +236,7 @@ static size_t mal_temp_mark(ss_worker_t *w) { return (size_t)w->n_live; }
 static void mal_temp_rewind(ss_worker_t *w, size_t mark) {
   while ((size_t)w->n_live > mark) {
     w->n_live--;
-    __libc_free(w->live[w->n_live]);
+    sys_free(w->live[w->n_live]);
     (void)cllm_monitor_release(w->sim->mon, CLLM_CAT_STEP, w->live_bytes[w->n_live]);
     w->temp_in_use -= w->live_bytes[w->n_live];
   }
