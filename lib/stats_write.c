@@ -419,7 +419,8 @@ static void json_str_pair(out_t *o, const char *k, const char *v) {
   out_json_str(o, v);
 }
 
-static void json_weights_extra(out_t *o, const cllm_weights_stats_t *w) {
+static void json_weights_extra(out_t *o, const void *st) {
+  const cllm_weights_stats_t *w = st;
   json_str_pair(o, "lock_requested", cllm_weights_lock_name(w->lock_requested));
   json_str_pair(o, "huge_requested", cllm_weights_huge_name(w->huge_requested));
   json_str_pair(o, "huge_applied", cllm_weights_huge_name(w->huge_applied));
@@ -437,6 +438,23 @@ static void json_weights_extra(out_t *o, const cllm_weights_stats_t *w) {
     out_u64(o, w->pages_per_node[i]);
   }
   out_write(o, "]", 1);
+}
+
+/* "key":[{"name":..., fields..., extra...}, ...] over n stats structs `stride`
+ * bytes apart, followed by a comma. */
+static void json_list(out_t *o, const char *key, const char *const *names, size_t n,
+                      const field_t *f, size_t nf, const void *stats, size_t stride,
+                      void (*extra)(out_t *, const void *)) {
+  json_key(o, key);
+  out_write(o, "[", 1);
+  for (size_t i = 0; i < n; i++) {
+    const void *st = (const char *)stats + i * stride;
+    json_name_open(o, i, names[i]);
+    json_fields(o, f, nf, st);
+    if (extra != NULL) extra(o, st);
+    out_write(o, "}", 1);
+  }
+  out_write(o, "],", 2);
 }
 
 static int heap_nodes(const cllm_heaps_stats_t *h) {
@@ -462,39 +480,18 @@ CLLM_API cllm_status_t cllm_stats_write_json(const cllm_stats_sources_t *src,
   json_monitor(&o, &c.mon);
 
   out_write(&o, ",", 1);
-  json_key(&o, "kv_caches");
-  out_write(&o, "[", 1);
-  for (size_t i = 0; i < src->n_kv_caches; i++) {
-    json_name_open(&o, i, src->kv_caches[i].name);
-    json_fields(&o, kv_fields, NFIELDS(kv_fields), &c.kv[i]);
-    out_write(&o, "}", 1);
-  }
-  out_write(&o, "],", 2);
-
-  json_key(&o, "arenas");
-  out_write(&o, "[", 1);
-  for (size_t i = 0; i < src->n_arenas; i++) {
-    json_name_open(&o, i, src->arenas[i].name);
-    json_fields(&o, arena_fields, NFIELDS(arena_fields), &c.arena[i]);
-    out_write(&o, "}", 1);
-  }
-  out_write(&o, "],", 2);
-
-  json_key(&o, "weights");
-  out_write(&o, "[", 1);
-  for (size_t i = 0; i < src->n_weights; i++) {
-    json_name_open(&o, i, src->weights[i].name);
-    json_fields(&o, weights_fields, NFIELDS(weights_fields), &c.weights[i]);
-    json_weights_extra(&o, &c.weights[i]);
-    out_write(&o, "}", 1);
-  }
-  out_write(&o, "],", 2);
+  json_list(&o, "kv_caches", c.kv_names, src->n_kv_caches, kv_fields, NFIELDS(kv_fields), c.kv,
+            sizeof *c.kv, NULL);
+  json_list(&o, "arenas", c.arena_names, src->n_arenas, arena_fields, NFIELDS(arena_fields),
+            c.arena, sizeof *c.arena, NULL);
+  json_list(&o, "weights", c.weights_names, src->n_weights, weights_fields,
+            NFIELDS(weights_fields), c.weights, sizeof *c.weights, json_weights_extra);
 
   json_key(&o, "heaps");
   out_write(&o, "[", 1);
   for (size_t i = 0; i < src->n_heaps; i++) {
     const cllm_heaps_stats_t *h = &c.heaps[i];
-    json_name_open(&o, i, src->heaps[i].name);
+    json_name_open(&o, i, c.heaps_names[i]);
     json_str_pair(&o, "mode", cllm_heap_mode_name(h->mode));
     json_fields(&o, heaps_fields, NFIELDS(heaps_fields), h);
     out_write(&o, ",", 1);
