@@ -4,8 +4,8 @@
  * against a large limit, with 1, 2, ... threads (all on one monitor):
  *   seed_check_then_add  the seed's MemoryMonitor (load, compare, fetch_add; peak
  *                        from a re-load), re-implemented here;
- *   cllm_reserve         cllm_monitor_reserve / cllm_monitor_release (exact CAS,
- *                        per-category counters);
+ *   cllm_reserve         cllm_monitor_reserve / cllm_monitor_release (exact: one
+ *                        gate CAS per call, total and category changed together);
  *   cllm_batched         cllm_monitor_batch_reserve / _release (per-thread credit).
  * ns_per_op is wall time x threads / pairs (time per pair on each thread); the
  * extra `mops_total` is the aggregate throughput and `scaling` its ratio to 1 thread.

@@ -1,18 +1,32 @@
 /* The memory monitor: used / peak / limit per category and in total.
  *
- * Invariants (checked by cllm_monitor_check when quiescent):
- *   - used(total) == sum of used(cat); at every instant total >= sum(cat), because a
- *     reservation installs the total first and the category second, and a release
- *     removes the category first and the total second;
+ * Concept: every change to the counters happens inside one short critical section
+ * guarded by the monitor's *gate*, a word taken with one CAS (0 -> the caller's
+ * thread token) and left with a plain release store. Inside it a reservation checks
+ * the total and the category limits against the values it replaces, then installs
+ * the new total, category figure and peaks; a release checks the category and
+ * subtracts from both. So a pair costs two locked instructions, as the seed's racy
+ * fetch_add pair did, instead of four for two independent CAS-checked counters.
+ *
+ * Invariants (cllm_monitor_check verifies them, under the gate, at any time):
+ *   - used(total) == sum of used(cat) at every instant a reader can observe through
+ *     stats (both change in the same critical section);
  *   - used(x) <= limit(x) whenever the limit was not lowered below use, since every
- *     increase is one CAS that checks the limit against the value it replaces;
+ *     increase is checked against the value it replaces, under the gate;
  *   - peak(x) >= used(x): peaks are raised to values actually installed.
  *
- * Locks: one mutex per monitor guards the callback pair and the reclaimer table. It
- * is never held while a callback runs, and the reserve/release fast paths never
- * take it.
+ * Readers (used, peak, limit) load single counters without the gate. The gate never
+ * blocks in the kernel: waiters spin with a pause, back off, and yield the CPU after
+ * a while (a preempted holder gets to finish). The thread token in the gate lets a
+ * signal handler that interrupts a monitor call on the same thread get CLLM_EBUSY
+ * instead of spinning on itself.
+ *
+ * Locks: the gate (counters only, never held across a call out); one mutex per
+ * monitor guards the callback pair and the reclaimer table. Neither is held while a
+ * callback runs; the mutex is never taken with the gate held.
  */
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -38,8 +52,9 @@ typedef struct reclaimer {
 } reclaimer_t;
 
 struct cllm_monitor {
-  _Alignas(64) counter_t total;
-  _Alignas(64) counter_t cat[CLLM_CAT_COUNT];
+  _Alignas(64) _Atomic uintptr_t gate; /* 0, or the holder's thread token */
+  counter_t total;
+  counter_t cat[CLLM_CAT_COUNT];
   _Alignas(64) _Atomic uint64_t refusals;
   _Atomic uint64_t reclaim_runs;
   _Atomic uint64_t reclaimed_bytes;
@@ -61,8 +76,12 @@ static cllm_monitor_t g_monitor = {
     .is_global = true,
 };
 
-/* Set while the calling thread runs reclaimers: enforces the reentrancy rule. */
-static _Thread_local int t_in_reclaimer;
+/* Per-thread state. Its address is the thread's token in the gate; in_reclaimer is
+ * set while the thread runs reclaimers (enforces the reentrancy rule). */
+static _Thread_local struct {
+  int in_reclaimer;
+} t_self;
+#define t_in_reclaimer (t_self.in_reclaimer)
 
 const char *cllm_category_name(cllm_category_t cat) {
   switch (cat) {
@@ -133,40 +152,75 @@ typedef struct refusal {
   size_t used, limit;
 } refusal_t;
 
-/* Add `bytes` to c with one CAS loop; refuse (false) if the limit would be passed
- * or the counter would overflow. *installed is the value we put in. */
-static bool counter_add(counter_t *c, size_t bytes, size_t *installed, refusal_t *why) {
-  size_t cur = cllm__atomic_load_relaxed(&c->used);
-  for (;;) {
-    size_t lim = cllm__atomic_load_relaxed(&c->limit);
-    size_t next;
-    if (cllm__add_overflow(cur, bytes, &next) || (lim != 0 && next > lim)) {
-      why->used = cur;
-      why->limit = lim != 0 ? lim : SIZE_MAX;
-      return false;
+/* ---- the gate ----------------------------------------------------------------- */
+
+static inline uintptr_t self_token(void) { return (uintptr_t)&t_self; }
+
+/* Enter the gate. false: this thread already holds it (a signal handler interrupted
+ * a monitor call on this thread); the caller must not touch the counters. */
+static bool gate_enter(cllm_monitor_t *m, uintptr_t me) {
+  uintptr_t cur = 0;
+  if (CLLM_LIKELY(atomic_compare_exchange_weak_explicit(&m->gate, &cur, me, memory_order_acquire,
+                                                        memory_order_relaxed)))
+    return true;
+  for (unsigned spins = 0;; spins++) {
+    if (cur == me) return false;
+    if (cur == 0) {
+      if (atomic_compare_exchange_weak_explicit(&m->gate, &cur, me, memory_order_acquire,
+                                                memory_order_relaxed))
+        return true;
+      continue;
     }
-    if (cllm__atomic_cas_weak_acq_rel(&c->used, &cur, next)) {
-      *installed = next;
-      return true;
+    /* Held by another thread for a few instructions: spin with a growing pause; if
+     * it stays held, its holder was probably preempted: give it the CPU. */
+    if (spins < 64) {
+      for (unsigned i = 0; i < (1u << (spins / 16)); i++) cllm__cpu_relax();
+    } else {
+      sched_yield();
     }
+    cur = cllm__atomic_load_relaxed(&m->gate);
   }
 }
 
+static inline void gate_leave(cllm_monitor_t *m) {
+  atomic_store_explicit(&m->gate, (uintptr_t)0, memory_order_release);
+}
+
+/* Raise a peak to an installed value (gate held: plain load and store). */
+static inline void raise_peak(counter_t *c, size_t v) {
+  if (v > cllm__atomic_load_relaxed(&c->peak)) cllm__atomic_store_relaxed(&c->peak, v);
+}
+
+/* Check and add `bytes` to c (gate held); false when its limit would be passed or it
+ * would overflow, with *why filled. */
+static inline bool counter_fits(const counter_t *c, size_t bytes, size_t *next, refusal_t *why) {
+  size_t cur = cllm__atomic_load_relaxed(&((counter_t *)c)->used);
+  size_t lim = cllm__atomic_load_relaxed(&((counter_t *)c)->limit);
+  if (cllm__add_overflow(cur, bytes, next) || (lim != 0 && *next > lim)) {
+    why->used = cur;
+    why->limit = lim != 0 ? lim : SIZE_MAX;
+    return false;
+  }
+  return true;
+}
+
+/* One attempt: CLLM_OK, CLLM_ELIMIT (*why filled) or CLLM_EBUSY (signal reentry). */
 static cllm_status_t reserve_once(cllm_monitor_t *m, cllm_category_t cat, size_t bytes,
                                   refusal_t *why) {
-  size_t total_now, cat_now;
-  if (!counter_add(&m->total, bytes, &total_now, why)) return CLLM_ELIMIT;
   counter_t *c = &m->cat[cat];
-  if (cllm__atomic_load_relaxed(&c->limit) == 0) {
-    /* No category limit: one fetch_add. It cannot overflow, because the total
-     * (which is >= every category) was just raised by `bytes` without overflowing. */
-    cat_now = cllm__atomic_add_acq_rel(&c->used, bytes) + bytes;
-  } else if (!counter_add(c, bytes, &cat_now, why)) {
-    cllm__atomic_sub_acq_rel(&m->total.used, bytes);
+  size_t total_next, cat_next;
+  if (!gate_enter(m, self_token())) return CLLM_EBUSY;
+  /* The category cannot overflow when the total did not: total >= every category. */
+  if (!counter_fits(&m->total, bytes, &total_next, why) ||
+      !counter_fits(c, bytes, &cat_next, why)) {
+    gate_leave(m);
     return CLLM_ELIMIT;
   }
-  cllm__atomic_max_relaxed(&m->total.peak, total_now);
-  cllm__atomic_max_relaxed(&m->cat[cat].peak, cat_now);
+  cllm__atomic_store_relaxed(&m->total.used, total_next);
+  cllm__atomic_store_relaxed(&c->used, cat_next);
+  raise_peak(&m->total, total_next);
+  raise_peak(c, cat_next);
+  gate_leave(m);
   return CLLM_OK;
 }
 
@@ -210,8 +264,10 @@ static cllm_status_t reserve_impl(cllm_monitor_t *m, cllm_category_t cat, size_t
   if (CLLM_FAULT(CLLM_FAULT_RESERVE)) {
     why.used = cllm__atomic_load_relaxed(&m->total.used);
     why.limit = cllm__atomic_load_relaxed(&m->total.limit);
-  } else if (CLLM_LIKELY(reserve_once(m, cat, bytes, &why) == CLLM_OK)) {
-    return CLLM_OK;
+  } else {
+    cllm_status_t rc = reserve_once(m, cat, bytes, &why);
+    if (CLLM_LIKELY(rc == CLLM_OK)) return CLLM_OK;
+    if (rc == CLLM_EBUSY) return rc;
   }
   if (!reclaim) return CLLM_ELIMIT;
   if (cllm__atomic_load_relaxed(&m->n_reclaimers) > 0) {
@@ -224,7 +280,8 @@ static cllm_status_t reserve_impl(cllm_monitor_t *m, cllm_category_t cat, size_t
       short_by = bytes > room ? bytes - room : bytes;
     }
     run_reclaimers(m, cat, short_by);
-    if (reserve_once(m, cat, bytes, &why) == CLLM_OK) return CLLM_OK;
+    cllm_status_t rc = reserve_once(m, cat, bytes, &why);
+    if (rc == CLLM_OK || rc == CLLM_EBUSY) return rc;
   }
   cllm__atomic_add_relaxed(&m->refusals, 1);
   pthread_mutex_lock(&m->lock);
@@ -247,19 +304,21 @@ cllm_status_t cllm_monitor_release(cllm_monitor_t *m, cllm_category_t cat, size_
   if (m == NULL || !cat_ok(cat)) return CLLM_EINVAL;
   if (bytes == 0) return CLLM_OK;
   counter_t *c = &m->cat[cat];
+  if (!gate_enter(m, self_token())) return CLLM_EBUSY;
   size_t cur = cllm__atomic_load_relaxed(&c->used);
-  do {
-    if (cur < bytes) {
-      cllm__atomic_add_relaxed(&m->bad_releases, 1);
-      cllm__warn("release of %zu bytes of %s refused: only %zu reserved", bytes,
-                 cllm_category_name(cat), cur);
-      return CLLM_EINVAL;
-    }
-  } while (!cllm__atomic_cas_weak_acq_rel(&c->used, &cur, cur - bytes));
-  size_t prev = cllm__atomic_sub_acq_rel(&m->total.used, bytes);
-  cllm_assert_internal(prev >= bytes);
-  (void)prev;
-  return CLLM_OK;
+  if (CLLM_LIKELY(cur >= bytes)) {
+    size_t total = cllm__atomic_load_relaxed(&m->total.used);
+    cllm_assert_internal(total >= bytes);
+    cllm__atomic_store_relaxed(&c->used, cur - bytes);
+    cllm__atomic_store_relaxed(&m->total.used, total - bytes);
+    gate_leave(m);
+    return CLLM_OK;
+  }
+  gate_leave(m);
+  cllm__atomic_add_relaxed(&m->bad_releases, 1);
+  cllm__warn("release of %zu bytes of %s refused: only %zu reserved", bytes,
+             cllm_category_name(cat), cur);
+  return CLLM_EINVAL;
 }
 
 /* ---- limits, peaks, callbacks ---------------------------------------------- */
@@ -297,16 +356,13 @@ size_t cllm_monitor_peak(const cllm_monitor_t *m, cllm_category_t cat) {
   return c == NULL ? 0 : cllm__atomic_load_relaxed(&c->peak);
 }
 
-static void reset_peak(counter_t *c) {
-  /* Store the current use, then raise to any value installed meanwhile. */
-  cllm__atomic_store_relaxed(&c->peak, cllm__atomic_load_relaxed(&c->used));
-  cllm__atomic_max_relaxed(&c->peak, cllm__atomic_load_relaxed(&c->used));
-}
-
 cllm_status_t cllm_monitor_reset_peak(cllm_monitor_t *m) {
   if (m == NULL) return CLLM_EINVAL;
-  for (int i = 0; i < CLLM_CAT_COUNT; i++) reset_peak(&m->cat[i]);
-  reset_peak(&m->total);
+  if (!gate_enter(m, self_token())) return CLLM_EBUSY;
+  for (int i = 0; i < CLLM_CAT_COUNT; i++)
+    cllm__atomic_store_relaxed(&m->cat[i].peak, cllm__atomic_load_relaxed(&m->cat[i].used));
+  cllm__atomic_store_relaxed(&m->total.peak, cllm__atomic_load_relaxed(&m->total.used));
+  gate_leave(m);
   return CLLM_OK;
 }
 
@@ -373,6 +429,8 @@ cllm_status_t cllm_monitor_stats(const cllm_monitor_t *cm, cllm_monitor_stats_t 
   cllm_monitor_stats_t s;
   memset(&s, 0, sizeof s);
   s.struct_size = st->struct_size < sizeof s ? st->struct_size : sizeof s;
+  /* One snapshot of the counters (under the gate, unless this thread holds it). */
+  bool gated = gate_enter(m, self_token());
   s.used_bytes = cllm__atomic_load_relaxed(&m->total.used);
   s.peak_bytes = cllm__atomic_load_relaxed(&m->total.peak);
   s.limit_bytes = cllm__atomic_load_relaxed(&m->total.limit);
@@ -381,6 +439,7 @@ cllm_status_t cllm_monitor_stats(const cllm_monitor_t *cm, cllm_monitor_stats_t 
     s.cat[i].peak_bytes = cllm__atomic_load_relaxed(&m->cat[i].peak);
     s.cat[i].limit_bytes = cllm__atomic_load_relaxed(&m->cat[i].limit);
   }
+  if (gated) gate_leave(m);
   s.refusals = cllm__atomic_load_relaxed(&m->refusals);
   s.reclaim_runs = cllm__atomic_load_relaxed(&m->reclaim_runs);
   s.reclaimed_bytes = cllm__atomic_load_relaxed(&m->reclaimed_bytes);

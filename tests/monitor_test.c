@@ -2,9 +2,11 @@
  * version). Each Test runs in its own process, so the global monitor starts fresh. */
 #include <criterion/criterion.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <cllm/monitor.h>
@@ -266,6 +268,46 @@ Test(monitor_mt, eight_threads_never_pass_the_limit, .timeout = 120) {
 Test(monitor_mt, the_same_test_catches_a_check_then_add_reference, .timeout = 120) {
   long over = scenario_limit_race_reference(8, 200000, 60.0);
   cr_assert_gt(over, 0, "the racy reference never overshot: the scenario cannot fail");
+}
+
+/* A signal handler that interrupts a monitor call on the same thread and calls the
+ * monitor itself must get CLLM_EBUSY (or succeed), never spin on its own thread. */
+static cllm_monitor_t *g_sig_mon;
+static volatile sig_atomic_t g_sig_ok, g_sig_busy, g_sig_other;
+
+static void sig_reserve(int sig) {
+  (void)sig;
+  cllm_status_t rc = cllm_monitor_reserve(g_sig_mon, CLLM_CAT_KV, 64);
+  if (rc == CLLM_OK) {
+    g_sig_ok++;
+    if (cllm_monitor_release(g_sig_mon, CLLM_CAT_KV, 64) != CLLM_OK) g_sig_other++;
+  } else if (rc == CLLM_EBUSY) {
+    g_sig_busy++;
+  } else {
+    g_sig_other++;
+  }
+}
+
+Test(monitor, signal_handler_reentry_is_ebusy_not_a_hang, .timeout = 60) {
+  g_sig_mon = mk(0);
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = sig_reserve;
+  cr_assert_eq(sigaction(SIGALRM, &sa, NULL), 0);
+  struct itimerval it = {{0, 50}, {0, 50}}; /* as fast as the kernel delivers */
+  cr_assert_eq(setitimer(ITIMER_REAL, &it, NULL), 0);
+  for (long i = 0; i < 3000000 && g_sig_busy == 0; i++) {
+    cr_assert_eq(cllm_monitor_reserve(g_sig_mon, CLLM_CAT_HEAP, 128), CLLM_OK);
+    cr_assert_eq(cllm_monitor_release(g_sig_mon, CLLM_CAT_HEAP, 128), CLLM_OK);
+  }
+  struct itimerval off = {{0, 0}, {0, 0}};
+  cr_assert_eq(setitimer(ITIMER_REAL, &off, NULL), 0);
+  signal(SIGALRM, SIG_IGN);
+  cr_assert_eq(g_sig_other, 0);
+  cr_assert_gt(g_sig_ok + g_sig_busy, 0, "no signal arrived: the test proved nothing");
+  cr_assert_eq(cllm_monitor_used(g_sig_mon, CLLM_CAT_COUNT), 0);
+  cr_assert_eq(cllm_monitor_check(g_sig_mon), CLLM_OK);
+  cllm_monitor_destroy(g_sig_mon);
 }
 
 /* ---- limit callback and reclaimers -------------------------------------------------- */

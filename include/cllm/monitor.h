@@ -12,8 +12,15 @@
  *   cllm_monitor_destroy(priv);
  *
  * Guarantees
- * - reserve is one CAS loop per counter: `used` never exceeds a limit, not even for
- *   an instant, under any number of threads (the seed's check-then-add could).
+ * - reserve is exact: `used` never exceeds a limit, not even for an instant, under
+ *   any number of threads (the seed's check-then-add could). Every counter change is
+ *   one short critical section behind the monitor's gate (one CAS to enter, a store
+ *   to leave, never held across a call out, never a sleep in the kernel: waiters spin
+ *   and then yield), so the total always equals the sum of the categories and a
+ *   reserve + release pair costs two locked instructions, like the seed's pair.
+ * - Async-signal-safe in the sense that it never deadlocks: a signal handler that
+ *   interrupts a reserve/release/reset_peak on the same thread and calls one of them
+ *   on the same monitor gets CLLM_EBUSY (nothing changed) instead of waiting on itself.
  * - release never underflows: releasing more than is reserved (in the category) is
  *   refused with CLLM_EINVAL and changes nothing.
  * - peak is the maximum of values actually installed; reset_peak lowers it to the
@@ -95,7 +102,9 @@ CLLM_API cllm_monitor_t *cllm_monitor_global(void);
 // Reserve `bytes` in `cat`. bytes == 0 succeeds and changes nothing. If a limit
 // refuses, the reclaimers are asked for the shortfall and the reservation is retried
 // once; if it is still refused the limit callback runs and CLLM_ELIMIT is returned.
-// Errors: CLLM_EINVAL (m NULL, unknown category), CLLM_ELIMIT (nothing changed).
+// Errors: CLLM_EINVAL (m NULL, unknown category), CLLM_ELIMIT (nothing changed),
+// CLLM_EBUSY (from a reclaimer, or from a signal handler that interrupted a monitor
+// call on this thread: nothing changed).
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_monitor_reserve(cllm_monitor_t *m, cllm_category_t cat,
                                                             size_t bytes);
 
@@ -106,7 +115,7 @@ CLLM_API CLLM_NODISCARD cllm_status_t cllm_monitor_try_reserve(cllm_monitor_t *m
 
 // Release `bytes` previously reserved in `cat`.
 // Errors: CLLM_EINVAL (m NULL, unknown category, or more than `cat` holds: nothing
-// changes and a warning is logged).
+// changes and a warning is logged), CLLM_EBUSY (signal-handler reentry, as above).
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_monitor_release(cllm_monitor_t *m, cllm_category_t cat,
                                                             size_t bytes);
 
@@ -123,7 +132,8 @@ CLLM_API size_t cllm_monitor_limit(const cllm_monitor_t *m);
 CLLM_API size_t cllm_monitor_used(const cllm_monitor_t *m, cllm_category_t cat);
 // Peak bytes in `cat`, or in total when cat == CLLM_CAT_COUNT (0 for bad input).
 CLLM_API size_t cllm_monitor_peak(const cllm_monitor_t *m, cllm_category_t cat);
-// Lower every peak (total and categories) to the current use.
+// Lower every peak (total and categories) to the current use, as one step.
+// Errors: CLLM_EINVAL (NULL), CLLM_EBUSY (signal-handler reentry).
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_monitor_reset_peak(cllm_monitor_t *m);
 
 // Replace the limit callback (fn NULL removes it). The pair (fn, user) is swapped as
@@ -170,13 +180,15 @@ typedef struct cllm_monitor_stats {
 
 // Fill *st (O(1): a fixed number of atomic loads). st->struct_size must be set to
 // sizeof(cllm_monitor_stats_t) (or at least the size of the version compiled against).
-// Figures are read one by one: under concurrent updates they are each exact but not
-// a single snapshot. Errors: CLLM_EINVAL.
+// The used and peak figures are one snapshot (read inside the gate: total == sum of
+// categories); the other counters are read one by one. Errors: CLLM_EINVAL.
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_monitor_stats(const cllm_monitor_t *m,
                                                           cllm_monitor_stats_t *st);
 
 // Verify the invariants: total == sum of categories, peak >= used, credit <= used.
-// Meaningful when no other thread is changing the monitor. Returns CLLM_ECORRUPT on
+// The first two hold at every instant, so it may run while other threads reserve
+// and release; credit <= used needs no batch refilling or spilling at that moment
+// (batches publish their credit after the reservation). Returns CLLM_ECORRUPT on
 // a violation (and logs which), CLLM_EINVAL for NULL.
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_monitor_check(const cllm_monitor_t *m);
 

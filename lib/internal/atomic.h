@@ -19,13 +19,15 @@
   atomic_compare_exchange_weak_explicit((p), (expected), (desired), memory_order_acq_rel, \
                                         memory_order_relaxed)
 
-/* Raise *p to at least v (exact peak: v is a value this thread installed). */
-static inline void cllm__atomic_max_relaxed(_Atomic size_t *p, size_t v) {
-  size_t cur = cllm__atomic_load_relaxed(p);
-  while (cur < v &&
-         !atomic_compare_exchange_weak_explicit(p, &cur, v, memory_order_relaxed,
-                                                memory_order_relaxed)) {
-  }
+/* A spin-wait hint (PAUSE on x86, YIELD on arm64). */
+static inline void cllm__cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield");
+#else
+  atomic_signal_fence(memory_order_seq_cst);
+#endif
 }
 
 #endif /* CLLM_INTERNAL_ATOMIC_H */

@@ -6,6 +6,8 @@
  * it installed.  Run against the library and against a deliberately racy
  * check-then-add reference (the seed's algorithm), the first must never exceed the
  * limit, the second must be caught overshooting: that is what shows the test can fail.
+ * Against the library the watcher also runs cllm_monitor_check, which must hold at
+ * every instant (total == sum of categories, peaks >= used), not only when quiescent.
  */
 #ifndef CLLM_TESTS_MONITOR_SCENARIOS_H
 #define CLLM_TESTS_MONITOR_SCENARIOS_H
@@ -46,6 +48,7 @@ typedef struct race_ctx {
   _Atomic long successes;
   _Atomic long refusals;
   _Atomic size_t max_seen; /* largest `used` the watcher saw */
+  _Atomic long checks, check_failures; /* cllm_monitor_check by the watcher */
   _Atomic int stop;
   _Atomic int seed;
 } race_ctx_t;
@@ -60,6 +63,10 @@ static void *race_watcher(void *arg) {
     size_t u = race_used(c);
     size_t m = atomic_load(&c->max_seen);
     while (u > m && !atomic_compare_exchange_weak(&c->max_seen, &m, u)) {
+    }
+    if (c->mon != NULL) {
+      atomic_fetch_add(&c->checks, 1);
+      if (cllm_monitor_check(c->mon) != CLLM_OK) atomic_fetch_add(&c->check_failures, 1);
     }
   }
   return NULL;
@@ -134,6 +141,8 @@ static inline void scenario_limit_race_library(int threads, long iters) {
            atomic_load(&c.overshoots));
   MT_CHECK(atomic_load(&c.max_seen) <= cfg.limit_bytes, "watcher saw %zu > limit",
            atomic_load(&c.max_seen));
+  MT_CHECK(atomic_load(&c.check_failures) == 0, "check failed %ld of %ld times under load",
+           atomic_load(&c.check_failures), atomic_load(&c.checks));
   MT_CHECK(atomic_load(&c.successes) > 0 && atomic_load(&c.refusals) > 0,
            "scenario did not reach the limit (%ld ok, %ld refused)", atomic_load(&c.successes),
            atomic_load(&c.refusals));
