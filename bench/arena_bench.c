@@ -6,7 +6,12 @@
  *   vary   sizes redrawn every step (prefill-like): 64 seeded step tables, cycled;
  *   fixed  the same 256 sizes every step (decode-like, the serving steady state).
  * Implementations (impl):
- *   cllm_arena     cllm_arena_alloc + cllm_arena_reset (default config: THP, pre-faulted)
+ *   cllm_arena     the arena as a hot loop uses it: per step cllm_arena_cursor_begin,
+ *                  cllm_arena_cursor_alloc for every buffer, cllm_arena_cursor_end, then
+ *                  cllm_arena_reset (default config: THP, pre-faulted)
+ *   cllm_arena_alloc  the same arena with cllm_arena_alloc (the bump pointer stays in
+ *                  the arena: the char store of the touch may alias it, so the compiler
+ *                  reloads it after every buffer) + cllm_arena_reset
  *   glibc          glibc's malloc / free (bench_glibc_*: malloc itself is mimalloc here)
  *   mimalloc       mi_malloc / mi_free
  *   mimalloc_heap  mi_heap_new, mi_heap_malloc..., mi_heap_destroy per step
@@ -21,7 +26,9 @@
  * faults_per_step (minor page faults per step and thread, getrusage, over the timed
  * repetitions), on cllm_arena rows reset_ns (ns per cllm_arena_reset after a one-
  * allocation step, 1e6 resets) and allocator_calls_per_step (chunk calls during the
- * timed repetitions: 0 in the steady state).
+ * timed repetitions: 0 in the steady state), on cllm_arena and ideal_bump rows
+ * thp_fraction (thread 0, after the repetitions: AnonHugePages / Size of the mapping
+ * that holds the arena's chunk or the bump buffer, from /proc/self/smaps; -1 unknown).
  *
  *   tools/bazel run -c opt //bench:arena_bench -- --quick
  *   own flags: --impl NAME (only that impl), --case vary|fixed
@@ -48,9 +55,11 @@
 #define MAX_SIZE (4.0 * 1024 * 1024)
 #define VARY_TABLES 64
 
-enum { I_ARENA, I_GLIBC, I_MI, I_MI_HEAP, I_JE, I_TC, I_BUMP, I_BUMP_THP, I_COUNT };
-static const char *const k_impl[I_COUNT] = {"cllm_arena", "glibc",    "mimalloc",   "mimalloc_heap",
-                                            "jemalloc",   "tcmalloc", "ideal_bump", "ideal_bump_thp"};
+enum { I_ARENA, I_ARENA_ALLOC, I_GLIBC, I_MI, I_MI_HEAP, I_JE, I_TC, I_BUMP, I_BUMP_THP, I_COUNT };
+static const char *const k_impl[I_COUNT] = {
+    "cllm_arena", "cllm_arena_alloc", "glibc",      "mimalloc",      "mimalloc_heap",
+    "jemalloc",   "tcmalloc",         "ideal_bump", "ideal_bump_thp"};
+static bool is_arena(int impl) { return impl == I_ARENA || impl == I_ARENA_ALLOC; }
 enum { C_VARY, C_FIXED, C_COUNT };
 static const char *const k_case[C_COUNT] = {"vary", "fixed"};
 
@@ -130,6 +139,7 @@ typedef struct shared {
   double ns[BENCH_MAX_REPS];
   unsigned long long faults;
   double reset_ns;
+  double thp;
   unsigned long long chunk_calls;
   int failed;
 } shared_t;
@@ -170,6 +180,22 @@ static char *map_prefaulted(worker_t *w, size_t len, bool thp) {
 static bool run_step(worker_t *w, int impl, const size_t *sz) {
   switch (impl) {
   case I_ARENA: {
+    cllm_arena_t *a = w->arena;
+    cllm_arena_cursor_t c;
+    if (cllm_arena_cursor_begin(a, &c) != CLLM_OK) return false;
+    for (int i = 0; i < PER_STEP; i++) {
+      void *p = cllm_arena_cursor_alloc(&c, sz[i]);
+      if (p == NULL) {
+        (void)cllm_arena_cursor_end(a, &c);
+        return false;
+      }
+      touch(p, i);
+    }
+    if (cllm_arena_cursor_end(a, &c) != CLLM_OK) return false;
+    (void)cllm_arena_reset(a);
+    return true;
+  }
+  case I_ARENA_ALLOC: {
     cllm_arena_t *a = w->arena;
     for (int i = 0; i < PER_STEP; i++) {
       void *p = cllm_arena_alloc(a, sz[i]);
@@ -250,6 +276,28 @@ static unsigned long long arena_chunk_calls(cllm_arena_t *a) {
   return st.allocator_calls;
 }
 
+/* Fraction of the mapping that holds p backed by transparent huge pages
+ * (/proc/self/smaps: AnonHugePages / Size); -1 when unknown. */
+static double thp_fraction(const void *p) {
+  FILE *f = fopen("/proc/self/smaps", "r");
+  if (f == NULL) return -1;
+  char line[512];
+  bool in = false;
+  double size = 0, huge = -1;
+  while (fgets(line, sizeof line, f) != NULL) {
+    unsigned long lo, hi;
+    if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2) {
+      in = (uintptr_t)p >= lo && (uintptr_t)p < hi;
+      if (in) size = (double)(hi - lo);
+    } else if (in && strncmp(line, "AnonHugePages:", 14) == 0) {
+      huge = atof(line + 14) * 1024.0;
+      break;
+    }
+  }
+  fclose(f);
+  return huge < 0 || size <= 0 ? -1 : huge / size;
+}
+
 static void *worker_main(void *arg) {
   worker_t *w = arg;
   shared_t *sh = w->sh;
@@ -270,7 +318,7 @@ static void *worker_main(void *arg) {
     if (tot > w->max_step) w->max_step = tot;
   }
   /* impl set-up, on this thread */
-  if (ok && sh->impl == I_ARENA) {
+  if (ok && is_arena(sh->impl)) {
     if (cllm_arena_create(NULL, &w->arena) != CLLM_OK) ok = false;
   } else if (ok && (sh->impl == I_BUMP || sh->impl == I_BUMP_THP)) {
     w->buf_len = w->max_step + 4096;
@@ -316,8 +364,18 @@ static void *worker_main(void *arg) {
       sh->faults += bench_minor_faults() - f0;
     }
   }
+  if (w->tid == 0 && w->buf != NULL) sh->thp = thp_fraction(w->buf);
   if (w->tid == 0 && w->arena != NULL) {
     sh->chunk_calls = arena_chunk_calls(w->arena) - calls0;
+    /* after a reset the position is the start of the (one) chunk */
+    cllm_arena_cursor_t c;
+    sh->thp = -1;
+    if (cllm_arena_cursor_begin(w->arena, &c) == CLLM_OK) {
+      void *p = cllm_arena_cursor_alloc(&c, 1);
+      if (p != NULL) sh->thp = thp_fraction(p);
+      if (cllm_arena_cursor_end(w->arena, &c) != CLLM_OK) sh->failed = 1;
+    }
+    (void)cllm_arena_reset(w->arena);
     /* reset cost: a one-allocation step, 1e6 times */
     const long n = 1000000;
     double s = bench_now_ns();
@@ -377,7 +435,9 @@ static void run_row(const bench_opts_t *o, int impl, int kase, int nthreads) {
   bench_extra_num(&row, "faults_per_step",
                   (double)sh.faults / ((double)sh.steps * sh.reps * nthreads));
   bench_extra_num(&row, "steps_per_rep", (double)sh.steps);
-  if (impl == I_ARENA) {
+  if (is_arena(impl) || impl == I_BUMP || impl == I_BUMP_THP)
+    bench_extra_num(&row, "thp_fraction", sh.thp);
+  if (is_arena(impl)) {
     bench_extra_num(&row, "reset_ns", sh.reset_ns);
     bench_extra_num(&row, "allocator_calls_per_step",
                     (double)sh.chunk_calls / ((double)sh.steps * sh.reps));

@@ -24,6 +24,15 @@
  * never reused (they start at a per-arena base drawn from a process-wide counter,
  * so a mark of another arena never matches either).
  *
+ * Cursors. cllm_arena_cursor_begin lends the position to a caller's local cursor:
+ * pub.cursor_id_ holds the cursor's id, held_cur / held_end the position the arena
+ * last saw (at begin and after each cursor slow path), and pub.cur_ = pub.end_ = 0 so
+ * that the inline cllm_arena_alloc lands in the slow path, which refuses (ESTATE), as
+ * do mark, rewind, reset, reserve and trim. The cursor's slow path (refill) and end
+ * validate the cursor against the arena (id, end of the current chunk, held_cur <=
+ * cur <= held_end), put the position back into pub, run the ordinary code and, for a
+ * refill, lend it out again.
+ *
  * High-water. The fast path does not track it: in use only grows between the calls
  * that lower it (rewind, reset), so the step high-water is raised there and read in
  * stats as max(step_hw, in use).
@@ -97,7 +106,11 @@ typedef struct arena {
 
   mark_slot_t *marks;
   size_t n_marks, cap_marks;
-  uint64_t next_id;
+  uint64_t next_id; /* marks and cursors */
+
+  /* while a cursor is out (pub.cursor_id_ != 0): the position last seen */
+  uintptr_t held_cur, held_end;
+  uint64_t cursors;
 
   uint64_t resets, spilled_steps, coalesces, shrinks, refused, einval;
   uint64_t allocator_calls, monitor_calls;
@@ -121,9 +134,16 @@ static inline size_t round_granule(size_t x) {
   return r;
 }
 
+static inline bool cursor_out(const arena_t *A) { return A->pub.cursor_id_ != 0; }
+
+/* The bump pointer: the arena's, or while a cursor is out the position it last saw. */
+static inline uintptr_t position(const arena_t *A) {
+  return cursor_out(A) ? A->held_cur : A->pub.cur_;
+}
+
 static inline size_t in_use(const arena_t *A) {
   if (A->n_chunks == 0) return 0;
-  return A->used_before + (A->pub.cur_ - A->chunks[A->cur_idx].base);
+  return A->used_before + (position(A) - A->chunks[A->cur_idx].base);
 }
 
 static inline void note_hw(arena_t *A) {
@@ -241,14 +261,16 @@ static void monitor_release(arena_t *A, size_t bytes) {
 }
 
 /* Obtain `size` bytes (a multiple of GRANULE): charge the monitor (its reclaimers
- * may run), then map or take from the heap, advise and pre-fault. Nothing changes
- * in the arena's chunk list; on failure everything obtained is given back. */
-static cllm_status_t chunk_obtain(arena_t *A, size_t size, chunk_t *out) {
+ * may run, unless `speculative`: then a limit simply refuses), then map or take from
+ * the heap, advise and pre-fault. Nothing changes in the arena's chunk list; on
+ * failure everything obtained is given back. */
+static cllm_status_t chunk_obtain_ex(arena_t *A, size_t size, chunk_t *out, bool speculative) {
   cllm_assert_internal(size > 0 && size % GRANULE == 0);
   cllm_status_t rc = CLLM_OK;
   if (charges_step(A)) {
     A->monitor_calls++;
-    rc = cllm_monitor_reserve(A->mon, CLLM_CAT_STEP, size);
+    rc = speculative ? cllm_monitor_try_reserve(A->mon, CLLM_CAT_STEP, size)
+                     : cllm_monitor_reserve(A->mon, CLLM_CAT_STEP, size);
     if (rc != CLLM_OK) return rc; /* ELIMIT; EBUSY when called from a reclaimer */
     A->charged += size;
   }
@@ -280,6 +302,10 @@ static cllm_status_t chunk_obtain(arena_t *A, size_t size, chunk_t *out) {
   poison_range((uintptr_t)p, size);
   *out = (chunk_t){.base = (uintptr_t)p, .size = size, .used = 0, .mapped = mapped};
   return CLLM_OK;
+}
+
+static cllm_status_t chunk_obtain(arena_t *A, size_t size, chunk_t *out) {
+  return chunk_obtain_ex(A, size, out, false);
 }
 
 static void chunk_give_back(arena_t *A, const chunk_t *c) {
@@ -517,7 +543,16 @@ static void *alloc_slow_locked(arena_t *A, size_t bytes, size_t align) {
   }
   cllm_status_t rc = CLLM_ENOMEM;
   chunk_t c;
-  if (ensure_chunk_slot(A) && (rc = chunk_obtain(A, growth_size(A, bytes), &c)) == CLLM_OK) {
+  bool slot = ensure_chunk_slot(A);
+  if (slot) {
+    /* The geometric part of a growth chunk (beyond what this request needs) is
+     * speculative: it never makes the monitor's reclaimers evict (e.g. cached KV) and
+     * a refusal of it falls back to a chunk of just the needed size. */
+    size_t need = round_granule(bytes), size = growth_size(A, bytes);
+    rc = chunk_obtain_ex(A, size, &c, size > need);
+    if (rc != CLLM_OK && size > need) rc = chunk_obtain(A, need, &c);
+  }
+  if (slot && rc == CLLM_OK) {
     if (A->n_chunks == 0) {
       insert_chunk(A, 0, &c);
       set_current(A, 0, c.base);
@@ -543,11 +578,108 @@ void *cllm_arena_alloc_slow_(cllm_arena_t *a, size_t bytes, size_t align) {
     cllm__set_last_status(CLLM_EINVAL);
     return NULL;
   }
+  if (cursor_out(A)) {
+    cllm__set_last_status(CLLM_ESTATE);
+    return NULL;
+  }
   if (bytes == 0) bytes = 1; /* a unique valid pointer */
   dbg_enter(A, true, false);
   void *p = alloc_slow_locked(A, bytes, align);
   dbg_leave(A);
   return p;
+}
+
+/* ---- cursors --------------------------------------------------------------------------- */
+
+/* Lend the position: save it, close the inline fast path (cur_ = end_ = 0). */
+static void lend_position(arena_t *A) {
+  A->held_cur = A->pub.cur_;
+  A->held_end = A->pub.end_;
+  A->pub.cur_ = A->pub.end_ = 0;
+}
+
+/* Take the position back from a validated cursor at `cur`. */
+static void take_position(arena_t *A, uintptr_t cur) {
+  A->pub.cur_ = cur;
+  A->pub.end_ = A->held_end;
+  A->held_cur = A->held_end = 0;
+}
+
+/* Is (id, cur, end) the cursor this arena lent? EINVAL: no cursor (id 0) or an
+ * altered one; ESTATE: none is out, or an earlier cursor (ended, or a stale copy). */
+static cllm_status_t cursor_validate(const arena_t *A, uint64_t id, uintptr_t cur,
+                                     uintptr_t end) {
+  if (id == 0) return CLLM_EINVAL;
+  if (!cursor_out(A) || id != A->pub.cursor_id_) return CLLM_ESTATE;
+  if (end != A->held_end || cur < A->held_cur || cur > end) return CLLM_EINVAL;
+  return CLLM_OK;
+}
+
+cllm_status_t cllm_arena_cursor_begin_(cllm_arena_t *a) {
+  if (a == NULL) {
+    cllm__set_last_status(CLLM_EINVAL);
+    return CLLM_EINVAL;
+  }
+  arena_t *A = impl(a);
+  if (cursor_out(A)) {
+    cllm__set_last_status(CLLM_ESTATE);
+    return CLLM_ESTATE;
+  }
+  dbg_enter(A, true, false);
+  lend_position(A);
+  A->pub.cursor_id_ = ++A->next_id;
+  A->cursors++;
+  dbg_leave(A);
+  return CLLM_OK;
+}
+
+cllm_arena_span_t cllm_arena_cursor_refill_(cllm_arena_t *a, uint64_t id, uintptr_t cur,
+                                            uintptr_t end, size_t bytes, size_t align) {
+  cllm_arena_span_t none = {0, 0};
+  if (a == NULL) {
+    cllm__set_last_status(CLLM_EINVAL);
+    return none;
+  }
+  arena_t *A = impl(a);
+  if (!cllm__is_pow2(align) || align > CLLM_ARENA_MAX_ALIGN || bytes > CLLM_ARENA_MAX_REQUEST) {
+    A->einval++;
+    cllm__set_last_status(CLLM_EINVAL);
+    return none;
+  }
+  cllm_status_t rc = cursor_validate(A, id, cur, end);
+  if (rc != CLLM_OK) {
+    if (rc == CLLM_EINVAL) A->einval++;
+    cllm__set_last_status(rc);
+    return none;
+  }
+  if (bytes == 0) bytes = 1; /* a unique valid pointer */
+  dbg_enter(A, true, false);
+  take_position(A, cur);
+  void *p = alloc_slow_locked(A, bytes, align); /* on failure the position stays at cur */
+  lend_position(A);
+  dbg_leave(A);
+  if (p == NULL) return none; /* the status is set */
+  return (cllm_arena_span_t){(uintptr_t)p, A->held_end};
+}
+
+cllm_status_t cllm_arena_cursor_end_(cllm_arena_t *a, const cllm_arena_t *owner, uint64_t id,
+                                     uintptr_t cur, uintptr_t end) {
+  if (a == NULL) return CLLM_EINVAL;
+  arena_t *A = impl(a);
+  if (owner != a) {
+    A->einval++;
+    return CLLM_EINVAL;
+  }
+  cllm_status_t rc = cursor_validate(A, id, cur, end);
+  if (rc != CLLM_OK) {
+    if (rc == CLLM_EINVAL) A->einval++;
+    return rc;
+  }
+  dbg_enter(A, false, false); /* ending allocates nothing: a hand-over point, like reset */
+  take_position(A, cur);
+  A->pub.cursor_id_ = 0;
+  dbg_leave(A);
+  return CLLM_OK;
 }
 
 /* ---- marks --------------------------------------------------------------------------- */
@@ -559,6 +691,10 @@ cllm_arena_mark_t cllm_arena_mark(cllm_arena_t *a) {
     return m;
   }
   arena_t *A = impl(a);
+  if (cursor_out(A)) {
+    cllm__set_last_status(CLLM_ESTATE);
+    return m;
+  }
   dbg_enter(A, true, false);
   if (A->n_marks == A->cap_marks) {
     size_t cap = 2 * A->cap_marks;
@@ -591,7 +727,8 @@ cllm_status_t cllm_arena_rewind(cllm_arena_t *a, cllm_arena_mark_t m) {
     A->einval++;
     return CLLM_EINVAL;
   }
-  if (m.depth_ >= A->n_marks || A->marks[m.depth_].id != m.id_) return CLLM_ESTATE;
+  if (m.depth_ >= A->n_marks || A->marks[m.depth_].id != m.id_ || cursor_out(A))
+    return CLLM_ESTATE;
   dbg_enter(A, false, true);
   const mark_slot_t s = A->marks[m.depth_];
   note_hw(A);
@@ -633,6 +770,7 @@ static void run_shrink_policy(arena_t *A, size_t hw) {
 cllm_status_t cllm_arena_reset(cllm_arena_t *a) {
   if (a == NULL) return CLLM_EINVAL;
   arena_t *A = impl(a);
+  if (cursor_out(A)) return CLLM_ESTATE;
   dbg_enter(A, false, false);
   note_hw(A);
   size_t hw = A->step_hw;
@@ -675,6 +813,7 @@ cllm_status_t cllm_arena_reserve(cllm_arena_t *a, size_t bytes) {
     A->einval++;
     return CLLM_EINVAL;
   }
+  if (cursor_out(A)) return CLLM_ESTATE;
   dbg_enter(A, false, true);
   cllm_status_t rc = CLLM_OK;
   size_t need = round_granule(bytes);
@@ -714,7 +853,7 @@ cllm_status_t cllm_arena_reserve(cllm_arena_t *a, size_t bytes) {
 cllm_status_t cllm_arena_trim(cllm_arena_t *a) {
   if (a == NULL) return CLLM_EINVAL;
   arena_t *A = impl(a);
-  if (in_use(A) != 0) return CLLM_ESTATE;
+  if (in_use(A) != 0 || cursor_out(A)) return CLLM_ESTATE;
   dbg_enter(A, false, true);
   size_t target = round_granule(A->last_hw);
   size_t fl = round_granule(A->floor);
@@ -756,6 +895,8 @@ cllm_status_t cllm_arena_stats(const cllm_arena_t *a, cllm_arena_stats_t *st) {
   s.allocator_calls = A->allocator_calls;
   s.monitor_calls = A->monitor_calls;
   s.heap_backed = A->cfg.heaps != NULL;
+  s.cursor_out = cursor_out(A);
+  s.cursors = A->cursors;
   *st = s;
   return CLLM_OK;
 }
@@ -788,16 +929,25 @@ cllm_status_t cllm_arena_check(const cllm_arena_t *a) {
   CHECK(cap == A->capacity, "%p: capacity %zu != sum of chunks %zu", (void *)A, A->capacity, cap);
   CHECK(A->charged == (charges_step(A) ? A->capacity : 0), "%p: monitor charged %zu != capacity %zu", (void *)A, A->charged,
         A->capacity);
+  uintptr_t pos = A->pub.cur_, end = A->pub.end_;
+  if (cursor_out(A)) {
+    CHECK(A->pub.cur_ == 0 && A->pub.end_ == 0, "%p: a cursor is out but the fast path is open",
+          (void *)A);
+    CHECK(A->pub.cursor_id_ <= A->next_id, "%p: cursor id %llu was never issued", (void *)A,
+          (unsigned long long)A->pub.cursor_id_);
+    pos = A->held_cur;
+    end = A->held_end;
+  }
   if (A->n_chunks == 0) {
-    CHECK(A->pub.cur_ == 0 && A->pub.end_ == 0 && A->used_before == 0,
+    CHECK(pos == 0 && end == 0 && A->used_before == 0,
           "%p: empty arena with a bump pointer", (void *)A);
   } else {
     CHECK(A->cur_idx < A->n_chunks, "%p: current chunk %zu of %zu", (void *)A, A->cur_idx,
           A->n_chunks);
     const chunk_t *c = &A->chunks[A->cur_idx];
-    CHECK(A->pub.end_ == c->base + c->size && A->pub.cur_ >= c->base && A->pub.cur_ <= A->pub.end_,
+    CHECK(end == c->base + c->size && pos >= c->base && pos <= end,
           "%p: bump pointer %#lx outside chunk [%#lx, %#lx)", (void *)A,
-          (unsigned long)A->pub.cur_, (unsigned long)c->base, (unsigned long)(c->base + c->size));
+          (unsigned long)pos, (unsigned long)c->base, (unsigned long)(c->base + c->size));
     CHECK(before == A->used_before, "%p: used_before %zu != %zu", (void *)A, A->used_before, before);
   }
   uint64_t prev = 0;

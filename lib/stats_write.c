@@ -173,6 +173,8 @@ static const field_t arena_fields[] = {
     FC(cllm_arena_stats_t, allocator_calls, "allocator_calls_total", F_U64, "Chunk obtain, give-back and trim calls."),
     FC(cllm_arena_stats_t, monitor_calls, "monitor_calls_total", F_U64, "Monitor reserve and release calls."),
     FG(cllm_arena_stats_t, heap_backed, "heap_backed", F_BOOL, "1 if chunks come from the NUMA heaps."),
+    FG(cllm_arena_stats_t, cursor_out, "cursor_out", F_BOOL, "1 while a cursor is out."),
+    FC(cllm_arena_stats_t, cursors, "cursors_total", F_U64, "Cursors begun."),
 };
 
 static const field_t weights_fields[] = {

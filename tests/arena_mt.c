@@ -4,8 +4,10 @@
  * Phase 1: each thread creates its own arena (half direct-mapped, half backed by
  * shared NUMA heaps) and runs seeded steps with nested marks, checking that its
  * buffers keep their pattern; all arenas charge one private monitor concurrently.
+ * Some layers allocate through a cursor (cllm_arena_cursor_begin / _alloc / _end).
  * Phase 2: the main thread creates the arenas, hands them to workers for one step
- * each round and resets them itself after the join (hand-over between steps).
+ * each round and resets them itself after the join (hand-over between steps); the
+ * workers leave a cursor out, which the main thread ends before the reset.
  * ITER scales the number of steps. */
 #include <pthread.h>
 #include <stdint.h>
@@ -42,10 +44,14 @@ static void one_step(cllm_arena_t *a, unsigned long long *seed, int tid) {
     cllm_arena_mark_t m = cllm_arena_mark(a);
     int n0 = n;
     int k = 4 + (int)(mt_rand(seed) % 16);
+    bool cursor = mt_rand(seed) % 3 == 0;
+    cllm_arena_cursor_t c = {0, 0, NULL, 0};
+    if (cursor) MT_CHECK(cllm_arena_cursor_begin(a, &c) == CLLM_OK, "thread %d: begin", tid);
     for (int i = 0; i < k && n < MAXB; i++) {
       size_t bytes = (mt_rand(seed) % 8 == 0) ? mt_rand(seed) % (3 * MiB) : mt_rand(seed) % 8192;
       size_t align = (size_t)1 << (mt_rand(seed) % 12);
-      unsigned char *p = cllm_arena_alloc_aligned(a, bytes, align);
+      unsigned char *p = cursor ? cllm_arena_cursor_alloc_aligned(&c, bytes, align)
+                                : cllm_arena_alloc_aligned(a, bytes, align);
       MT_CHECK(p != NULL, "thread %d: alloc %zu failed: %s", tid, bytes,
                cllm_status_name(cllm_last_status()));
       MT_CHECK((uintptr_t)p % align == 0, "thread %d: misaligned", tid);
@@ -54,6 +60,7 @@ static void one_step(cllm_arena_t *a, unsigned long long *seed, int tid) {
       memset(p, tag, w);
       b[n++] = (buf_t){p, w, tag};
     }
+    if (cursor) MT_CHECK(cllm_arena_cursor_end(a, &c) == CLLM_OK, "thread %d: end", tid);
     for (int i = 0; i < n; i++)
       for (size_t j = 0; j < b[i].n; j++)
         MT_CHECK(b[i].p[j] == b[i].tag, "thread %d: buffer %d overwritten", tid, i);
@@ -94,6 +101,7 @@ typedef struct handed {
   cllm_arena_t *a;
   unsigned long long seed;
   int tid;
+  cllm_arena_cursor_t cursor; /* left out by the worker, ended by the main thread */
 } handed_t;
 
 static void *handed_step_thread(void *arg) {
@@ -101,6 +109,12 @@ static void *handed_step_thread(void *arg) {
   one_step(h->a, &h->seed, h->tid);
   /* leave something allocated: the main thread's reset releases it */
   MT_CHECK(cllm_arena_alloc(h->a, 1000) != NULL, "thread %d: alloc", h->tid);
+  cllm_arena_cursor_t c;
+  MT_CHECK(cllm_arena_cursor_begin(h->a, &c) == CLLM_OK, "thread %d: begin", h->tid);
+  unsigned char *p = cllm_arena_cursor_alloc(&c, 5000);
+  MT_CHECK(p != NULL, "thread %d: cursor alloc", h->tid);
+  memset(p, 0x5A, 5000);
+  h->cursor = c; /* handed over through the join */
   return NULL;
 }
 
@@ -143,7 +157,7 @@ int main(void) {
     cfg.monitor = g_mon;
     cfg.initial_bytes = 4 * MiB;
     MT_CHECK(cllm_arena_create(&cfg, &arenas[i]) == CLLM_OK, "create %d", i);
-    h[i] = (handed_t){arenas[i], 77 + (unsigned long long)i, i};
+    h[i] = (handed_t){arenas[i], 77 + (unsigned long long)i, i, {0, 0, NULL, 0}};
   }
   long rounds = g_steps / 4 + 1;
   for (long r = 0; r < rounds; r++) {
@@ -153,6 +167,10 @@ int main(void) {
     }
     for (int i = 0; i < NTHREADS; i++) MT_CHECK(pthread_join(t[i], NULL) == 0, "join");
     size_t cap = 0;
+    for (int i = 0; i < NTHREADS; i++) {
+      MT_CHECK(cllm_arena_reset(h[i].a) == CLLM_ESTATE, "reset with a cursor out");
+      MT_CHECK(cllm_arena_cursor_end(h[i].a, &h[i].cursor) == CLLM_OK, "end handed cursor");
+    }
     for (int i = 0; i < NTHREADS; i++) {
       MT_CHECK(cllm_arena_reset(arenas[i]) == CLLM_OK, "reset");
       cllm_arena_stats_t st = {.struct_size = sizeof st};

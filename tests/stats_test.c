@@ -348,7 +348,7 @@ Test(stats_json, valid_and_every_field_present) {
       "bytes_in_use", "step_high_water_bytes", "last_step_high_water_bytes", "high_water_bytes",
       "capacity_bytes", "chunks", "largest_chunk_bytes", "reserve_floor_bytes", "resets",
       "spilled_steps", "coalesces", "shrinks", "einval", "allocator_calls", "monitor_calls",
-      "heap_backed",
+      "heap_backed", "cursor_out", "cursors",
       /* weights */
       "committed_bytes", "locked_bytes", "lock_requested", "lock_errno", "memlock_limit_bytes",
       "huge_requested", "huge_applied", "huge_errno", "huge_bytes", "numa_requested",
@@ -412,6 +412,7 @@ Test(stats_prometheus, valid_and_every_family_present) {
       "cllm_arena_resets_total", "cllm_arena_refused_total", "cllm_arena_chunks",
       "cllm_arena_step_high_water_bytes", "cllm_arena_last_step_high_water_bytes",
       "cllm_arena_heap_backed", "cllm_arena_monitor_calls_total",
+      "cllm_arena_cursor_out", "cllm_arena_cursors_total",
       "cllm_weights_capacity_bytes", "cllm_weights_locked_bytes", "cllm_weights_huge_bytes",
       "cllm_weights_info", "cllm_weights_pages", "cllm_weights_sealed",
       "cllm_weights_loads_total", "cllm_heaps_info", "cllm_heaps_threads",

@@ -18,12 +18,17 @@
  * Model. An arena owns a list of chunks and bumps a pointer through them. The fast
  * path (cllm_arena_alloc / cllm_arena_alloc_aligned) is inline below: align, add,
  * compare; it takes no lock, touches no atomic and calls neither mimalloc nor the
- * monitor. When the current chunk is full the out-of-line slow path moves to the
+ * monitor. Hot loops that write through char pointers use a cursor instead
+ * (cllm_arena_cursor_begin, below): the same bump with the pointer in registers.
+ * When the current chunk is full the out-of-line slow path moves to the
  * next chunk or adds one (geometric growth, capped by max_chunk_bytes; a request
  * above the cap gets a dedicated chunk of its own). Each chunk is charged to the
  * monitor's STEP category when it is obtained (cllm_monitor_reserve, so the
  * monitor's reclaimers, e.g. the KV cache, may free memory first) and released
- * when it is given back.
+ * when it is given back. The geometric part of a growth chunk, beyond what the
+ * request needs, is speculative: it is charged with cllm_monitor_try_reserve (no
+ * reclaimer runs for it) and if it is refused a chunk of just the needed size
+ * (rounded to CLLM_ARENA_GRANULE) is obtained instead.
  *
  * cllm_arena_reset() ends a step. If the step fit in one chunk it is O(1): the
  * pointer goes back to the start and nothing is returned to the kernel. If the step
@@ -83,6 +88,17 @@ CLLM_EXTERN_C_BEGIN
 // Largest request accepted; above it: NULL, CLLM_EINVAL (an "overflowing size").
 #define CLLM_ARENA_MAX_REQUEST (SIZE_MAX >> 2)
 
+// The inline fast paths tell the compiler that a successful bump is not NULL (it lies
+// in a chunk), so a caller's NULL check costs nothing there.
+#if defined(__GNUC__) || defined(__clang__)
+#define CLLM_ARENA_NONNULL_(p) \
+  do {                          \
+    if ((p) == 0) __builtin_unreachable(); \
+  } while (0)
+#else
+#define CLLM_ARENA_NONNULL_(p) ((void)0)
+#endif
+
 // Is the including translation unit built with AddressSanitizer?
 #if defined(__SANITIZE_ADDRESS__)
 #define CLLM_ARENA_ASAN_ 1
@@ -121,8 +137,11 @@ CLLM_API cllm_arena_config_t cllm_arena_config_default(void);
  * private: never read or write them, never declare a cllm_arena_t yourself (only
  * cllm_arena_create makes one; the rest of the state lies behind it). */
 typedef struct cllm_arena {
-  uintptr_t cur_; // private: the bump pointer (0 when the arena has no chunk)
-  uintptr_t end_; // private: end of the current chunk (a multiple of CLLM_ARENA_GRANULE)
+  uintptr_t cur_;       // private: the bump pointer (0 when the arena has no chunk or
+                        // while a cursor is out)
+  uintptr_t end_;       // private: end of the current chunk (a multiple of
+                        // CLLM_ARENA_GRANULE; 0 when no chunk or while a cursor is out)
+  uint64_t cursor_id_;  // private: id of the cursor that is out, 0 when none
 } cllm_arena_t;
 
 // Create an arena (and its first chunk when cfg->initial_bytes > 0). cfg NULL =
@@ -133,8 +152,9 @@ typedef struct cllm_arena {
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_arena_create(const cllm_arena_config_t *cfg,
                                                          cllm_arena_t **out);
 
-// Destroy the arena: every pointer from it becomes invalid, every chunk is given
-// back and released from the monitor. NULL is a no-op. Thread: external-sync.
+// Destroy the arena: every pointer from it (and a cursor that is out) becomes invalid,
+// every chunk is given back and released from the monitor. NULL is a no-op.
+// Thread: external-sync.
 CLLM_API void cllm_arena_destroy(cllm_arena_t *a);
 
 // Slow path of the inline allocation calls (call those instead): moves to or adds a
@@ -152,16 +172,19 @@ CLLM_API void cllm_arena_asan_unpoison_(void *p, size_t bytes);
 // the stats: CLLM_EINVAL (a NULL, align 0, not a power of two or above
 // CLLM_ARENA_MAX_ALIGN, bytes above CLLM_ARENA_MAX_REQUEST, e.g. SIZE_MAX),
 // CLLM_ELIMIT (the monitor refused a new chunk even after its reclaimers ran),
-// CLLM_ENOMEM (the system or the heap had no memory). A failed call changes nothing:
-// the arena stays usable with the chunks it has. Thread: external-sync.
+// CLLM_ENOMEM (the system or the heap had no memory), CLLM_ESTATE (a cursor is out:
+// allocate from the cursor). A failed call changes nothing: the arena stays usable
+// with the chunks it has. Thread: external-sync.
 static inline CLLM_MALLOC_ATTR void *cllm_arena_alloc_aligned(cllm_arena_t *a, size_t bytes,
                                                               size_t align) {
   if (CLLM_LIKELY(a != NULL && (align & (align - 1)) == 0 &&
                   align - 1 < CLLM_ARENA_MAX_ALIGN)) {
-    // end_ is a multiple of CLLM_ARENA_MAX_ALIGN and cur_ <= end_, so p <= end_.
-    uintptr_t p = (a->cur_ + (align - 1)) & ~(uintptr_t)(align - 1);
-    if (CLLM_LIKELY(bytes - 1 < a->end_ - p)) { // 1 <= bytes <= end_ - p
-      a->cur_ = p + bytes;
+    // end_ is a multiple of CLLM_ARENA_MAX_ALIGN and cur_ <= end_, so p <= end_; with
+    // bytes <= CLLM_ARENA_MAX_REQUEST, p + bytes cannot wrap.
+    uintptr_t p = (a->cur_ + (align - 1)) & ~(uintptr_t)(align - 1), q = p + bytes;
+    if (CLLM_LIKELY(bytes - 1 < CLLM_ARENA_MAX_REQUEST && q <= a->end_)) { // 1 <= bytes
+      a->cur_ = q;
+      CLLM_ARENA_NONNULL_(p); // p >= the chunk's base (no chunk: end_ == 0 < q)
 #if CLLM_ARENA_ASAN_
       cllm_arena_asan_unpoison_((void *)p, bytes);
 #endif
@@ -181,9 +204,138 @@ static inline CLLM_MALLOC_ATTR void *cllm_arena_alloc(cllm_arena_t *a, size_t by
 // chunk. After a spill the chunks are replaced by one chunk of the step's high-water
 // size (they are given back first, then the new chunk is obtained; if that fails
 // the arena is left empty but usable, and the refusal is counted). Runs the shrink
-// policy. Nothing is returned to the kernel otherwise. Errors: CLLM_EINVAL (NULL).
+// policy. Nothing is returned to the kernel otherwise. Errors: CLLM_EINVAL (NULL),
+// CLLM_ESTATE (a cursor is out: end it first; nothing changes).
 // Thread: external-sync (any thread may reset between steps).
 CLLM_API cllm_status_t cllm_arena_reset(cllm_arena_t *a);
+
+/* ---- cursors: the bump pointer in registers for hot loops ------------------------------
+ *
+ *   cllm_arena_cursor_t c;
+ *   if (cllm_arena_cursor_begin(a, &c) != CLLM_OK) ...;   // the arena lends its position
+ *   for (int i = 0; i < n; i++) {
+ *     uint8_t *x = cllm_arena_cursor_alloc(&c, bytes[i]);  // inline, cursor in registers
+ *     if (x == NULL) ... cllm_last_status() says why ...
+ *     x[0] = 1;                                             // char stores: no reload
+ *   }
+ *   if (cllm_arena_cursor_end(a, &c) != CLLM_OK) ...;      // the arena takes it back
+ *   cllm_arena_reset(a);
+ *
+ * Why. cllm_arena_alloc keeps the bump pointer in the arena, in memory; a store through
+ * a char or uint8_t pointer may alias it (C's aliasing rules), so after each such store
+ * the compiler must reload the pointer (a store-to-load forwarding chain per
+ * allocation). A cursor is a local copy of the position: as long as its address never
+ * escapes (pass &c only to the cllm_arena_cursor_* inline functions below, keep it in
+ * a local variable), the compiler keeps it in registers, like a hand-written bump.
+ *
+ * Rules. While a cursor is out, the arena lends it its position: every other call on
+ * the arena that allocates or moves the position (cllm_arena_alloc*, mark, rewind,
+ * reset, reserve, trim, another cursor_begin) is refused with CLLM_ESTATE (bad
+ * arguments still get CLLM_EINVAL first) and changes nothing; cllm_arena_stats and
+ * cllm_arena_check work (bytes in use are counted up to the position the arena last
+ * saw: cursor_begin, or the cursor's last slow path) and cllm_arena_destroy ends the
+ * cursor with the arena. Allocations made through the cursor are arena allocations
+ * like any other: they live until the next reset or a rewind to a mark taken before
+ * cursor_begin; marks taken before it stay valid; stats, high-water, chunk growth, the
+ * monitor, ASan poisoning and the debug checks for two threads behave as with
+ * cllm_arena_alloc (cursor_begin and the cursor's slow path count as allocations of
+ * the step; cursor_end, like reset, may run on another thread after a hand-over). A
+ * cursor belongs to one thread; copy it only to hand it over (then use only the new
+ * copy). The fast path cannot check anything: misuse (a cursor used after its end, a
+ * stale copy, a cursor of another arena) is detected at the cursor's next slow path or
+ * at cursor_end. */
+
+// A lent position of one arena, a value type; fields are private.
+typedef struct cllm_arena_cursor {
+  uintptr_t cur_;       // private: bump pointer
+  uintptr_t end_;       // private: end of the current chunk
+  cllm_arena_t *arena_; // private: the arena it belongs to
+  uint64_t id_;         // private: serial (unique per arena, never reused); 0 = none
+} cllm_arena_cursor_t;
+
+// Internal (call the inline functions below). A chunk position {p, end}.
+typedef struct cllm_arena_span_ {
+  uintptr_t p_;
+  uintptr_t end_;
+} cllm_arena_span_t;
+CLLM_API cllm_status_t cllm_arena_cursor_begin_(cllm_arena_t *a);
+CLLM_API cllm_arena_span_t cllm_arena_cursor_refill_(cllm_arena_t *a, uint64_t id,
+                                                     uintptr_t cur, uintptr_t end,
+                                                     size_t bytes, size_t align);
+CLLM_API cllm_status_t cllm_arena_cursor_end_(cllm_arena_t *a, const cllm_arena_t *owner,
+                                              uint64_t id, uintptr_t cur, uintptr_t end);
+
+// Lend the arena's position to *c. Errors: CLLM_EINVAL (a NULL), CLLM_ESTATE (a cursor
+// of this arena is already out). On error *c (if not NULL) is an invalid cursor whose
+// allocations fail with CLLM_EINVAL and whose end is refused. Thread: external-sync.
+static inline CLLM_NODISCARD cllm_status_t cllm_arena_cursor_begin(cllm_arena_t *a,
+                                                                    cllm_arena_cursor_t *c) {
+  if (c == NULL) return cllm_arena_cursor_begin_(NULL);
+  c->cur_ = 0;
+  c->end_ = 0;
+  c->arena_ = a;
+  c->id_ = 0;
+  uintptr_t cur = a != NULL ? a->cur_ : 0, end = a != NULL ? a->end_ : 0;
+  cllm_status_t rc = cllm_arena_cursor_begin_(a); // saves the position, disables a's fast path
+  if (rc == CLLM_OK) {
+    c->cur_ = cur;
+    c->end_ = end;
+    c->id_ = a->cursor_id_;
+  }
+  return rc;
+}
+
+// Allocate from a cursor: exactly as cllm_arena_alloc_aligned (alignment, bytes == 0,
+// the statuses, chunk growth, a failed call changes nothing), the position kept in *c.
+// Also NULL with CLLM_EINVAL (c NULL, or a cursor whose begin failed or that was
+// altered) or CLLM_ESTATE (the cursor was ended, or is a stale copy of an earlier
+// cursor), detected only when the call takes the slow path. Thread: external-sync.
+static inline CLLM_MALLOC_ATTR void *cllm_arena_cursor_alloc_aligned(cllm_arena_cursor_t *c,
+                                                                     size_t bytes,
+                                                                     size_t align) {
+  if (CLLM_LIKELY(c != NULL && (align & (align - 1)) == 0 &&
+                  align - 1 < CLLM_ARENA_MAX_ALIGN)) {
+    uintptr_t p = (c->cur_ + (align - 1)) & ~(uintptr_t)(align - 1), q = p + bytes;
+    if (CLLM_LIKELY(bytes - 1 < CLLM_ARENA_MAX_REQUEST && q <= c->end_)) { // as above
+      c->cur_ = q;
+      CLLM_ARENA_NONNULL_(p);
+#if CLLM_ARENA_ASAN_
+      cllm_arena_asan_unpoison_((void *)p, bytes);
+#endif
+      return (void *)p;
+    }
+  }
+  if (c == NULL) return (void *)cllm_arena_cursor_refill_(NULL, 0, 0, 0, bytes, align).p_;
+  cllm_arena_span_t s =
+      cllm_arena_cursor_refill_(c->arena_, c->id_, c->cur_, c->end_, bytes, align);
+  if (s.p_ == 0) return NULL;
+  c->cur_ = s.p_ + (bytes != 0 ? bytes : 1);
+  c->end_ = s.end_;
+  return (void *)s.p_;
+}
+
+// cllm_arena_cursor_alloc_aligned(c, bytes, CLLM_ARENA_DEFAULT_ALIGN). Thread: external-sync.
+static inline CLLM_MALLOC_ATTR void *cllm_arena_cursor_alloc(cllm_arena_cursor_t *c,
+                                                             size_t bytes) {
+  return cllm_arena_cursor_alloc_aligned(c, bytes, CLLM_ARENA_DEFAULT_ALIGN);
+}
+
+// Give the position back to `a`, the arena the cursor came from: the arena goes on
+// from where the cursor stopped, and *c is emptied (a later allocation from it fails
+// with CLLM_ESTATE). Errors (nothing changes, the cursor stays out): CLLM_EINVAL (a
+// NULL, a cursor of another arena, one whose begin failed, or an altered cursor),
+// CLLM_ESTATE (this arena has no cursor out, or c is a stale copy of an earlier one).
+// Thread: external-sync.
+static inline CLLM_NODISCARD cllm_status_t cllm_arena_cursor_end(cllm_arena_t *a,
+                                                                  cllm_arena_cursor_t *c) {
+  if (c == NULL) return cllm_arena_cursor_end_(NULL, NULL, 0, 0, 0);
+  cllm_status_t rc = cllm_arena_cursor_end_(a, c->arena_, c->id_, c->cur_, c->end_);
+  if (rc == CLLM_OK) {
+    c->cur_ = 0;
+    c->end_ = 0;
+  }
+  return rc;
+}
 
 /* ---- marks: nested scopes inside a step --------------------------------------------- */
 
@@ -197,15 +349,16 @@ typedef struct cllm_arena_mark {
 } cllm_arena_mark_t;
 
 // Take a mark at the current position. On failure (a NULL: CLLM_EINVAL; the mark
-// stack could not grow: CLLM_ENOMEM) the returned mark has id 0, rewinding to it is
-// refused, and cllm_last_status() says why. Thread: external-sync.
+// stack could not grow: CLLM_ENOMEM; a cursor is out: CLLM_ESTATE) the returned mark
+// has id 0, rewinding to it is refused, and cllm_last_status() says why.
+// Thread: external-sync.
 CLLM_API cllm_arena_mark_t cllm_arena_mark(cllm_arena_t *a);
 
 // Release every allocation made after `m` (poisoned / filled as by reset); marks
 // taken after `m` become stale, `m` stays valid. Chunks are kept. Errors:
 // CLLM_EINVAL (a NULL, a mark of another arena or with id 0), CLLM_ESTATE (a stale
-// mark: the arena was reset, or rewound to a mark taken before it, since). A refused
-// rewind changes nothing. Thread: external-sync.
+// mark: the arena was reset, or rewound to a mark taken before it, since; or a cursor
+// is out). A refused rewind changes nothing. Thread: external-sync.
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_arena_rewind(cllm_arena_t *a, cllm_arena_mark_t m);
 
 /* ---- capacity ------------------------------------------------------------------------ */
@@ -216,14 +369,15 @@ CLLM_API CLLM_NODISCARD cllm_status_t cllm_arena_rewind(cllm_arena_t *a, cllm_ar
 // before the old ones are given back); during a step a chunk is added after the
 // current one unless enough room is already there. Also sets the floor below which
 // the shrink policy and trim never go (reserve(a, 0) clears it). Errors: CLLM_EINVAL
-// (NULL, bytes > CLLM_ARENA_MAX_REQUEST), CLLM_ELIMIT, CLLM_ENOMEM (nothing changed).
-// Thread: external-sync.
+// (NULL, bytes > CLLM_ARENA_MAX_REQUEST), CLLM_ELIMIT, CLLM_ENOMEM, CLLM_ESTATE (a
+// cursor is out) (nothing changed). Thread: external-sync.
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_arena_reserve(cllm_arena_t *a, size_t bytes);
 
 // Give memory back now, down to the last completed step's high-water (rounded up to
 // CLLM_ARENA_GRANULE) but not below the reserve floor: one chunk of that size
 // remains (none if it is 0); a mapped chunk is shrunk in place. Only between steps.
-// Errors: CLLM_EINVAL (NULL), CLLM_ESTATE (allocations are live: reset first).
+// Errors: CLLM_EINVAL (NULL), CLLM_ESTATE (allocations are live, or a cursor is out:
+// reset first).
 // If a smaller heap-backed chunk cannot be obtained the old one is kept.
 // Thread: external-sync.
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_arena_trim(cllm_arena_t *a);
@@ -251,6 +405,9 @@ typedef struct cllm_arena_stats {
   uint64_t allocator_calls;         // chunk obtain / give back / trim calls
   uint64_t monitor_calls;           // cllm_monitor_reserve / release calls
   bool heap_backed;                 // cfg.heaps was set
+  bool cursor_out;                  // a cursor is out (bytes_in_use: up to the position
+                                    // the arena last saw)
+  uint64_t cursors;                 // cursors begun
 } cllm_arena_stats_t;
 
 // Fill *st (O(1)). Errors: CLLM_EINVAL (NULL, struct_size too small). Thread:

@@ -1,5 +1,7 @@
 /* libFuzzer target: a step arena as an op sequence (alloc with edge sizes and
- * alignments, mark, rewind to valid / stale / foreign marks, reset, reserve, trim)
+ * alignments, mark, rewind to valid / stale / foreign marks, reset, reserve, trim,
+ * cursors: begin / end, allocations through the cursor while it is out, every other
+ * arena call refused with CLLM_ESTATE then, misused cursors refused)
  * against a model of the live allocations: each live block carries a pattern that
  * is verified after every op (overlap or a lost block is a crash), alignment is
  * checked, and cllm_arena_check() runs after every op. A private monitor with a
@@ -51,14 +53,49 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   cllm_arena_mark_t stale[4];
   int n_stale = 0;
   unsigned char pat = 1;
+  bool out = false;                 /* a cursor of `a` is out */
+  cllm_arena_cursor_t cur, stale_cur = {0};
+  bool have_stale_cur = false;
+  cllm_arena_cursor_t ocur;         /* a cursor of `other`, out for the whole run */
+  FUZZ_CHECK(cllm_arena_cursor_begin(other, &ocur) == CLLM_OK, "begin other");
   while (!fuzz_done(&in)) {
-    uint8_t op = fuzz_u8(&in) % 10;
+    uint8_t op = fuzz_u8(&in) % 12;
+    if (out && op >= 3 && op <= 8) { /* the arena is lent out: refused, nothing changes */
+      cllm_arena_stats_t b = {.struct_size = sizeof b}, c = {.struct_size = sizeof c};
+      FUZZ_CHECK(cllm_arena_stats(a, &b) == CLLM_OK, "stats");
+      cllm_status_t s = CLLM_OK;
+      if (op == 3) {
+        cllm_arena_mark_t m = cllm_arena_mark(a);
+        FUZZ_CHECK(m.id_ == 0, "mark while a cursor is out");
+        s = cllm_last_status();
+      } else if (op == 4 && n_marks > 0) {
+        s = cllm_arena_rewind(a, marks[fuzz_u8(&in) % n_marks].m);
+      } else if (op == 6) {
+        s = cllm_arena_reset(a);
+      } else if (op == 7) {
+        size_t n = fuzz_size(&in, (size_t)16 << 20);
+        s = cllm_arena_reserve(a, n);
+        if (n > CLLM_ARENA_MAX_REQUEST && s == CLLM_EINVAL) s = CLLM_ESTATE; /* bad input first */
+      } else if (op == 8) {
+        s = cllm_arena_trim(a);
+      } else {
+        FUZZ_CHECK(cllm_arena_alloc(a, fuzz_u8(&in)) == NULL, "alloc while a cursor is out");
+        s = cllm_last_status();
+      }
+      FUZZ_CHECK(s == CLLM_ESTATE, "op %d while a cursor is out: %s", op, cllm_status_name(s));
+      FUZZ_CHECK(cllm_arena_stats(a, &c) == CLLM_OK, "stats");
+      FUZZ_CHECK(c.bytes_in_use == b.bytes_in_use && c.capacity_bytes == b.capacity_bytes &&
+                     c.resets == b.resets && c.chunks == b.chunks,
+                 "a refused op changed the arena");
+      op = 255; /* done */
+    }
     switch (op) {
       case 0: case 1: case 2: { /* alloc */
         size_t n = fuzz_size(&in, (size_t)3 << 20);
         size_t align = op == 0 ? CLLM_ARENA_DEFAULT_ALIGN : (size_t)1 << (fuzz_u8(&in) % 24);
         if (op == 2) align = fuzz_u32(&in); /* often not a power of two */
-        unsigned char *p = cllm_arena_alloc_aligned(a, n, align);
+        unsigned char *p = out ? cllm_arena_cursor_alloc_aligned(&cur, n, align)
+                               : cllm_arena_alloc_aligned(a, n, align);
         bool valid = (align & (align - 1)) == 0 && align != 0 && align <= CLLM_ARENA_MAX_ALIGN &&
                      n <= CLLM_ARENA_MAX_REQUEST;
         if (!valid) {
@@ -124,6 +161,43 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         }
         break;
       }
+      case 10: /* begin / end a cursor */
+        if (!out) {
+          FUZZ_CHECK(cllm_arena_cursor_begin(a, &cur) == CLLM_OK, "begin");
+          out = true;
+        } else {
+          cllm_arena_cursor_t copy = cur;
+          FUZZ_CHECK(cllm_arena_cursor_end(a, &cur) == CLLM_OK, "end");
+          stale_cur = copy;
+          have_stale_cur = true;
+          out = false;
+        }
+        break;
+      case 11: { /* misused cursors: refused, nothing changes */
+        cllm_arena_stats_t b = {.struct_size = sizeof b}, c = {.struct_size = sizeof c};
+        FUZZ_CHECK(cllm_arena_stats(a, &b) == CLLM_OK, "stats");
+        FUZZ_CHECK(cllm_arena_cursor_end(a, &ocur) == CLLM_EINVAL, "another arena's cursor");
+        cllm_arena_cursor_t two;
+        cllm_status_t s = cllm_arena_cursor_begin(a, &two);
+        if (out) {
+          FUZZ_CHECK(s == CLLM_ESTATE, "two cursors at once: %s", cllm_status_name(s));
+          FUZZ_CHECK(cllm_arena_cursor_alloc(&two, 1) == NULL, "a refused cursor allocated");
+        } else {
+          FUZZ_CHECK(s == CLLM_OK, "begin: %s", cllm_status_name(s));
+          FUZZ_CHECK(cllm_arena_cursor_end(a, &two) == CLLM_OK, "end");
+          FUZZ_CHECK(cllm_arena_cursor_end(a, &two) == CLLM_ESTATE, "ended twice");
+        }
+        if (have_stale_cur) {
+          FUZZ_CHECK(cllm_arena_cursor_end(a, &stale_cur) != CLLM_OK, "stale cursor accepted");
+          cllm_arena_cursor_t st = stale_cur;
+          FUZZ_CHECK(cllm_arena_cursor_alloc(&st, (size_t)64 << 20) == NULL, "stale cursor allocated");
+        }
+        FUZZ_CHECK(cllm_arena_stats(a, &c) == CLLM_OK, "stats");
+        FUZZ_CHECK(c.bytes_in_use == b.bytes_in_use && c.capacity_bytes == b.capacity_bytes &&
+                       c.chunks == b.chunks && c.cursor_out == out,
+                   "a refused cursor changed the arena");
+        break;
+      }
       case 9: { /* stats agree with the monitor */
         cllm_arena_stats_t st = {.struct_size = sizeof st};
         FUZZ_CHECK(cllm_arena_stats(a, &st) == CLLM_OK, "stats");
@@ -137,9 +211,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     verify(live, n_live);
     FUZZ_CHECK(cllm_arena_check(a) == CLLM_OK, "check");
+    FUZZ_CHECK(cllm_arena_check(other) == CLLM_OK, "check other");
     FUZZ_CHECK(cllm_monitor_peak(mon, CLLM_CAT_COUNT) <= mc.limit_bytes, "peak above limit");
   }
-  cllm_arena_destroy(a);
+  if (out && (n_live & 1)) FUZZ_CHECK(cllm_arena_cursor_end(a, &cur) == CLLM_OK, "end");
+  cllm_arena_destroy(a); /* with or without a cursor out */
   cllm_arena_destroy(other);
   FUZZ_CHECK(cllm_monitor_used(mon, CLLM_CAT_COUNT) == 0, "monitor not balanced");
   cllm_monitor_destroy(mon);
