@@ -278,6 +278,44 @@ TEST(Arena, AllocResetMarksAndMove) {
   EXPECT_EQ(MemoryMonitor::instance().getUsed(CLLM_CAT_STEP), 0);
 }
 
+TEST(Arena, CursorLendsThePositionAndGivesItBack) {
+  Arena a;
+  a.reserve(4 * kMiB);
+  unsigned long long calls = a.stats().allocator_calls;
+  {
+    Arena::Cursor c(a);
+    EXPECT_THROW(Arena::Cursor{a}, Error);   // one cursor at a time
+    EXPECT_EQ(a.alloc(16), nullptr);        // the arena's own path is refused
+    EXPECT_EQ(cllm_last_status(), CLLM_ESTATE);
+    EXPECT_THROW(a.reset(), Error);
+    uint8_t* prev = nullptr;
+    for (int i = 0; i < 1000; i++) {
+      uint8_t* p = c.allocArray<uint8_t>(1000 + (size_t)i);
+      ASSERT_NE(p, nullptr);
+      EXPECT_TRUE(aligned(p, 64));
+      if (prev != nullptr) EXPECT_GE(p, prev + 999 + (size_t)i);  // no overlap
+      p[0] = (uint8_t)i;
+      prev = p;
+    }
+    EXPECT_EQ(c.allocArray<double>(SIZE_MAX / 4), nullptr);
+    EXPECT_EQ(cllm_last_status(), CLLM_EINVAL);
+    EXPECT_EQ(c.allocAligned(8, 3), nullptr);
+    EXPECT_EQ(cllm_last_status(), CLLM_EINVAL);
+    EXPECT_NE(c.alloc(3 * kMiB), nullptr);  // past the chunk: the slow path grows it
+    c.end();
+    EXPECT_THROW(c.end(), Error);
+    EXPECT_EQ(c.alloc(1), nullptr);
+    EXPECT_EQ(cllm_last_status(), CLLM_ESTATE);
+  }
+  EXPECT_GT(a.stats().allocator_calls, calls);
+  EXPECT_NE(a.alloc(16), nullptr);  // the arena goes on from where the cursor stopped
+  EXPECT_GE(a.stats().bytes_in_use, 3 * kMiB + 1000 * 1000);
+  a.reset();
+  { Arena::Cursor c(a); }  // the destructor ends it
+  EXPECT_NE(a.alloc(16), nullptr);
+  a.check();
+}
+
 // Arena::alloc is noexcept: a limit callback that throws while it gets a chunk cannot
 // reach its caller; the exception is dropped and counted, alloc returns nullptr.
 TEST(Arena, ThrowingCallbackInNoexceptAllocIsDropped) {

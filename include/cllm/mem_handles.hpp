@@ -115,6 +115,49 @@ class Arena {
     cllm_arena_mark_t m_;
   };
 
+  // A cursor (cllm_arena_cursor_t) for a hot loop: the arena's position lent to this
+  // local object, kept in registers across char stores. While it lives, the arena's
+  // own alloc/mark/rewind/reset/reserve/trim are refused (CLLM_ESTATE). Keep it a
+  // local variable (neither copyable nor movable: a copy would be a stale cursor).
+  // The destructor gives the position back (errors ignored); end() does it early.
+  class Cursor {
+   public:
+    // Throws Error (CLLM_EINVAL: no arena; CLLM_ESTATE: a cursor is already out).
+    explicit Cursor(Arena& a) : a_(a.get()) {
+      checkStatus(cllm_arena_cursor_begin(a_, &c_), "cllm_arena_cursor_begin");
+      open_ = true;
+    }
+    ~Cursor() {
+      if (open_) (void)cllm_arena_cursor_end(a_, &c_);
+    }
+    Cursor(const Cursor&) = delete;
+    Cursor& operator=(const Cursor&) = delete;
+
+    // As Arena::alloc / allocAligned (nullptr on failure, cllm_last_status() says why;
+    // after end(): nullptr, CLLM_ESTATE).
+    void* alloc(size_t bytes) noexcept { return cllm_arena_cursor_alloc(&c_, bytes); }
+    void* allocAligned(size_t bytes, size_t align) noexcept {
+      return cllm_arena_cursor_alloc_aligned(&c_, bytes, align);
+    }
+    // n objects of T (no constructors run); nullptr when n * sizeof(T) overflows.
+    template <class T>
+    T* allocArray(size_t n, size_t align = alignof(T) > 64 ? alignof(T) : 64) noexcept {
+      size_t bytes;
+      if (__builtin_mul_overflow(n, sizeof(T), &bytes)) bytes = SIZE_MAX;  // refused: EINVAL
+      return static_cast<T*>(cllm_arena_cursor_alloc_aligned(&c_, bytes, align));
+    }
+    // Give the position back now. Throws Error (CLLM_ESTATE: already ended).
+    void end() {
+      checkStatus(open_ ? cllm_arena_cursor_end(a_, &c_) : CLLM_ESTATE, "cllm_arena_cursor_end");
+      open_ = false;
+    }
+
+   private:
+    cllm_arena_t* a_;
+    cllm_arena_cursor_t c_{};
+    bool open_ = false;
+  };
+
  private:
   cllm_arena_t* a_ = nullptr;
 };
