@@ -16,6 +16,14 @@
 //                     (a deadlock), so it gets an unlocked helper that still sums the
 //                     list (once per eviction step, as written);
 //   seed_lru_counter  the same with a running used-bytes counter (the strongest form);
+//                     both run every container and string the seed owns (and the
+//                     caller's arrays) on glibc's own malloc, as a standalone build of
+//                     the seed would: linking cllm-mem brings in Debian's libmimalloc,
+//                     which replaces malloc in the whole process, so they use a small
+//                     std allocator over bench_glibc_malloc/free ("seed_malloc":"glibc");
+//   seed_lru_mimalloc, seed_lru_counter_mimalloc
+//                     the same two on the process malloc, i.e. mimalloc
+//                     ("seed_malloc":"mimalloc"), shown too so nothing is hidden;
 //   cllm_kv           the block API: open + reserve (the cache preempts the least
 //                     recently used sequence when full; its id comes back through the
 //                     eviction callback and the bench closes it) + the K/V bytes copied
@@ -27,6 +35,9 @@
 //   insert_get_1k     entries of 1 KiB (128 key + 128 value floats), `resident` =
 //                     1024..8192 under a full budget, 4 x resident insert+get of new ids
 //                     per repetition (so eviction runs on every insert); ns per request.
+//                     Ids are "req-N", kept as text and counted up in place (no
+//                     snprintf) and parsed back by hand in cllm_kv's eviction
+//                     callback (no strtol), the same for every implementation.
 //   insert_get_256k   4096 requests of 256 KiB under a 256 MiB budget; ns per request.
 //
 // Flags: --only blocks|seed1k|seed256k|utilisation, --impl NAME (seed rows).
@@ -42,12 +53,15 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <list>
 #include <mutex>
+#include <new>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -71,7 +85,8 @@ static cllm_monitor_t *g_mon;
 
 static void emit(const char *kase, const char *impl, const double *ns, int reps, uint64_t ops,
                  const char *k1 = nullptr, double v1 = 0, const char *k2 = nullptr, double v2 = 0,
-                 const char *k3 = nullptr, double v3 = 0) {
+                 const char *k3 = nullptr, double v3 = 0, const char *skey = nullptr,
+                 const char *sval = nullptr) {
   bench_row_t row;
   std::memset(&row, 0, sizeof row);
   row.bench = "kv_bench";
@@ -83,6 +98,7 @@ static void emit(const char *kase, const char *impl, const double *ns, int reps,
   if (k1) bench_extra_num(&row, k1, v1);
   if (k2) bench_extra_num(&row, k2, v2);
   if (k3) bench_extra_num(&row, k3, v3);
+  if (skey && sval) bench_extra_str(&row, skey, sval);
   bench_emit(&g_o, &row);
 }
 
@@ -214,13 +230,39 @@ static void bench_block_ops(size_t nblocks) {
 
 /* ---- the seed's KVCacheMemoryManager ------------------------------------------------ */
 
-typedef std::function<void(const std::string &)> EvictionCallback;
+/* glibc's own malloc for the seed's containers. Linking cllm-mem brings in Debian's
+ * libmimalloc, which replaces malloc (and operator new through it) in the whole
+ * process; a standalone build of the seed would run on glibc, so the `seed_*` rows
+ * give every container and string the seed owns this allocator. The `*_mimalloc`
+ * rows run the same code on the process malloc (std::allocator). */
+template <class T>
+struct GlibcAllocator {
+  using value_type = T;
+  GlibcAllocator() noexcept = default;
+  template <class U>
+  GlibcAllocator(const GlibcAllocator<U> &) noexcept {}
+  T *allocate(size_t n) {
+    if (n > SIZE_MAX / sizeof(T)) throw std::bad_alloc();
+    void *p = bench_glibc_malloc(n * sizeof(T));
+    if (p == nullptr) throw std::bad_alloc();
+    return static_cast<T *>(p);
+  }
+  void deallocate(T *p, size_t) noexcept { bench_glibc_free(p); }
+  template <class U>
+  bool operator==(const GlibcAllocator<U> &) const noexcept { return true; }
+  template <class U>
+  bool operator!=(const GlibcAllocator<U> &) const noexcept { return false; }
+};
 
+template <template <class> class Alloc>
 class SeedKVCache {
  public:
+  using String = std::basic_string<char, std::char_traits<char>, Alloc<char>>;
+  using FloatVec = std::vector<float, Alloc<float>>;
+  typedef std::function<void(const String &)> EvictionCallback;
+
   SeedKVCache(size_t max_bytes, bool counter) : maxMemory_(max_bytes), counter_(counter) {}
-  bool insert(const std::string &requestId, const std::vector<float> &keys,
-              const std::vector<float> &values) {
+  bool insert(const String &requestId, const FloatVec &keys, const FloatVec &values) {
     std::lock_guard<std::mutex> lock(mutex_);
     size_t required = (keys.size() + values.size()) * sizeof(float);
     while (usedLocked() + required > maxMemory_ && !cacheList_.empty()) evictLRU();
@@ -230,7 +272,7 @@ class SeedKVCache {
     used_ += required;
     return true;
   }
-  bool get(const std::string &requestId, std::vector<float> &keys, std::vector<float> &values) {
+  bool get(const String &requestId, FloatVec &keys, FloatVec &values) {
     std::lock_guard<std::mutex> lock(mutex_);
     auto it = cacheMap_.find(requestId);
     if (it == cacheMap_.end()) return false;
@@ -242,8 +284,18 @@ class SeedKVCache {
 
  private:
   struct Entry {
-    std::vector<float> keys, values;
+    FloatVec keys, values;
   };
+  typedef std::pair<String, Entry> Node;
+  typedef std::list<Node, Alloc<Node>> List;
+  // std::hash<std::string> is std::_Hash_bytes over the characters, as is the
+  // string_view hash: the same function for both allocators.
+  struct StrHash {
+    size_t operator()(const String &s) const noexcept {
+      return std::hash<std::string_view>()(std::string_view(s.data(), s.size()));
+    }
+  };
+  typedef std::pair<const String, typename List::iterator> MapNode;
   // The one change: getUsedMemory() without the second lock. seed_lru sums the list
   // as the seed does; seed_lru_counter reads a running counter.
   size_t usedLocked() const {
@@ -260,8 +312,10 @@ class SeedKVCache {
     cacheMap_.erase(victim.first);
     cacheList_.pop_back();
   }
-  std::list<std::pair<std::string, Entry>> cacheList_;
-  std::unordered_map<std::string, std::list<std::pair<std::string, Entry>>::iterator> cacheMap_;
+  List cacheList_;
+  std::unordered_map<String, typename List::iterator, StrHash, std::equal_to<String>,
+                     Alloc<MapNode>>
+      cacheMap_;
   size_t maxMemory_;
   bool counter_;
   size_t used_ = 0;
@@ -269,35 +323,94 @@ class SeedKVCache {
   EvictionCallback callback_;
 };
 
+/* The seed plus what its caller owns (the request's arrays and the get buffers, all
+ * on the same allocator, as in a standalone build). */
+template <template <class> class Alloc>
+struct SeedRunner {
+  typedef SeedKVCache<Alloc> Cache;
+  Cache cache;
+  typename Cache::FloatVec keys, values, kout, vout;
+  SeedRunner(size_t budget, bool counter, const std::vector<float> &k,
+             const std::vector<float> &v)
+      : cache(budget, counter), keys(k.begin(), k.end()), values(v.begin(), v.end()),
+        kout(k.size()), vout(v.size()) {
+    cache.setEvictionCallback([](const typename Cache::String &) {});
+  }
+  void request(const char *id) {
+    typename Cache::String sid(id);
+    cache.insert(sid, keys, values);
+    if (!cache.get(sid, kout, vout)) CHECK(0, "seed get");
+    bench_sink(kout.data());
+    bench_sink(vout.data());
+  }
+};
+
+/* Request ids "req-N" for N = 0, 1, 2, ...: the decimal text is kept and counted up in
+ * place (a hand-written itoa: no snprintf, no division; one or two bytes change per
+ * request), the same for every implementation, so the driver's own cost stays small
+ * next to the caches'; cllm_kv's eviction callback parses N back by hand. */
+struct IdText {
+  char buf[32] = "req-0";
+  size_t len = 5;
+  void advance() {
+    size_t i = len;
+    while (i > 4 && buf[i - 1] == '9') buf[--i] = '0';
+    if (i > 4) {
+      buf[i - 1]++;
+      return;
+    }
+    buf[4] = '1';  // 9...9 -> 10...0
+    buf[len++] = '0';
+    buf[len] = '\0';
+  }
+};
+
+static inline long parse_id(const char *id) {  // "req-N" -> N
+  long n = 0;
+  for (const char *p = id + 4; *p >= '0' && *p <= '9'; p++) n = n * 10 + (*p - '0');
+  return n;
+}
+
 /* ---- the four implementations behind one driver ---------------------------------- */
 
 struct BlockApi {
   cllm_kv_cache_t *kv = nullptr;
   std::vector<cllm_kv_seq_t> handles;  // by request number
   std::vector<long> victims;
-  size_t kfloats = 0, vfloats = 0, blocks_per_req = 0;
+  size_t kfloats = 0, vfloats = 0, blocks_per_req = 0, chunk = 0;
 };
 
 static void block_api_evicted(void *user, const char *id, cllm_kv_evict_reason_t reason) {
   (void)reason;
   BlockApi *b = static_cast<BlockApi *>(user);
-  b->victims.push_back(std::strtol(id + 4, nullptr, 10));  // "req-N"
+  b->victims.push_back(parse_id(id));
 }
 
-enum Impl { SEED_LRU, SEED_COUNTER, CLLM_KV, CLLM_COPY, MEMCPY };
-static const char *const kImpl[] = {"seed_lru", "seed_lru_counter", "cllm_kv", "cllm_kv_copy",
+enum Impl { SEED_LRU, SEED_COUNTER, SEED_LRU_MI, SEED_COUNTER_MI, CLLM_KV, CLLM_COPY, MEMCPY };
+static const char *const kImpl[] = {"seed_lru",          "seed_lru_counter",
+                                    "seed_lru_mimalloc", "seed_lru_counter_mimalloc",
+                                    "cllm_kv",           "cllm_kv_copy",
                                     "memcpy"};
+// The seed rows' "seed_malloc" field: which malloc the seed's containers ran on.
+static const char *seed_malloc(Impl i) {
+  if (i == SEED_LRU || i == SEED_COUNTER) return "glibc";
+  if (i == SEED_LRU_MI || i == SEED_COUNTER_MI) return "mimalloc";
+  return nullptr;
+}
+static bool seed_sums(Impl i) { return i == SEED_LRU || i == SEED_LRU_MI; }
 
 struct Driver {
   Impl impl;
   size_t kfloats, vfloats, budget_bytes;
-  SeedKVCache *seed = nullptr;
+  SeedRunner<GlibcAllocator> *seed = nullptr;  // seed_lru, seed_lru_counter
+  SeedRunner<std::allocator> *seed_mi = nullptr; // the *_mimalloc rows
   BlockApi blk;
   cllm_kv_cache_t *copy = nullptr;
   char *arena = nullptr;  // memcpy baseline
   size_t slots = 0;
   std::vector<float> keys, values, kout, vout;
   long next = 0;
+  IdText id_text;  // "req-<next>"
 
   Driver(Impl i, size_t kf, size_t vf, size_t budget, uint32_t heads, uint32_t dim)
       : impl(i), kfloats(kf), vfloats(vf), budget_bytes(budget) {
@@ -312,8 +425,11 @@ struct Driver {
     switch (impl) {
       case SEED_LRU:
       case SEED_COUNTER:
-        seed = new SeedKVCache(budget, impl == SEED_COUNTER);
-        seed->setEvictionCallback([](const std::string &) {});
+        seed = new SeedRunner<GlibcAllocator>(budget, impl == SEED_COUNTER, keys, values);
+        break;
+      case SEED_LRU_MI:
+      case SEED_COUNTER_MI:
+        seed_mi = new SeedRunner<std::allocator>(budget, impl == SEED_COUNTER_MI, keys, values);
         break;
       case CLLM_KV:
         blk.kv = make_kv(1, heads, dim, 4, blocks, true, true, block_api_evicted, &blk,
@@ -321,6 +437,7 @@ struct Driver {
         blk.kfloats = kf;
         blk.vfloats = vf;
         blk.blocks_per_req = (kf * 4 + block_bytes / 2 - 1) / (block_bytes / 2);
+        blk.chunk = cllm_kv_block_bytes(blk.kv) / 2;
         break;
       case CLLM_COPY:
         copy = make_kv(1, heads, dim, 4, blocks, true, false, nullptr, nullptr, blocks + 64);
@@ -334,6 +451,7 @@ struct Driver {
   }
   ~Driver() {
     delete seed;
+    delete seed_mi;
     if (blk.kv) cllm_kv_cache_destroy(blk.kv);
     if (copy) cllm_kv_cache_destroy(copy);
     std::free(arena);
@@ -342,16 +460,22 @@ struct Driver {
   // One request: insert a new id, then get it.
   void request() {
     long n = next++;
-    char id[32];
-    std::snprintf(id, sizeof id, "req-%ld", n);
+    const char *id = id_text.buf;
+    if ((n & 4095) == 0) CHECK(parse_id(id) == n, "id %s for request %ld", id, n);
+    request_with(n, id);
+    id_text.advance();
+  }
+
+  void request_with(long n, const char *id) {
     switch (impl) {
       case SEED_LRU:
-      case SEED_COUNTER: {
-        std::string sid(id);
-        seed->insert(sid, keys, values);
-        if (!seed->get(sid, kout, vout)) CHECK(0, "seed get");
-        break;
-      }
+      case SEED_COUNTER:
+        seed->request(id);
+        return;
+      case SEED_LRU_MI:
+      case SEED_COUNTER_MI:
+        seed_mi->request(id);
+        return;
       case CLLM_KV: {
         cllm_kv_seq_t s;
         if (cllm_kv_seq_open(blk.kv, id, nullptr, &s) != CLLM_OK) CHECK(0, "open");
@@ -364,8 +488,7 @@ struct Driver {
         for (long v : blk.victims)
           if (cllm_kv_seq_close(blk.kv, blk.handles[(size_t)v]) != CLLM_OK) CHECK(0, "close");
         blk.victims.clear();
-        size_t chunk = cllm_kv_block_bytes(blk.kv) / 2;
-        write_blocks(loc, chunk);
+        write_blocks(loc, blk.chunk);
         /* get: the block table; K/V are read in place through the block pointers */
         uint32_t table[64];
         size_t nb = 0;
@@ -416,7 +539,7 @@ static void bench_seed_1k(size_t resident) {
   for (int impl = SEED_LRU; impl <= CLLM_COPY; impl++) {
     if (g_impl != nullptr && std::strcmp(g_impl, kImpl[impl]) != 0) continue;
     int reps = g_o.reps;
-    if (impl == SEED_LRU && g_o.quick) reps = 1;  // O(n) per eviction step: seconds
+    if (seed_sums((Impl)impl) && g_o.quick) reps = 1;  // O(n) per eviction step: seconds
     Driver d((Impl)impl, kf, vf, resident * 1024, 1, 8);  // a block = 1 KiB
     for (size_t i = 0; i < resident; i++) d.request();   // fill the budget (untimed)
     double ns[BENCH_MAX_REPS];
@@ -426,7 +549,8 @@ static void bench_seed_1k(size_t resident) {
       for (size_t i = 0; i < reqs; i++) d.request();
       ns[r] = (bench_now_ns() - t0) / (double)reqs;
     }
-    emit("insert_get_1k", kImpl[impl], ns, reps, reqs, "resident", (double)resident);
+    emit("insert_get_1k", kImpl[impl], ns, reps, reqs, "resident", (double)resident, nullptr, 0,
+         nullptr, 0, "seed_malloc", seed_malloc((Impl)impl));
   }
 }
 
@@ -436,7 +560,7 @@ static void bench_seed_256k() {
   for (int impl = SEED_LRU; impl <= MEMCPY; impl++) {
     if (g_impl != nullptr && std::strcmp(g_impl, kImpl[impl]) != 0) continue;
     int reps = g_o.reps;
-    if ((impl == SEED_LRU || impl == SEED_COUNTER) && g_o.quick) reps = std::min(reps, 2);
+    if (seed_malloc((Impl)impl) != nullptr && g_o.quick) reps = std::min(reps, 2);
     Driver d((Impl)impl, kf, vf, (size_t)256 << 20, 8, 128);  // a block = 128 KiB
     double ns[BENCH_MAX_REPS];
     for (int r = 0; r < reps; r++) {
@@ -444,7 +568,8 @@ static void bench_seed_256k() {
       for (size_t i = 0; i < reqs; i++) d.request();
       ns[r] = (bench_now_ns() - t0) / (double)reqs;
     }
-    emit("insert_get_256k", kImpl[impl], ns, reps, reqs, "bytes_per_request", 262144.0);
+    emit("insert_get_256k", kImpl[impl], ns, reps, reqs, "bytes_per_request", 262144.0, nullptr,
+         0, nullptr, 0, "seed_malloc", seed_malloc((Impl)impl));
   }
 }
 
@@ -462,7 +587,9 @@ struct Sim {
 };
 
 static void sim_evicted(void *user, const char *id, cllm_kv_evict_reason_t) {
-  static_cast<Sim *>(user)->preempted.push_back((int)std::strtol(id + 1, nullptr, 10));
+  int n = 0;  // "rN"
+  for (const char *p = id + 1; *p >= '0' && *p <= '9'; p++) n = n * 10 + (*p - '0');
+  static_cast<Sim *>(user)->preempted.push_back(n);
 }
 
 static int draw_len(unsigned long long *rng, int lo, int hi, bool loguniform) {

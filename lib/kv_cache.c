@@ -47,17 +47,20 @@
 
 /* ---- small helpers ------------------------------------------------------------ */
 
-static void flush_uncharge_locked(cllm_kv_cache_t *kv);
-
-void kv__lock(cllm_kv_cache_t *kv) { (void)pthread_mutex_lock(&kv->lock); }
-void kv__unlock(cllm_kv_cache_t *kv) {
-  if (kv->uncharge_pending != 0) flush_uncharge_locked(kv);
-  (void)pthread_mutex_unlock(&kv->lock);
-}
-
 static void *kv_calloc(size_t n, size_t size) {
   if (CLLM_FAULT(CLLM_FAULT_MALLOC)) return NULL;
   return calloc(n == 0 ? 1 : n, size);
+}
+
+/* Zeroed, 64-byte aligned (one cache line per block / slot line). */
+static void *kv_calloc_lines(size_t n, size_t size) {
+  size_t bytes;
+  void *p = NULL;
+  if (CLLM_FAULT(CLLM_FAULT_MALLOC) || cllm__mul_overflow(n == 0 ? 1 : n, size, &bytes) ||
+      posix_memalign(&p, 64, bytes) != 0)
+    return NULL;
+  memset(p, 0, bytes);
+  return p;
 }
 
 static uint32_t pow2_at_least(uint64_t x) {
@@ -126,7 +129,7 @@ static cllm_status_t charge_locked(cllm_kv_cache_t *kv, size_t blocks) {
 
 static void uncharge_locked(cllm_kv_cache_t *kv, size_t blocks) { kv->uncharge_pending += blocks; }
 
-static void flush_uncharge_locked(cllm_kv_cache_t *kv) {
+void kv__flush_uncharge_locked(cllm_kv_cache_t *kv) {
   size_t bytes = kv->uncharge_pending * kv->block_bytes;
   cllm_status_t rc = cllm_monitor_release(kv->mon, CLLM_CAT_KV, bytes);
   cllm_assert_internal(rc == CLLM_OK);
@@ -179,11 +182,6 @@ static void evict_cached_locked(cllm_kv_cache_t *kv, uint32_t b) {
 }
 
 /* ---- block state machine ------------------------------------------------------ */
-
-bool kv__blocks_available_locked(const cllm_kv_cache_t *kv, uint32_t k) {
-  uint64_t avail = (uint64_t)kv->free_count + (kv->num_blocks - kv->hwm) + kv->cached_lru;
-  return k <= avail;
-}
 
 cllm_status_t kv__take_blocks_locked(cllm_kv_cache_t *kv, uint32_t k, uint32_t band,
                                      uint32_t *ids) {
@@ -271,13 +269,6 @@ void kv__unref_locked(cllm_kv_cache_t *kv, uint32_t b) {
   kv->free_head = b;
   kv->free_count++;
   uncharge_locked(kv, 1);
-}
-
-void kv__set_fill_locked(cllm_kv_cache_t *kv, uint32_t b, uint32_t fill) {
-  kv_block_t *bl = &kv->blocks[b];
-  cllm_assert_internal(bl->state == KV_ACTIVE && fill <= kv->bt);
-  kv->tokens_active = kv->tokens_active - bl->fill + fill;
-  bl->fill = fill;
 }
 
 uint32_t kv__drop_cached_locked(cllm_kv_cache_t *kv, uint32_t n) {
@@ -449,13 +440,13 @@ cllm_status_t cllm_kv_cache_create(const cllm_kv_config_t *cfg, cllm_kv_cache_t 
     if (e != 0) cllm__info("kv cache: no transparent huge pages for the pools (errno %d)", e);
   }
   rc = CLLM_ENOMEM;
-  kv->blocks = kv_calloc(nblocks, sizeof(kv_block_t));
+  kv->blocks = kv_calloc_lines(nblocks, sizeof(kv_block_t));
   kv->btok = kv_calloc(tok_n, sizeof(cllm_kv_token_t));
   uint32_t nbuckets = pow2_at_least(nblocks);
   kv->hbuckets = CLLM_FAULT(CLLM_FAULT_MALLOC) ? NULL : malloc((size_t)nbuckets * sizeof(uint32_t));
-  kv->slots = kv_calloc(max_slots, sizeof(kv_slot_t));
-  uint32_t nmap = pow2_at_least(2 * (uint64_t)max_slots);
-  kv->idmap = kv_calloc(nmap, sizeof(uint64_t));
+  kv->slots = kv_calloc_lines(max_slots, sizeof(kv_slot_t));
+  uint32_t nmap = pow2_at_least(2 * (uint64_t)max_slots) / 8;  // buckets of 7 entries
+  kv->idmap = kv_calloc_lines(nmap, sizeof(kv_idbucket_t));
   kv->tails = kv_calloc(max_slots * (size_t)bt, sizeof(cllm_kv_token_t));
   if (kv->blocks == NULL || kv->btok == NULL || kv->hbuckets == NULL || kv->slots == NULL ||
       kv->idmap == NULL || kv->tails == NULL)
@@ -468,6 +459,9 @@ cllm_status_t cllm_kv_cache_create(const cllm_kv_config_t *cfg, cllm_kv_cache_t 
     sl->lru_next = s + 1 < kv->max_slots ? s + 1 : KV_NONE;
     sl->lru_prev = sl->victim_next = KV_NONE;
     sl->gen = 1;  // a zeroed handle never names a slot
+    sl->id = sl->id_inl;
+    sl->table = sl->table_inl;
+    sl->table_cap = KV_TABLE_INLINE;
   }
   kv->slot_free_head = 0;
   rc = cllm_monitor_add_reclaimer(kv->mon, kv_reclaim, kv);
@@ -633,12 +627,18 @@ out:
 cllm_status_t cllm_kv_check(cllm_kv_cache_t *kv) {
   if (kv == NULL) return CLLM_EINVAL;
   uint32_t *refs = kv_calloc(kv->num_blocks, sizeof(uint32_t));
-  if (refs == NULL) return CLLM_ENOMEM;
+  uint32_t *ovf = kv_calloc((size_t)kv->idmask + 1, sizeof(uint32_t));
+  if (refs == NULL || ovf == NULL) {
+    free(refs);
+    free(ovf);
+    return CLLM_ENOMEM;
+  }
   kv__lock(kv);
-  cllm_status_t rc = kv__check_slots_locked(kv, refs);
+  cllm_status_t rc = kv__check_slots_locked(kv, refs, ovf);
   if (rc == CLLM_OK) rc = check_blocks_locked(kv, refs);
   if (rc == CLLM_OK) rc = kv__check_index_locked(kv);
   kv__unlock(kv);
   free(refs);
+  free(ovf);
   return rc;
 }

@@ -101,8 +101,11 @@ cllm_status_t cllm_kv_put(cllm_kv_cache_t *kv, const char *id, const float *keys
   size_t cap = (size_t)kv->layers * kv->chunk_bytes;
   size_t kb = kbytes / cap + (kbytes % cap != 0), vb = vbytes / cap + (vbytes % cap != 0);
   size_t nbs = kb > vb ? kb : vb;
+  size_t len;
+  uint64_t h = kv__hash_string(id, &len);
   kv_victims_t v;
   kv__victims_init(&v);
+  kv__id_prefetch(kv, h);
   kv__lock(kv);
   if (nbs > kv->copy_budget_blocks) {
     kv->st_refused++;
@@ -110,9 +113,7 @@ cllm_status_t cllm_kv_put(cllm_kv_cache_t *kv, const char *id, const float *keys
     return CLLM_ERANGE;  // larger than the whole budget: refused before any eviction
   }
   uint32_t nb = (uint32_t)nbs;
-  uint64_t h;
-  size_t len;
-  uint32_t s = kv__id_find_locked(kv, id, &h, &len);
+  uint32_t s = kv__id_lookup_locked(kv, id, h);
   bool created = false;
   cllm_status_t rc = CLLM_OK;
   if (s != KV_NONE && kv->slots[s].kind != K_COPY) {
@@ -174,10 +175,11 @@ cllm_status_t cllm_kv_get(cllm_kv_cache_t *kv, const char *id, float *keys_out, 
   if (kv == NULL || id == NULL || id[0] == '\0') return CLLM_EINVAL;
   if ((keys_out == NULL && keys_cap > 0) || (values_out == NULL && values_cap > 0))
     return CLLM_EINVAL;
-  uint64_t h;
   size_t len;
+  uint64_t h = kv__hash_string(id, &len);
+  kv__id_prefetch(kv, h);
   kv__lock(kv);
-  uint32_t s = kv__id_find_locked(kv, id, &h, &len);
+  uint32_t s = kv__id_lookup_locked(kv, id, h);
   if (s == KV_NONE || kv->slots[s].kind != K_COPY) {
     kv__unlock(kv);
     return CLLM_ENOTFOUND;
@@ -205,10 +207,11 @@ cllm_status_t cllm_kv_get(cllm_kv_cache_t *kv, const char *id, float *keys_out, 
 
 cllm_status_t cllm_kv_evict(cllm_kv_cache_t *kv, const char *id) {
   if (kv == NULL || id == NULL || id[0] == '\0') return CLLM_EINVAL;
-  uint64_t h;
   size_t len;
+  uint64_t h = kv__hash_string(id, &len);
+  kv__id_prefetch(kv, h);
   kv__lock(kv);
-  uint32_t s = kv__id_find_locked(kv, id, &h, &len);
+  uint32_t s = kv__id_lookup_locked(kv, id, h);
   cllm_status_t rc = CLLM_ENOTFOUND;
   if (s != KV_NONE && kv->slots[s].kind == K_COPY) {
     kv__copy_drop_locked(kv, s);

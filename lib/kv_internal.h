@@ -15,6 +15,8 @@
 
 #include <cllm/kv_cache.h>
 
+#include "internal/util.h"
+
 #define KV_NONE CLLM_KV_NONE
 
 /* ---- blocks ---- */
@@ -37,25 +39,46 @@ typedef struct kv_block {
 enum { S_FREE = 0, S_OPEN = 1, S_PREEMPTED = 2, S_ZOMBIE = 3 };
 enum { K_SEQ = 0, K_COPY = 1 };
 
+/* One slot is two cache lines (the array is 64-byte aligned). Line 0 holds what an
+ * id lookup, a preemption and a close read; line 1 the prefix-chain state (or the
+ * copy entry's sizes) and small inline buffers, so a short id and a short block
+ * table need no allocation of their own and no further cache line. */
+#define KV_ID_INLINE 16    // ids of up to 15 bytes are stored in the slot
+#define KV_TABLE_INLINE 2  // block tables of up to 2 blocks are stored in the slot
+
 typedef struct kv_slot {
-  char *id;               // owned copy (kept across reuse of the slot while it fits)
-  size_t id_cap;
+  /* line 0 */
   uint64_t id_hash;
-  uint32_t *table;        // block ids in position order (owned, grows by doubling)
-  uint32_t nb, table_cap;
+  uint32_t *table;        // block ids in position order: table_inl, or owned (grows
+                          // by doubling; kept across reuse of the slot)
+  char *id;               // id_inl, or an owned copy of id_cap bytes (kept across reuse
+                          // of the slot while it fits)
   size_t length;          // reserved token positions (copy entry: unused)
-  size_t committed;       // token ids recorded
-  uint64_t salt;
-  uint64_t chain_hash;    // hash of the last full committed block (0 at the root)
-  uint32_t chain_prev;    // canonical indexed block for that position (NONE at root)
-  uint32_t chain_prev_gen;
+  uint32_t nb, table_cap;
   uint32_t gen;           // handle generation
   uint32_t lru_prev, lru_next;  // sequence LRU (per band) or copy-entry LRU; free slot list
   uint32_t victim_next;   // callback list
   uint8_t state, kind, band, in_lru, cb_pending, chain_broken;
   uint8_t vreason;        // eviction reason, stable while cb_pending
-  size_t n_keys, n_values;      // copy entries
+  /* line 1 */
+  union {
+    struct {              // sequences
+      size_t committed;   // token ids recorded
+      uint64_t salt;
+      uint64_t chain_hash;     // hash of the last full committed block (0 at the root)
+      uint32_t chain_prev;     // canonical indexed block for that position (NONE at root)
+      uint32_t chain_prev_gen;
+    };
+    struct {              // copy entries
+      size_t n_keys, n_values;
+    };
+  };
+  uint32_t id_len;        // strlen(id)
+  uint32_t id_cap;        // bytes owned at id (0: id is id_inl)
+  uint32_t table_inl[KV_TABLE_INLINE];
+  char id_inl[KV_ID_INLINE];
 } kv_slot_t;
+_Static_assert(sizeof(kv_slot_t) == 128, "a slot is two cache lines");
 
 /* The evictions of one call whose callback is due. The first few ids are copied
  * here (on the caller's stack), so their slots can be reused at once and no second
@@ -115,9 +138,8 @@ struct cllm_kv_cache {
   /* slots */
   kv_slot_t *slots;
   uint32_t max_slots, slot_free_head, slots_used;
-  uint64_t *idmap;        // open addressing: (low 32 bits of the id hash) << 32 | slot+1;
-                          // 0 = empty (probes compare the tag before touching a slot)
-  uint32_t idmask;
+  struct kv_idbucket *idmap;  // the id map: buckets of one cache line (see kv_seq.c)
+  uint32_t idmask;        // buckets - 1 (a power of two)
   cllm_kv_token_t *tails; // [max_slots][bt]: committed tokens of the partial block
   uint32_t seq_lru_head[CLLM_KV_BANDS], seq_lru_tail[CLLM_KV_BANDS];
   uint32_t copy_lru_head, copy_lru_tail;
@@ -129,22 +151,36 @@ struct cllm_kv_cache {
 };
 
 /* ---- lib/kv_cache.c: blocks ---- */
-void kv__lock(cllm_kv_cache_t *kv);
-void kv__unlock(cllm_kv_cache_t *kv);
+/* Release the monitor charge of the blocks freed under the lock (kv_cache.c). */
+void kv__flush_uncharge_locked(cllm_kv_cache_t *kv);
+static inline void kv__lock(cllm_kv_cache_t *kv) { (void)pthread_mutex_lock(&kv->lock); }
+static inline void kv__unlock(cllm_kv_cache_t *kv) {
+  if (kv->uncharge_pending != 0) kv__flush_uncharge_locked(kv);
+  (void)pthread_mutex_unlock(&kv->lock);
+}
 /* Take k blocks into ids[] (ACTIVE, refcount 1, fill 0, band `band`): FREE, never
  * used, then LRU CACHED; charges the monitor for the ones not taken from CACHED.
  * All or nothing: CLLM_ENOMEM (not enough FREE + CACHED), CLLM_ELIMIT (monitor). */
 cllm_status_t kv__take_blocks_locked(cllm_kv_cache_t *kv, uint32_t k, uint32_t band,
                                      uint32_t *ids);
-/* Could k blocks be taken now without preemption (ignoring the monitor)? */
-bool kv__blocks_available_locked(const cllm_kv_cache_t *kv, uint32_t k);
+/* Could k blocks be taken now without preemption (ignoring the monitor)? When not,
+ * kv__take_blocks_locked returns CLLM_ENOMEM and changes nothing. */
+static inline bool kv__blocks_available_locked(const cllm_kv_cache_t *kv, uint32_t k) {
+  uint64_t avail = (uint64_t)kv->free_count + (kv->num_blocks - kv->hwm) + kv->cached_lru;
+  return k <= avail;
+}
 /* Add a reference to an ACTIVE or CACHED block (CACHED leaves the LRU). */
 void kv__ref_locked(cllm_kv_cache_t *kv, uint32_t b, uint32_t band);
 /* Drop a reference; at 0 an indexed block becomes CACHED (MRU of its band or
  * pinned), any other FREE (monitor released). */
 void kv__unref_locked(cllm_kv_cache_t *kv, uint32_t b);
 /* Set a block's fill (ACTIVE), keeping tokens_active. */
-void kv__set_fill_locked(cllm_kv_cache_t *kv, uint32_t b, uint32_t fill);
+static inline void kv__set_fill_locked(cllm_kv_cache_t *kv, uint32_t b, uint32_t fill) {
+  kv_block_t *bl = &kv->blocks[b];
+  cllm_assert_internal(bl->state == KV_ACTIVE && fill <= kv->bt);
+  kv->tokens_active = kv->tokens_active - bl->fill + fill;
+  bl->fill = fill;
+}
 /* Drop up to `n` CACHED blocks (LRU order) to FREE; returns how many. */
 uint32_t kv__drop_cached_locked(cllm_kv_cache_t *kv, uint32_t n);
 /* Pin / unpin one block (ACTIVE or CACHED). */
@@ -182,7 +218,31 @@ uint32_t kv__match_prefix_locked(cllm_kv_cache_t *kv, uint64_t salt,
 cllm_status_t kv__check_index_locked(const cllm_kv_cache_t *kv);
 
 /* ---- lib/kv_seq.c: slots ---- */
-/* Look up `id` (NUL-terminated); returns the slot or KV_NONE. *h gets its hash. */
+/* An id map bucket: lanes 0..KV_IDB_N-1 hold entries (tag: the low 32 bits of the id
+ * hash with bit 0 set, so never 0; slot: slot index + 1), tag 0 / slot 0 = empty;
+ * lane 7 has tag 0 and, as its slot word, the bucket's overflow count. */
+#define KV_IDB_N 7
+typedef struct kv_idbucket {
+  uint32_t tag[8];
+  uint32_t slot[8];
+} kv_idbucket_t;
+#define KV_IDB_OVF(bk) ((bk)->slot[KV_IDB_N])
+static inline uint32_t kv__id_tag(uint64_t h) { return (uint32_t)h | 1u; }
+static inline kv_idbucket_t *kv__id_bucket(const cllm_kv_cache_t *kv, uint32_t b) {
+  return &kv->idmap[b];
+}
+static inline uint32_t kv__id_home(const cllm_kv_cache_t *kv, uint64_t h) {
+  return (uint32_t)(h >> 32) & kv->idmask;
+}
+/* Public entry points hash the id before taking the lock (kv__hash_string needs no
+ * lock) and start loading its home bucket: idmap and idmask never change after
+ * create, so this reads nothing the lock guards. */
+static inline void kv__id_prefetch(const cllm_kv_cache_t *kv, uint64_t h) {
+  __builtin_prefetch(kv__id_bucket(kv, kv__id_home(kv, h)));
+}
+/* Look up `id` (NUL-terminated) whose hash is h; returns the slot or KV_NONE. */
+uint32_t kv__id_lookup_locked(const cllm_kv_cache_t *kv, const char *id, uint64_t h);
+/* The same, hashing first: *h gets the hash, *len strlen(id). */
 uint32_t kv__id_find_locked(const cllm_kv_cache_t *kv, const char *id, uint64_t *h,
                             size_t *len);
 /* A free slot holding a copy of id, entered in the id map (state S_OPEN, kind). */
@@ -192,13 +252,17 @@ cllm_status_t kv__slot_new_locked(cllm_kv_cache_t *kv, const char *id, uint64_t 
  * pending callback. The blocks must already be released. */
 void kv__slot_retire_locked(cllm_kv_cache_t *kv, uint32_t s);
 /* Grow a slot's block table to hold at least n ids. */
-cllm_status_t kv__table_reserve(kv_slot_t *sl, uint32_t n);
+cllm_status_t kv__table_grow(kv_slot_t *sl, uint32_t n);
+static inline cllm_status_t kv__table_reserve(kv_slot_t *sl, uint32_t n) {
+  return n <= sl->table_cap ? CLLM_OK : kv__table_grow(sl, n);
+}
 /* Queue slot s for the eviction callback (copies its id, or sets cb_pending). */
 void kv__victim_push_locked(cllm_kv_cache_t *kv, kv_victims_t *v, uint32_t s);
 /* Unlock, run the callbacks, then finish the victims under the lock again. */
 void kv__unlock_and_call(cllm_kv_cache_t *kv, kv_victims_t *v);
 void kv__free_slots(cllm_kv_cache_t *kv);
-cllm_status_t kv__check_slots_locked(const cllm_kv_cache_t *kv, uint32_t *refs);
+/* refs: num_blocks zeroed counters (filled); ovf: idmask + 1 scratch counters. */
+cllm_status_t kv__check_slots_locked(const cllm_kv_cache_t *kv, uint32_t *refs, uint32_t *ovf);
 
 /* ---- lib/kv_copy.c ---- */
 /* Release a copy entry's blocks and LRU membership (slot not retired). */

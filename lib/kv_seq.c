@@ -4,11 +4,14 @@
  * Concept
  *   A sequence (or a copy-API entry, lib/kv_copy.c) lives in a slot of a flat array
  *   of max_seqs slots; a handle is (slot, generation) and turns stale when the slot
- *   is retired. Request ids map to slots through a small open-addressing table of
- *   64-bit entries, hash tag + slot (linear probing, backward-shift deletion: no
- *   tombstones; a probe reads a slot only when its tag matches). A slot
- *   keeps its id buffer and block-table buffer when it is reused, so in steady state
- *   open/close allocate nothing; a table grows by doubling (amortised O(1)).
+ *   is retired. Request ids map to slots through a table of one-cache-line buckets
+ *   of 7 (tag, slot) entries with overflow counts (see "the id map" below: a lookup
+ *   or delete reads one line nearly always, no tombstones; a slot is read only when
+ *   its tag matches). The id is hashed before the lock is taken. A slot is two cache
+ *   lines and holds ids of up to 15 bytes and block tables of up to 2 blocks itself;
+ *   longer ones get an owned buffer that the slot keeps when it is reused, so in
+ *   steady state open/close allocate nothing; a table grows by doubling (amortised
+ *   O(1)).
  *
  *   Open sequences that hold blocks sit in one LRU list per priority band (32-bit
  *   links through the slots): preemption takes the least recently used sequence of
@@ -27,8 +30,12 @@
  *
  * Lock order: kv->lock only; callbacks run with no lock held.
  */
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "internal/fault.h"
 #include "internal/util.h"
@@ -36,46 +43,86 @@
 
 /* ---- the id map ------------------------------------------------------------------ */
 
-#define ID_SLOT(e) ((uint32_t)(e) - 1u)
-#define ID_TAG(e) ((uint32_t)((e) >> 32))
+/* Buckets of one cache line (kv_idbucket_t, 64-byte aligned): 7 entries, each a tag
+ * (32 bits of the id hash, never 0) and a slot number + 1, and an overflow count:
+ * how many entries found this bucket full on their way from their home bucket to a
+ * later one (F14's outbound overflow count). A lookup reads its home bucket (the
+ * high 32 bits of the hash pick it), compares all 7 tags at once (SSE2) and stops
+ * at the first bucket without the id whose count is 0: nearly always one line and
+ * no probe loop. A delete clears its entry and decrements the counts on its path:
+ * no tombstones, no shifting. */
+
+_Static_assert(sizeof(kv_idbucket_t) == 64, "an id map bucket is one cache line");
+
+/* Bit i (i < 7) set: lanes[i] == v. */
+static inline unsigned idb_match(const uint32_t *lanes, uint32_t v) {
+#if defined(__SSE2__)
+  __m128i x = _mm_set1_epi32((int)v);
+  __m128i a = _mm_load_si128((const __m128i *)(const void *)lanes);
+  __m128i b = _mm_load_si128((const __m128i *)(const void *)(lanes + 4));
+  unsigned m = (unsigned)_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(a, x))) |
+               (unsigned)_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(b, x))) << 4;
+#else
+  unsigned m = 0;
+  for (unsigned i = 0; i < 8; i++) m |= (unsigned)(lanes[i] == v) << i;
+#endif
+  return m & ((1u << KV_IDB_N) - 1u);
+}
 
 uint32_t kv__id_find_locked(const cllm_kv_cache_t *kv, const char *id, uint64_t *h,
                             size_t *len) {
   *h = kv__hash_string(id, len);
-  uint32_t tag = (uint32_t)*h;
-  for (uint32_t i = tag & kv->idmask;; i = (i + 1) & kv->idmask) {
-    uint64_t e = kv->idmap[i];
-    if (e == 0) return KV_NONE;
-    if (ID_TAG(e) != tag) continue;
-    const kv_slot_t *sl = &kv->slots[ID_SLOT(e)];
-    if (sl->id_hash == *h && strcmp(sl->id, id) == 0) return ID_SLOT(e);
-  }
+  return kv__id_lookup_locked(kv, id, *h);
 }
 
+uint32_t kv__id_lookup_locked(const cllm_kv_cache_t *kv, const char *id, uint64_t h) {
+  uint32_t tag = kv__id_tag(h);
+  uint32_t b = kv__id_home(kv, h);
+  for (uint32_t step = 0; step <= kv->idmask; step++, b = (b + 1) & kv->idmask) {
+    const kv_idbucket_t *bk = kv__id_bucket(kv, b);
+    for (unsigned m = idb_match(bk->tag, tag); m != 0; m &= m - 1) {
+      uint32_t s = bk->slot[__builtin_ctz(m)] - 1u;
+      const kv_slot_t *sl = &kv->slots[s];
+      if (sl->id_hash == h && strcmp(sl->id, id) == 0) return s;
+    }
+    if (KV_IDB_OVF(bk) == 0) return KV_NONE;
+  }
+  return KV_NONE;
+}
+
+/* There is always room: the map has 7/4 x max_slots entries or more. */
 static void idmap_insert_locked(cllm_kv_cache_t *kv, uint32_t s) {
-  uint32_t tag = (uint32_t)kv->slots[s].id_hash;
-  uint32_t i = tag & kv->idmask;
-  while (kv->idmap[i] != 0) i = (i + 1) & kv->idmask;
-  kv->idmap[i] = ((uint64_t)tag << 32) | (s + 1u);
+  uint64_t h = kv->slots[s].id_hash;
+  uint32_t b = kv__id_home(kv, h);
+  for (;;) {
+    kv_idbucket_t *bk = kv__id_bucket(kv, b);
+    unsigned m = idb_match(bk->tag, 0);
+    if (m != 0) {
+      unsigned i = (unsigned)__builtin_ctz(m);
+      bk->tag[i] = kv__id_tag(h);
+      bk->slot[i] = s + 1u;
+      return;
+    }
+    KV_IDB_OVF(bk)++;
+    b = (b + 1) & kv->idmask;
+  }
 }
 
 static void idmap_remove_locked(cllm_kv_cache_t *kv, uint32_t s) {
-  uint32_t mask = kv->idmask;
-  uint32_t i = (uint32_t)kv->slots[s].id_hash & mask;
-  while (ID_SLOT(kv->idmap[i]) != s || kv->idmap[i] == 0) {
-    cllm_assert_internal(kv->idmap[i] != 0);
-    i = (i + 1) & mask;
-  }
-  /* backward-shift deletion (the home bucket comes from the tag: no slot is read) */
-  for (uint32_t j = (i + 1) & mask; kv->idmap[j] != 0; j = (j + 1) & mask) {
-    uint32_t home = ID_TAG(kv->idmap[j]) & mask;
-    /* entry j may move to i if i lies cyclically in [home, j) */
-    if (((j - home) & mask) >= ((j - i) & mask)) {
-      kv->idmap[i] = kv->idmap[j];
-      i = j;
+  uint32_t b = kv__id_home(kv, kv->slots[s].id_hash);
+  for (;;) {
+    kv_idbucket_t *bk = kv__id_bucket(kv, b);
+    unsigned m = idb_match(bk->slot, s + 1u);
+    if (m != 0) {
+      unsigned i = (unsigned)__builtin_ctz(m);
+      bk->tag[i] = 0;
+      bk->slot[i] = 0;
+      return;
     }
+    cllm_assert_internal(KV_IDB_OVF(bk) > 0);
+    KV_IDB_OVF(bk)--;  // this entry passed bucket b when it was inserted
+    b = (b + 1) & kv->idmask;
   }
-  kv->idmap[i] = 0;
 }
 
 /* ---- slots ------------------------------------------------------------------------ */
@@ -85,17 +132,20 @@ cllm_status_t kv__slot_new_locked(cllm_kv_cache_t *kv, const char *id, uint64_t 
   uint32_t s = kv->slot_free_head;
   if (s == KV_NONE) return CLLM_ENOMEM;
   kv_slot_t *sl = &kv->slots[s];
-  if (sl->id_cap < len + 1) {
+  if (len >= UINT32_MAX - 1) return CLLM_ENOMEM;  // no copy of a 4 GiB id
+  /* an owned buffer is used while it fits; else a short id goes in id_inl */
+  if (sl->id_cap != 0 ? sl->id_cap < len + 1 : len + 1 > KV_ID_INLINE) {
     size_t cap = len + 1 < 32 ? 32 : len + 1;
     char *p = CLLM_FAULT(CLLM_FAULT_MALLOC) ? NULL : malloc(cap);
     if (p == NULL) return CLLM_ENOMEM;
-    free(sl->id);
+    if (sl->id_cap != 0) free(sl->id);
     sl->id = p;
-    sl->id_cap = cap;
+    sl->id_cap = (uint32_t)cap;
   }
   memcpy(sl->id, id, len + 1);
   kv->slot_free_head = sl->lru_next;
   sl->id_hash = h;
+  sl->id_len = (uint32_t)len;
   sl->nb = 0;
   sl->length = sl->committed = 0;
   sl->salt = 0;
@@ -137,13 +187,17 @@ void kv__slot_retire_locked(cllm_kv_cache_t *kv, uint32_t s) {
   else slot_free_locked(kv, s);
 }
 
-cllm_status_t kv__table_reserve(kv_slot_t *sl, uint32_t n) {
+cllm_status_t kv__table_grow(kv_slot_t *sl, uint32_t n) {
   if (n <= sl->table_cap) return CLLM_OK;
   uint64_t cap = sl->table_cap < 8 ? 8 : sl->table_cap;
   while (cap < n) cap *= 2;
   if (cap > UINT32_MAX) cap = UINT32_MAX;
-  uint32_t *t = CLLM_FAULT(CLLM_FAULT_MALLOC) ? NULL : realloc(sl->table, cap * sizeof(uint32_t));
+  bool inl = sl->table == sl->table_inl;
+  uint32_t *t = CLLM_FAULT(CLLM_FAULT_MALLOC) ? NULL
+                : inl ? malloc(cap * sizeof(uint32_t))
+                      : realloc(sl->table, cap * sizeof(uint32_t));
   if (t == NULL) return CLLM_ENOMEM;
+  if (inl) memcpy(t, sl->table_inl, sizeof sl->table_inl);
   sl->table = t;
   sl->table_cap = (uint32_t)cap;
   return CLLM_OK;
@@ -151,8 +205,9 @@ cllm_status_t kv__table_reserve(kv_slot_t *sl, uint32_t n) {
 
 void kv__free_slots(cllm_kv_cache_t *kv) {
   for (uint32_t s = 0; s < kv->max_slots; s++) {
-    free(kv->slots[s].id);
-    free(kv->slots[s].table);
+    kv_slot_t *sl = &kv->slots[s];
+    if (sl->id_cap != 0) free(sl->id);
+    if (sl->table != sl->table_inl) free(sl->table);
   }
 }
 
@@ -162,7 +217,7 @@ void kv__victim_push_locked(cllm_kv_cache_t *kv, kv_victims_t *v, uint32_t s) {
   if (kv->evict_fn == NULL) return;
   kv_slot_t *sl = &kv->slots[s];
   uint8_t reason = sl->kind == K_COPY ? CLLM_KV_EVICT_LRU : CLLM_KV_EVICT_PREEMPTED;
-  size_t len = strlen(sl->id) + 1;
+  size_t len = (size_t)sl->id_len + 1;
   if (v->head == KV_NONE && v->n_inline < KV_VICTIMS_INLINE && len <= KV_VICTIMS_BYTES - v->used) {
     memcpy(v->buf + v->used, sl->id, len);
     v->off[v->n_inline] = (uint16_t)v->used;
@@ -247,6 +302,9 @@ static void preempt_locked(cllm_kv_cache_t *kv, uint32_t s, kv_victims_t *v) {
   sl->chain_prev = KV_NONE;
   kv->st_preemptions++;
   kv__victim_push_locked(kv, v, s);
+  /* Its owner closes (or finds) it by id soon after the callback: start loading
+   * its id-map bucket now (a random line, likely out of cache). */
+  __builtin_prefetch(kv__id_bucket(kv, kv__id_home(kv, sl->id_hash)), 1);
 }
 
 static uint32_t preempt_victim_locked(const cllm_kv_cache_t *kv, uint32_t requester) {
@@ -262,8 +320,12 @@ static uint32_t preempt_victim_locked(const cllm_kv_cache_t *kv, uint32_t reques
 static cllm_status_t acquire_locked(cllm_kv_cache_t *kv, uint32_t s, uint32_t k, uint32_t *ids,
                                     kv_victims_t *v) {
   for (;;) {
-    cllm_status_t rc = kv__take_blocks_locked(kv, k, kv->slots[s].band, ids);
-    if (rc != CLLM_ENOMEM && rc != CLLM_ELIMIT) return rc;
+    /* when the blocks are not there at all, take would say ENOMEM: skip the call */
+    cllm_status_t rc = CLLM_ENOMEM;
+    if (kv__blocks_available_locked(kv, k)) {
+      rc = kv__take_blocks_locked(kv, k, kv->slots[s].band, ids);
+      if (rc != CLLM_ENOMEM && rc != CLLM_ELIMIT) return rc;
+    }
     if (!kv->preemption) return rc;
     uint32_t victim = preempt_victim_locked(kv, s);
     if (victim == KV_NONE) return rc;
@@ -292,11 +354,12 @@ cllm_status_t cllm_kv_seq_open_with_prompt(cllm_kv_cache_t *kv, const char *id,
                                            cllm_kv_seq_t *out, size_t *n_cached) {
   if (kv == NULL || !id_ok(id) || out == NULL || (tokens == NULL && n > 0)) return CLLM_EINVAL;
   if (opts != NULL && opts->priority >= CLLM_KV_BANDS) return CLLM_EINVAL;
-  uint64_t h;
   size_t len;
+  uint64_t h = kv__hash_string(id, &len);
   uint32_t s;
+  kv__id_prefetch(kv, h);
   kv__lock(kv);
-  if (kv__id_find_locked(kv, id, &h, &len) != KV_NONE) {
+  if (kv__id_lookup_locked(kv, id, h) != KV_NONE) {
     kv__unlock(kv);
     return CLLM_EEXIST;
   }
@@ -333,8 +396,7 @@ cllm_status_t cllm_kv_seq_open_with_prompt(cllm_kv_cache_t *kv, const char *id,
     kv->st_prefix_query += n;
     kv->st_prefix_hit += m << kv->bt_shift;
   }
-  out->slot = s;
-  out->gen = sl->gen;
+  *out = (cllm_kv_seq_t){s, sl->gen};  // one store: callers pass the handle on at once
   if (n_cached != NULL) *n_cached = m << kv->bt_shift;
   kv__unlock(kv);
   return CLLM_OK;
@@ -347,14 +409,14 @@ cllm_status_t cllm_kv_seq_open(cllm_kv_cache_t *kv, const char *id,
 
 cllm_status_t cllm_kv_seq_find(cllm_kv_cache_t *kv, const char *id, cllm_kv_seq_t *out) {
   if (kv == NULL || !id_ok(id) || out == NULL) return CLLM_EINVAL;
-  uint64_t h;
   size_t len;
+  uint64_t h = kv__hash_string(id, &len);
+  kv__id_prefetch(kv, h);
   kv__lock(kv);
-  uint32_t s = kv__id_find_locked(kv, id, &h, &len);
+  uint32_t s = kv__id_lookup_locked(kv, id, h);
   cllm_status_t rc = CLLM_ENOTFOUND;
   if (s != KV_NONE && kv->slots[s].kind == K_SEQ) {
-    out->slot = s;
-    out->gen = kv->slots[s].gen;
+    *out = (cllm_kv_seq_t){s, kv->slots[s].gen};
     rc = CLLM_OK;
   }
   kv__unlock(kv);
@@ -362,6 +424,19 @@ cllm_status_t cllm_kv_seq_find(cllm_kv_cache_t *kv, const char *id, cllm_kv_seq_
 }
 
 /* ---- reserve / commit ------------------------------------------------------------- */
+
+/* locs[j] = {b, off + j} for j < n: one 64-bit store per location where the layout
+ * allows (block in the low half on a little-endian machine). */
+static inline void fill_locs(cllm_kv_loc_t *locs, uint32_t b, uint32_t off, size_t n) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  _Static_assert(sizeof(cllm_kv_loc_t) == 8 && offsetof(cllm_kv_loc_t, offset) == 4,
+                 "cllm_kv_loc_t is {uint32_t block; uint32_t offset}");
+  uint64_t w = (uint64_t)b | ((uint64_t)off << 32);
+  for (size_t j = 0; j < n; j++, w += (uint64_t)1 << 32) memcpy(&locs[j], &w, sizeof w);
+#else
+  for (size_t j = 0; j < n; j++) locs[j] = (cllm_kv_loc_t){b, off + (uint32_t)j};
+#endif
+}
 
 cllm_status_t cllm_kv_seq_reserve(cllm_kv_cache_t *kv, cllm_kv_seq_t seq, size_t n_tokens,
                                   cllm_kv_loc_t *locs) {
@@ -422,10 +497,14 @@ cllm_status_t cllm_kv_seq_reserve(cllm_kv_cache_t *kv, cllm_kv_seq_t seq, size_t
     uint32_t fill = i == last ? (uint32_t)(((new_len - 1) & mask) + 1) : kv->bt;
     if (kv->blocks[sl->table[i]].fill < fill) kv__set_fill_locked(kv, sl->table[i], fill);
   }
-  if (locs != NULL) {
-    for (size_t i = 0, pos = len; i < n_tokens; i++, pos++) {
-      locs[i].block = sl->table[pos >> kv->bt_shift];
-      locs[i].offset = (uint32_t)(pos & mask);
+  if (locs != NULL) {  // one run per block: rows off, off+1, ... of the same block
+    for (size_t i = 0, pos = len; i < n_tokens;) {
+      uint32_t b = sl->table[pos >> kv->bt_shift], off = (uint32_t)(pos & mask);
+      size_t run = kv->bt - off;
+      if (run > n_tokens - i) run = n_tokens - i;
+      fill_locs(locs + i, b, off, run);
+      i += run;
+      pos += run;
     }
   }
   sl->nb = need;
@@ -504,12 +583,13 @@ cllm_status_t cllm_kv_seq_close(cllm_kv_cache_t *kv, cllm_kv_seq_t seq) {
 cllm_status_t cllm_kv_seq_fork(cllm_kv_cache_t *kv, cllm_kv_seq_t parent, const char *child_id,
                                cllm_kv_seq_t *child) {
   if (kv == NULL || !id_ok(child_id) || child == NULL) return CLLM_EINVAL;
-  uint64_t h;
   size_t len;
+  uint64_t h = kv__hash_string(child_id, &len);
   uint32_t c;
+  kv__id_prefetch(kv, h);
   kv__lock(kv);
   cllm_status_t rc = seq_get_locked(kv, parent);
-  if (rc == CLLM_OK && kv__id_find_locked(kv, child_id, &h, &len) != KV_NONE) rc = CLLM_EEXIST;
+  if (rc == CLLM_OK && kv__id_lookup_locked(kv, child_id, h) != KV_NONE) rc = CLLM_EEXIST;
   if (rc == CLLM_OK) rc = kv__slot_new_locked(kv, child_id, h, len, K_SEQ, &c);
   if (rc != CLLM_OK) {
     kv__unlock(kv);
@@ -538,8 +618,7 @@ cllm_status_t cllm_kv_seq_fork(cllm_kv_cache_t *kv, cllm_kv_seq_t parent, const 
   memcpy(&kv->tails[(size_t)c * kv->bt], &kv->tails[(size_t)parent.slot * kv->bt],
          (size_t)kv->bt * sizeof(cllm_kv_token_t));
   if (cs->nb > 0) seq_lru_add_locked(kv, c);
-  child->slot = c;
-  child->gen = cs->gen;
+  *child = (cllm_kv_seq_t){c, cs->gen};
   kv__unlock(kv);
   return CLLM_OK;
 }
@@ -593,7 +672,7 @@ cllm_status_t cllm_kv_seq_unpin(cllm_kv_cache_t *kv, cllm_kv_seq_t seq, size_t *
     }                                          \
   } while (0)
 
-cllm_status_t kv__check_slots_locked(const cllm_kv_cache_t *kv, uint32_t *refs) {
+cllm_status_t kv__check_slots_locked(const cllm_kv_cache_t *kv, uint32_t *refs, uint32_t *ovf) {
   uint64_t used = 0, seqs = 0, copies = 0, copy_blocks = 0, in_lru = 0, mapped = 0;
   for (uint32_t s = 0; s < kv->max_slots; s++) {
     const kv_slot_t *sl = &kv->slots[s];
@@ -646,14 +725,29 @@ cllm_status_t kv__check_slots_locked(const cllm_kv_cache_t *kv, uint32_t *refs) 
   SLOT_CHECK(copy_blocks == kv->copy_blocks && copy_blocks <= kv->copy_budget_blocks,
              "copy blocks %llu, counter %u, budget %u", (unsigned long long)copy_blocks,
              kv->copy_blocks, kv->copy_budget_blocks);
+  /* the id map: every entry names a live slot with its tag; the overflow counts
+   * equal the entries whose path from their home bucket passes each bucket */
   uint64_t entries = 0;
-  for (uint32_t i = 0; i <= kv->idmask; i++) {
-    uint64_t e = kv->idmap[i];
-    if (e == 0) continue;
-    entries++;
-    SLOT_CHECK(ID_SLOT(e) < kv->max_slots && ID_TAG(e) == (uint32_t)kv->slots[ID_SLOT(e)].id_hash,
-               "id map entry %u is corrupt", i);
+  for (uint32_t b = 0; b <= kv->idmask; b++) ovf[b] = 0;
+  for (uint32_t b = 0; b <= kv->idmask; b++) {
+    const kv_idbucket_t *bk = kv__id_bucket(kv, b);
+    SLOT_CHECK(bk->tag[KV_IDB_N] == 0, "id map bucket %u: lane 7 has a tag", b);
+    for (unsigned i = 0; i < KV_IDB_N; i++) {
+      uint32_t tag = bk->tag[i], sp = bk->slot[i];
+      SLOT_CHECK((tag == 0) == (sp == 0), "id map bucket %u entry %u half empty", b, i);
+      if (sp == 0) continue;
+      entries++;
+      SLOT_CHECK(sp - 1u < kv->max_slots && tag == kv__id_tag(kv->slots[sp - 1u].id_hash),
+                 "id map bucket %u entry %u is corrupt", b, i);
+      for (uint32_t c = kv__id_home(kv, kv->slots[sp - 1u].id_hash); c != b;
+           c = (c + 1) & kv->idmask)
+        ovf[c]++;
+    }
   }
+  for (uint32_t b = 0; b <= kv->idmask; b++)
+    SLOT_CHECK(KV_IDB_OVF(kv__id_bucket(kv, b)) == ovf[b],
+               "id map bucket %u overflow count %u, expected %u", b,
+               KV_IDB_OVF(kv__id_bucket(kv, b)), ovf[b]);
   SLOT_CHECK(entries == mapped, "id map holds %llu entries for %llu slots",
              (unsigned long long)entries, (unsigned long long)mapped);
   uint64_t walked = 0;

@@ -4,6 +4,8 @@
  * API, bad input and fault injection (the model-based randomized test is in
  * kv_model_test.c). Each Test runs in its own process. */
 #include <criterion/criterion.h>
+#include <stdbool.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -258,6 +260,147 @@ Test(kv_seq, slots_run_out_cleanly) {
                CLLM_OK);
   cr_assert_eq(s[1].slot, x.slot);
   check(kv);
+  cllm_kv_cache_destroy(kv);
+  cllm_monitor_destroy(m);
+}
+
+/* The id map keeps buckets of 7 entries with overflow counts (lib/kv_seq.c): with 64
+ * slots it has 16 buckets, so a full cache overflows some of them. Fill it, close in a
+ * scrambled order, reopen under other names, and check after every step that every
+ * id is found (and every closed one is not) and that cllm_kv_check accepts the
+ * counts. */
+Test(kv_seq, a_full_id_map_overflows_buckets_and_still_finds_every_id) {
+  cllm_monitor_t *m = mk_monitor(0);
+  cllm_kv_config_t c = small_cfg(m, 8, 4);
+  c.max_seqs = 64;
+  cllm_kv_cache_t *kv = mk(&c);
+  enum { N = 64 };
+  cllm_kv_seq_t s[N], x;
+  bool open[N] = {false};
+  char id[N][32];
+  unsigned long long rng = 7;
+  for (int round = 0; round < 40; round++) {
+    for (int i = 0; i < N; i++) {
+      if (open[i]) continue;
+      snprintf(id[i], sizeof id[i], "r%d-%d", round, i);
+      cr_assert_eq(cllm_kv_seq_open(kv, id[i], NULL, &s[i]), CLLM_OK, "%s", id[i]);
+      open[i] = true;
+    }
+    cr_assert_eq(cllm_kv_seq_open(kv, "one-too-many", NULL, &x), CLLM_ENOMEM);
+    check(kv);
+    for (int i = 0; i < N; i++) {
+      cr_assert_eq(cllm_kv_seq_find(kv, id[i], &x), CLLM_OK, "%s", id[i]);
+      cr_assert(x.slot == s[i].slot && x.gen == s[i].gen);
+      cr_assert_eq(cllm_kv_seq_open(kv, id[i], NULL, &x), CLLM_EEXIST);
+    }
+    /* close about half, in a scrambled order */
+    for (int k = 0; k < N; k++) {
+      rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
+      int i = (int)((rng >> 33) % N);
+      if (!open[i] || (rng >> 20) % 2 == 0) continue;
+      cr_assert_eq(cllm_kv_seq_close(kv, s[i]), CLLM_OK);
+      open[i] = false;
+      cr_assert_eq(cllm_kv_seq_find(kv, id[i], &x), CLLM_ENOTFOUND, "%s", id[i]);
+      check(kv);
+    }
+    for (int i = 0; i < N; i++)
+      cr_assert_eq(cllm_kv_seq_find(kv, id[i], &x), open[i] ? CLLM_OK : CLLM_ENOTFOUND);
+  }
+  cllm_kv_cache_destroy(kv);
+  cllm_monitor_destroy(m);
+}
+
+/* One slot (max_seqs 1) reused again and again: ids short enough to live in the slot
+ * and long ones in an owned buffer (growing, then reused for shorter ids), block
+ * tables in the slot and grown past it; every id, location and table stays right,
+ * through fork (a second slot) and the copy API too. */
+Test(kv_seq, a_reused_slot_keeps_short_and_long_ids_and_tables_right) {
+  cllm_monitor_t *m = mk_monitor(0);
+  cllm_kv_config_t c = small_cfg(m, 64, 4);
+  c.max_seqs = 2;
+  cllm_kv_cache_t *kv = mk(&c);
+  static const size_t lens[] = {1, 15, 16, 40, 3, 100, 15, 31, 32, 33, 2, 250, 7};
+  static const size_t toks[] = {1, 8, 9, 4, 40, 3, 12, 1, 64, 5, 16, 2, 33};
+  char id[300], other[310];
+  for (size_t r = 0; r < sizeof lens / sizeof lens[0]; r++) {
+    for (size_t i = 0; i < lens[r]; i++) id[i] = (char)('A' + (r * 7 + i) % 26);
+    id[lens[r]] = '\0';
+    cllm_kv_seq_t s = open_seq(kv, id), x;
+    cr_assert_eq(cllm_kv_seq_find(kv, id, &x), CLLM_OK);
+    cr_assert(x.slot == s.slot && x.gen == s.gen);
+    cllm_kv_loc_t loc[80];
+    cr_assert_eq(cllm_kv_seq_reserve(kv, s, toks[r], loc), CLLM_OK, "round %zu", r);
+    cr_assert_eq(cllm_kv_seq_reserve(kv, s, 1, loc + toks[r]), CLLM_OK);  // one more, maybe a new block
+    uint32_t t[32];
+    size_t nb = table(kv, s, t, 32);
+    cr_assert_eq(nb, (toks[r] + 1 + 3) / 4);
+    for (size_t i = 0; i <= toks[r]; i++) {
+      cr_assert_eq(loc[i].block, t[i / 4], "round %zu token %zu", r, i);
+      cr_assert_eq(loc[i].offset, (uint32_t)(i % 4));
+    }
+    /* a fork takes the second slot and copies the table, inline or not */
+    memcpy(other, id, lens[r]);
+    memcpy(other + lens[r], "/fork", 6);
+    cllm_kv_seq_t f;
+    cr_assert_eq(cllm_kv_seq_fork(kv, s, other, &f), CLLM_OK);
+    uint32_t tf[32];
+    cr_assert_eq(table(kv, f, tf, 32), nb);
+    cr_assert_eq(memcmp(t, tf, nb * sizeof t[0]), 0);
+    check(kv);
+    cr_assert_eq(cllm_kv_seq_close(kv, f), CLLM_OK);
+    cr_assert_eq(cllm_kv_seq_close(kv, s), CLLM_OK);
+    cr_assert_eq(cllm_kv_seq_find(kv, id, &x), CLLM_ENOTFOUND);
+    /* the same slot as a copy entry of 3 blocks (32 key floats per block: 2 layers x
+     * 4 rows x 4 floats) */
+    float k[80], v[80], ko[80], vo[80];
+    for (int i = 0; i < 80; i++) k[i] = (float)(r * 100 + (size_t)i), v[i] = -k[i];
+    cr_assert_eq(cllm_kv_put(kv, id, k, 80, v, 80), CLLM_OK);
+    cr_assert_eq(stats(kv).copy_used_bytes, 3 * cllm_kv_block_bytes(kv));
+    size_t nk = 0, nv = 0;
+    cr_assert_eq(cllm_kv_get(kv, id, ko, 80, &nk, vo, 80, &nv), CLLM_OK);
+    cr_assert(nk == 80 && nv == 80 && memcmp(k, ko, sizeof k) == 0 && memcmp(v, vo, sizeof v) == 0);
+    check(kv);
+    cr_assert_eq(cllm_kv_evict(kv, id), CLLM_OK);
+    check(kv);
+  }
+  cllm_kv_cache_destroy(kv);
+  cllm_monitor_destroy(m);
+}
+
+/* Ids of every length from 1 to 80 bytes (the hash reads 1-3, 4-7, 8-16 and longer
+ * ids differently), ids that differ only in their first, middle or last byte, and a
+ * prefix of another id are all distinct keys. */
+Test(kv_seq, ids_of_every_length_and_near_misses_are_distinct) {
+  cllm_monitor_t *m = mk_monitor(0);
+  cllm_kv_config_t c = small_cfg(m, 8, 4);
+  c.max_seqs = 512;
+  cllm_kv_cache_t *kv = mk(&c);
+  char buf[96];
+  cllm_kv_seq_t x, y;
+  for (int len = 1; len <= 80; len++) {
+    for (int variant = 0; variant < 4; variant++) {
+      for (int i = 0; i < len; i++) buf[i] = (char)('a' + i % 26);
+      buf[len] = '\0';
+      if (variant == 1) buf[0] = 'Z';
+      if (variant == 2) buf[len / 2] = (char)(buf[len / 2] == 'Q' ? 'R' : 'Q');
+      if (variant == 3) buf[len - 1] = '#';
+      if (variant > 0 && len == 1 && variant != 1) continue;  // same as variant 1 or 3
+      cr_assert_eq(cllm_kv_seq_open(kv, buf, NULL, &x), CLLM_OK, "len %d variant %d", len, variant);
+    }
+  }
+  check(kv);
+  for (int len = 1; len <= 80; len++) {
+    for (int i = 0; i < len; i++) buf[i] = (char)('a' + i % 26);
+    buf[len] = '\0';
+    cr_assert_eq(cllm_kv_seq_find(kv, buf, &x), CLLM_OK, "len %d", len);
+    cr_assert_eq(cllm_kv_seq_open(kv, buf, NULL, &y), CLLM_EEXIST);
+    buf[len - 1] = '!';  // never opened
+    cr_assert_eq(cllm_kv_seq_find(kv, buf, &y), CLLM_ENOTFOUND, "len %d", len);
+    buf[len - 1] = (char)('a' + (len - 1) % 26);
+    buf[len] = 'a';  // one byte longer than an opened id (unless that length exists)
+    buf[len + 1] = '\0';
+    if (len == 80) cr_assert_eq(cllm_kv_seq_find(kv, buf, &y), CLLM_ENOTFOUND);
+  }
   cllm_kv_cache_destroy(kv);
   cllm_monitor_destroy(m);
 }
