@@ -10,7 +10,10 @@
  *                    next thread, which frees them; one op = 1 alloc here + 1 free of
  *                    a block another thread allocated.
  *
- * impl: cllm_heap (cllm_heap_alloc/free, monitor accounting included), mimalloc
+ * impl: cllm_heap (cllm_heap_alloc/free, monitor accounting included), cllm_heap_sized
+ * (same_thread only: the same, freeing with cllm_heap_free_sized and the size the
+ * worker asked for, which it keeps next to each pointer as a user of the sized call
+ * would), mimalloc
  * (mi_malloc/mi_free on the default heap), mi_arena_heap (what cllm_heap is built
  * on, see below), glibc (glibc's own malloc/free through bench_glibc_*: mimalloc's
  * library replaces malloc and the __libc_* aliases in this process).
@@ -44,9 +47,9 @@
 #define RING 256
 #define QCAP 1024
 
-typedef enum { IMPL_CLLM, IMPL_MI, IMPL_MI_ARENA, IMPL_GLIBC, IMPL_COUNT } impl_t;
-static const char *const impl_name[IMPL_COUNT] = {"cllm_heap", "mimalloc", "mi_arena_heap",
-                                                  "glibc"};
+typedef enum { IMPL_CLLM, IMPL_CLLM_SIZED, IMPL_MI, IMPL_MI_ARENA, IMPL_GLIBC, IMPL_COUNT } impl_t;
+static const char *const impl_name[IMPL_COUNT] = {"cllm_heap", "cllm_heap_sized", "mimalloc",
+                                                  "mi_arena_heap", "glibc"};
 
 /* mi_arena_heap: what cllm_heap is built on, without it: a per-thread mimalloc heap
  * in an exclusive arena of our own (32 MiB aligned region), plus mi_usable_size on
@@ -56,6 +59,11 @@ static mi_arena_id_t g_arena;
 static bool g_arena_ok;
 static __thread mi_heap_t *t_arena_heap;
 static volatile size_t g_usable_sink;
+
+/* Rows each case measures (cllm_heap_sized: same_thread only). */
+static bool impl_in_case(int i, bool cross) {
+  return !(i == IMPL_MI_ARENA && !g_arena_ok) && !(i == IMPL_CLLM_SIZED && cross);
+}
 
 static bool arena_init(void) {
   size_t size = (size_t)1 << 30, align = (size_t)32 << 20;
@@ -95,15 +103,18 @@ static void make_sizes(void) {
 /* One allocator call per implementation; `impl` is a constant in each loop below. */
 static inline __attribute__((always_inline)) void *A(impl_t impl, size_t n) {
   switch (impl) {
-  case IMPL_CLLM: return cllm_heap_alloc(g_heaps, n);
+  case IMPL_CLLM:
+  case IMPL_CLLM_SIZED: return cllm_heap_alloc(g_heaps, n);
   case IMPL_MI: return mi_malloc(n);
   case IMPL_MI_ARENA: return arena_alloc(n);
   default: return bench_glibc_malloc(n);
   }
 }
-static inline __attribute__((always_inline)) void F(impl_t impl, void *p) {
+/* n: the size p was allocated with (used by cllm_heap_sized only). */
+static inline __attribute__((always_inline)) void F(impl_t impl, void *p, size_t n) {
   switch (impl) {
   case IMPL_CLLM: cllm_heap_free(g_heaps, p); break;
+  case IMPL_CLLM_SIZED: cllm_heap_free_sized(g_heaps, p, n); break;
   case IMPL_MI: mi_free(p); break;
   case IMPL_MI_ARENA: g_usable_sink = mi_usable_size(p); mi_free(p); break;
   default: bench_glibc_free(p); break;
@@ -137,6 +148,7 @@ typedef struct worker {
   int id;
   long ops;
   void *ring[RING];
+  size_t ring_n[RING]; /* cllm_heap_sized: the size of each ring block */
   queue_t *in, *out;
   atomic_long *done; /* cross_thread: producers finished */
   int nthreads;
@@ -146,23 +158,26 @@ typedef struct worker {
 #define SAME_THREAD_LOOP(IMPL)                                 \
   for (long i = 0; i < w->ops; i++) {                          \
     int k = (int)(i & (RING - 1));                             \
-    if (w->ring[k] != NULL) F(IMPL, w->ring[k]);               \
-    char *p = A(IMPL, g_sizes[(i * 7 + w->id * 131) & (NSIZES - 1)]); \
+    if (w->ring[k] != NULL) F(IMPL, w->ring[k], w->ring_n[k]); \
+    size_t n = g_sizes[(i * 7 + w->id * 131) & (NSIZES - 1)];  \
+    char *p = A(IMPL, n);                                      \
     if (p == NULL) { w->failures++; w->ring[k] = NULL; continue; } \
     p[0] = (char)i;                                            \
     w->ring[k] = p;                                            \
+    if (IMPL == IMPL_CLLM_SIZED) w->ring_n[k] = n;             \
   }
 
 static void *same_thread(void *arg) {
   worker_t *w = arg;
   switch (w->impl) {
   case IMPL_CLLM: SAME_THREAD_LOOP(IMPL_CLLM) break;
+  case IMPL_CLLM_SIZED: SAME_THREAD_LOOP(IMPL_CLLM_SIZED) break;
   case IMPL_MI: SAME_THREAD_LOOP(IMPL_MI) break;
   case IMPL_MI_ARENA: SAME_THREAD_LOOP(IMPL_MI_ARENA) break;
   default: SAME_THREAD_LOOP(IMPL_GLIBC) break;
   }
   for (int k = 0; k < RING; k++) {
-    if (w->ring[k] != NULL) F(w->impl, w->ring[k]);
+    if (w->ring[k] != NULL) F(w->impl, w->ring[k], w->ring_n[k]);
     w->ring[k] = NULL;
   }
   return NULL;
@@ -175,26 +190,26 @@ static void *same_thread(void *arg) {
     p[0] = (char)i;                                                       \
     while (!q_push(w->out, p)) { /* full: free what others sent us */     \
       void *q = q_pop(w->in);                                             \
-      if (q != NULL) F(IMPL, q);                                          \
+      if (q != NULL) F(IMPL, q, 0);                                          \
       else sched_yield(); /* the consumer may share our core */           \
     }                                                                     \
     void *q = q_pop(w->in);                                               \
-    if (q != NULL) F(IMPL, q);                                            \
+    if (q != NULL) F(IMPL, q, 0);                                            \
   }                                                                       \
   atomic_fetch_add(w->done, 1);                                           \
   for (;;) { /* drain until every producer is done and the queue is empty */ \
     void *q = q_pop(w->in);                                               \
-    if (q != NULL) { F(IMPL, q); continue; }                              \
+    if (q != NULL) { F(IMPL, q, 0); continue; }                              \
     sched_yield();                                                        \
     if (atomic_load(w->done) == w->nthreads) {                            \
-      while ((q = q_pop(w->in)) != NULL) F(IMPL, q);                      \
+      while ((q = q_pop(w->in)) != NULL) F(IMPL, q, 0);                      \
       break;                                                              \
     }                                                                     \
   }
 
 static void *cross_thread(void *arg) {
   worker_t *w = arg;
-  switch (w->impl) {
+  switch (w->impl) { /* no cllm_heap_sized here (impl_in_case) */
   case IMPL_CLLM: CROSS_LOOP(IMPL_CLLM) break;
   case IMPL_MI: CROSS_LOOP(IMPL_MI) break;
   case IMPL_MI_ARENA: CROSS_LOOP(IMPL_MI_ARENA) break;
@@ -253,17 +268,17 @@ int main(int argc, char **argv) {
   for (int c = 0; c < 2; c++) {
     bool cross = c == 1;
     for (int t = cross ? 2 : 1; t <= max_t; t *= 2) {
-      double ns[IMPL_COUNT][BENCH_MAX_REPS];
+      double ns[IMPL_COUNT][BENCH_MAX_REPS] = {{0}};
       long fails[IMPL_COUNT] = {0};
       uint64_t faults[IMPL_COUNT] = {0};
       for (int i = 0; i < IMPL_COUNT; i++) { /* warm-up: first touch of fresh memory */
-        if (i == IMPL_MI_ARENA && !g_arena_ok) continue;
+        if (!impl_in_case(i, cross)) continue;
         long f = 0;
         (void)run_once(cross, (impl_t)i, t, ops / 4, &f);
       }
       for (int r = 0; r < o.reps; r++) {
         for (int i = 0; i < IMPL_COUNT; i++) {
-          if (i == IMPL_MI_ARENA && !g_arena_ok) continue;
+          if (!impl_in_case(i, cross)) continue;
           uint64_t f0 = bench_minor_faults();
           ns[i][r] = run_once(cross, (impl_t)i, t, ops, &fails[i]);
           faults[i] += bench_minor_faults() - f0;
@@ -280,14 +295,14 @@ int main(int argc, char **argv) {
         rows[i] = row;
       }
       for (int i = 0; i < IMPL_COUNT; i++) {
-        if (i == IMPL_MI_ARENA && !g_arena_ok) continue;
+        if (!impl_in_case(i, cross)) continue;
         bench_extra_num(&rows[i], "mops_total", 1e3 * t / rows[i].ns_per_op_median);
         bench_extra_num(&rows[i], "vs_mimalloc",
                         rows[i].ns_per_op_median / rows[IMPL_MI].ns_per_op_median);
         bench_extra_num(&rows[i], "faults_per_op",
                         (double)faults[i] / ((double)o.reps * (double)ops * t));
         if (fails[i] != 0) bench_extra_num(&rows[i], "failures", (double)fails[i]);
-        if (i == IMPL_CLLM) bench_extra_num(&rows[i], "thp", thp ? 1.0 : 0.0);
+        if (i == IMPL_CLLM || i == IMPL_CLLM_SIZED) bench_extra_num(&rows[i], "thp", thp ? 1.0 : 0.0);
         bench_emit(&o, &rows[i]);
       }
     }

@@ -20,7 +20,9 @@ typedef struct node_ctr {
 } node_ctr_t;
 
 struct cllm_heaps {
-  uint64_t id; /* unique, never reused */
+  uint64_t id;       /* unique, never reused */
+  uint64_t fast_key; /* id when the inline fast paths may serve (not PLAIN, usable
+                        sizes predicted), else 0 (no thread's cache ever holds 0) */
   cllm_heaps_t *next_live;
   cllm_heap_mode_t mode;
   int nodes;

@@ -9,6 +9,8 @@
  *     reads stats meanwhile. At the end the monitor's HEAP figure is exactly 0.
  *  2. The same in PLAIN mode (a synthetic two-node topology, threads attached to
  *     both nodes).
+ *  Odd-seeded blocks are freed with cllm_heap_free_sized, the others with
+ *  cllm_heap_free (both, same thread and cross-thread).
  *  3. Threads create, use and destroy heaps objects of one shape concurrently (the
  *     process-wide region pool is shared: at most one arena per live object).
  *
@@ -51,6 +53,13 @@ static int check(const blk_t *b) {
   for (size_t i = 0; i < b->n / 8; i++)
     if (w[i] != b->seed * 0x9e3779b97f4a7c15ull + i) return 0;
   return 1;
+}
+
+/* Free a block: with the sized call for odd seeds (every block comes from
+ * cllm_heap_alloc with b->n bytes), else the plain one. */
+static void free_blk(cllm_heaps_t *h, const blk_t *b) {
+  if (b->seed & 1) cllm_heap_free_sized(h, b->p, b->n);
+  else cllm_heap_free(h, b->p);
 }
 
 /* ---- the mailbox: blocks handed to another thread to free ---- */
@@ -126,7 +135,7 @@ static void *worker(void *arg) {
         MT_CHECK(check(b), "thread %d block %p (%zu B) corrupted", w->id, (void *)b->p, b->n);
         if (mt_rand(&rng) % 4 == 0 && mb_put(*b)) {
         } else {
-          cllm_heap_free(w->h, b->p);
+          free_blk(w->h, b);
         }
         *b = w->live[--w->n_live];
       }
@@ -144,7 +153,7 @@ static void *worker(void *arg) {
       blk_t ob;
       if (i % 3 == 0 && mb_get(&ob)) { /* free another thread's block */
         MT_CHECK(check(&ob), "mailbox block %p corrupted", (void *)ob.p);
-        cllm_heap_free(w->h, ob.p);
+        free_blk(w->h, &ob);
       }
     }
     if (phase == 0) { /* collect every live block and look for overlaps */
@@ -167,7 +176,7 @@ static void *worker(void *arg) {
             late[late_n++] = w->live[i];
             pthread_mutex_unlock(&mb_lock);
           } else if (!mb_put(w->live[i])) {
-            cllm_heap_free(w->h, w->live[i].p);
+            free_blk(w->h, &w->live[i]);
           }
         }
         w->n_live = 0;
@@ -177,7 +186,7 @@ static void *worker(void *arg) {
   }
   for (int i = 0; i < w->n_live; i++) {
     MT_CHECK(check(&w->live[i]), "final check");
-    cllm_heap_free(w->h, w->live[i].p);
+    free_blk(w->h, &w->live[i]);
   }
   w->n_live = 0;
   return NULL;
@@ -232,11 +241,11 @@ static void run_workers(cllm_heaps_t *h, cllm_monitor_t *m, int nodes, const cha
   int left = 0;
   while (mb_get(&b)) {
     MT_CHECK(check(&b), "mailbox block corrupted");
-    cllm_heap_free(h, b.p);
+    free_blk(h, &b);
   }
   for (int i = 0; i < late_n; i++) {
     MT_CHECK(check(&late[i]), "late block corrupted");
-    cllm_heap_free(h, late[i].p);
+    free_blk(h, &late[i]);
     left++;
   }
   MT_CHECK(left > 0, "no block outlived its thread");

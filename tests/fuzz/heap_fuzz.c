@@ -1,5 +1,6 @@
 /* libFuzzer target: the NUMA heaps as an op sequence: alloc, alloc_aligned (valid
- * and invalid alignments), calloc (overflowing products), realloc, free, frees of
+ * and invalid alignments), calloc (overflowing products), realloc, free (plain, and
+ * sized for blocks of alloc and calloc), frees of
  * foreign pointers, usable_size, attach to valid and invalid nodes. Live blocks carry
  * a pattern verified after every op; cllm_heaps_check() runs after every op. One
  * heaps object serves every input (mimalloc arenas cannot be unregistered), and each
@@ -16,6 +17,7 @@ typedef struct live {
   unsigned char *p;
   size_t n;
   unsigned char pat;
+  bool sized; /* from alloc or calloc with n bytes: cllm_heap_free_sized may free it */
 } live_t;
 
 static cllm_heaps_t *g_heaps;
@@ -57,9 +59,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     uint8_t op = fuzz_u8(&in) % 9;
     size_t sz = fuzz_size(&in, 256 << 10);
     unsigned char *p = NULL;
-    bool record = false;
+    bool record = false, sized = false;
     switch (op) {
-      case 0: p = cllm_heap_alloc(g_heaps, sz); record = true; break;
+      case 0: p = cllm_heap_alloc(g_heaps, sz); record = sized = true; break;
       case 1: {
         size_t align = fuzz_u8(&in) & 1 ? (size_t)1 << (fuzz_u8(&in) % 26) : fuzz_u32(&in);
         p = cllm_heap_alloc_aligned(g_heaps, sz, align);
@@ -77,6 +79,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         } else if (p != NULL) {
           for (size_t j = 0; j < prod; j += 997) FUZZ_CHECK(p[j] == 0, "calloc not zero");
           sz = prod;
+          sized = true;
         }
         record = true;
         break;
@@ -90,13 +93,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
           if (q == NULL) break; /* old block untouched: still verified */
           for (size_t j = 0; j < keep; j += 131) FUZZ_CHECK(q[j] == live[k].pat, "realloc lost data");
           memset(q, live[k].pat, sz);
-          live[k].p = q, live[k].n = sz;
+          live[k].p = q, live[k].n = sz, live[k].sized = false;
         }
         break;
-      case 4: case 5: /* free */
+      case 4: case 5: /* free; 5: sized where the block allows it */
         if (n > 0) {
           int k = fuzz_u8(&in) % n;
-          cllm_heap_free(g_heaps, live[k].p);
+          if (op == 5 && live[k].sized) cllm_heap_free_sized(g_heaps, live[k].p, live[k].n);
+          else cllm_heap_free(g_heaps, live[k].p);
           live[k] = live[--n];
         }
         break;
@@ -105,6 +109,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         unsigned char *m = malloc(32);
         cllm_heap_free(g_heaps, m);
         cllm_heap_free(g_heaps, stack_like + (fuzz_u8(&in) % 32));
+        cllm_heap_free_sized(g_heaps, stack_like + (fuzz_u8(&in) % 32), fuzz_size(&in, 64));
         free(m);
         FUZZ_CHECK(cllm_heap_usable_size(g_heaps, stack_like) == 0, "usable size of a foreign pointer");
         break;
@@ -116,12 +121,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         else FUZZ_CHECK(rc == CLLM_ENOTFOUND || rc == CLLM_EINVAL, "attach %d: %s", node, cllm_status_name(rc));
         break;
       }
-      case 8: FUZZ_CHECK(cllm_heap_usable_size(g_heaps, NULL) == 0, "usable NULL"); cllm_heap_free(g_heaps, NULL); break;
+      case 8:
+        FUZZ_CHECK(cllm_heap_usable_size(g_heaps, NULL) == 0, "usable NULL");
+        cllm_heap_free(g_heaps, NULL);
+        cllm_heap_free_sized(g_heaps, NULL, sz);
+        break;
     }
     if (record && p != NULL) {
       if (n < MAX_LIVE) {
         memset(p, pat, sz);
-        live[n++] = (live_t){p, sz, pat};
+        live[n++] = (live_t){p, sz, pat, sized};
         pat = (unsigned char)(pat * 5 + 2) | 1;
       } else {
         cllm_heap_free(g_heaps, p);
