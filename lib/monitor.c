@@ -38,11 +38,9 @@
 
 /* ---- types ---------------------------------------------------------------- */
 
-typedef struct counter {
-  _Atomic size_t used;
-  _Atomic size_t peak;
-  _Atomic size_t limit; /* 0 = unlimited */
-} counter_t;
+/* Counter index: a category, or TOT (== CLLM_CAT_COUNT, as in the public API). */
+#define TOT CLLM_CAT_COUNT
+#define NCTR (CLLM_CAT_COUNT + 1)
 
 typedef struct reclaimer {
   cllm_reclaim_fn fn;
@@ -52,9 +50,13 @@ typedef struct reclaimer {
 } reclaimer_t;
 
 struct cllm_monitor {
+  /* One cache line: what every reserve and release writes (under contention it is
+   * the only line that moves between cores in the steady state). */
   _Alignas(64) _Atomic uintptr_t gate; /* 0, or the holder's thread token */
-  counter_t total;
-  counter_t cat[CLLM_CAT_COUNT];
+  _Atomic size_t used[NCTR];
+  /* Read on every reserve, written only when a peak rises / a limit is set. */
+  _Alignas(64) _Atomic size_t peak[NCTR];
+  _Alignas(64) _Atomic size_t limit[NCTR]; /* 0 = unlimited */
   _Alignas(64) _Atomic uint64_t refusals;
   _Atomic uint64_t reclaim_runs;
   _Atomic uint64_t reclaimed_bytes;
@@ -126,8 +128,8 @@ cllm_status_t cllm_monitor_create(const cllm_monitor_config_t *cfg, cllm_monitor
     free(m);
     return CLLM_ENOMEM;
   }
-  atomic_init(&m->total.limit, c.limit_bytes);
-  for (int i = 0; i < CLLM_CAT_COUNT; i++) atomic_init(&m->cat[i].limit, c.category_limit_bytes[i]);
+  atomic_init(&m->limit[TOT], c.limit_bytes);
+  for (int i = 0; i < CLLM_CAT_COUNT; i++) atomic_init(&m->limit[i], c.category_limit_bytes[i]);
   m->limit_fn = c.limit_fn;
   m->limit_user = c.limit_user;
   *out = m;
@@ -136,7 +138,7 @@ cllm_status_t cllm_monitor_create(const cllm_monitor_config_t *cfg, cllm_monitor
 
 void cllm_monitor_destroy(cllm_monitor_t *m) {
   if (m == NULL || m->is_global) return;
-  size_t used = cllm__atomic_load_relaxed(&m->total.used);
+  size_t used = cllm__atomic_load_relaxed(&m->used[TOT]);
   if (used != 0) cllm__warn("monitor destroyed with %zu bytes still reserved", used);
   pthread_cond_destroy(&m->idle);
   pthread_mutex_destroy(&m->lock);
@@ -187,15 +189,16 @@ static inline void gate_leave(cllm_monitor_t *m) {
 }
 
 /* Raise a peak to an installed value (gate held: plain load and store). */
-static inline void raise_peak(counter_t *c, size_t v) {
-  if (v > cllm__atomic_load_relaxed(&c->peak)) cllm__atomic_store_relaxed(&c->peak, v);
+static inline void raise_peak(cllm_monitor_t *m, int i, size_t v) {
+  if (v > cllm__atomic_load_relaxed(&m->peak[i])) cllm__atomic_store_relaxed(&m->peak[i], v);
 }
 
 /* Check and add `bytes` to c (gate held); false when its limit would be passed or it
  * would overflow, with *why filled. */
-static inline bool counter_fits(const counter_t *c, size_t bytes, size_t *next, refusal_t *why) {
-  size_t cur = cllm__atomic_load_relaxed(&((counter_t *)c)->used);
-  size_t lim = cllm__atomic_load_relaxed(&((counter_t *)c)->limit);
+static inline bool counter_fits(cllm_monitor_t *m, int i, size_t bytes, size_t *next,
+                                refusal_t *why) {
+  size_t cur = cllm__atomic_load_relaxed(&m->used[i]);
+  size_t lim = cllm__atomic_load_relaxed(&m->limit[i]);
   if (cllm__add_overflow(cur, bytes, next) || (lim != 0 && *next > lim)) {
     why->used = cur;
     why->limit = lim != 0 ? lim : SIZE_MAX;
@@ -207,19 +210,18 @@ static inline bool counter_fits(const counter_t *c, size_t bytes, size_t *next, 
 /* One attempt: CLLM_OK, CLLM_ELIMIT (*why filled) or CLLM_EBUSY (signal reentry). */
 static cllm_status_t reserve_once(cllm_monitor_t *m, cllm_category_t cat, size_t bytes,
                                   refusal_t *why) {
-  counter_t *c = &m->cat[cat];
   size_t total_next, cat_next;
   if (!gate_enter(m, self_token())) return CLLM_EBUSY;
   /* The category cannot overflow when the total did not: total >= every category. */
-  if (!counter_fits(&m->total, bytes, &total_next, why) ||
-      !counter_fits(c, bytes, &cat_next, why)) {
+  if (!counter_fits(m, TOT, bytes, &total_next, why) ||
+      !counter_fits(m, (int)cat, bytes, &cat_next, why)) {
     gate_leave(m);
     return CLLM_ELIMIT;
   }
-  cllm__atomic_store_relaxed(&m->total.used, total_next);
-  cllm__atomic_store_relaxed(&c->used, cat_next);
-  raise_peak(&m->total, total_next);
-  raise_peak(c, cat_next);
+  cllm__atomic_store_relaxed(&m->used[TOT], total_next);
+  cllm__atomic_store_relaxed(&m->used[cat], cat_next);
+  raise_peak(m, TOT, total_next);
+  raise_peak(m, (int)cat, cat_next);
   gate_leave(m);
   return CLLM_OK;
 }
@@ -262,8 +264,8 @@ static cllm_status_t reserve_impl(cllm_monitor_t *m, cllm_category_t cat, size_t
   if (bytes == 0) return CLLM_OK;
   refusal_t why;
   if (CLLM_FAULT(CLLM_FAULT_RESERVE)) {
-    why.used = cllm__atomic_load_relaxed(&m->total.used);
-    why.limit = cllm__atomic_load_relaxed(&m->total.limit);
+    why.used = cllm__atomic_load_relaxed(&m->used[TOT]);
+    why.limit = cllm__atomic_load_relaxed(&m->limit[TOT]);
   } else {
     cllm_status_t rc = reserve_once(m, cat, bytes, &why);
     if (CLLM_LIKELY(rc == CLLM_OK)) return CLLM_OK;
@@ -303,14 +305,13 @@ cllm_status_t cllm_monitor_try_reserve(cllm_monitor_t *m, cllm_category_t cat, s
 cllm_status_t cllm_monitor_release(cllm_monitor_t *m, cllm_category_t cat, size_t bytes) {
   if (m == NULL || !cat_ok(cat)) return CLLM_EINVAL;
   if (bytes == 0) return CLLM_OK;
-  counter_t *c = &m->cat[cat];
   if (!gate_enter(m, self_token())) return CLLM_EBUSY;
-  size_t cur = cllm__atomic_load_relaxed(&c->used);
+  size_t cur = cllm__atomic_load_relaxed(&m->used[cat]);
   if (CLLM_LIKELY(cur >= bytes)) {
-    size_t total = cllm__atomic_load_relaxed(&m->total.used);
+    size_t total = cllm__atomic_load_relaxed(&m->used[TOT]);
     cllm_assert_internal(total >= bytes);
-    cllm__atomic_store_relaxed(&c->used, cur - bytes);
-    cllm__atomic_store_relaxed(&m->total.used, total - bytes);
+    cllm__atomic_store_relaxed(&m->used[cat], cur - bytes);
+    cllm__atomic_store_relaxed(&m->used[TOT], total - bytes);
     gate_leave(m);
     return CLLM_OK;
   }
@@ -325,43 +326,42 @@ cllm_status_t cllm_monitor_release(cllm_monitor_t *m, cllm_category_t cat, size_
 
 cllm_status_t cllm_monitor_set_limit(cllm_monitor_t *m, size_t bytes) {
   if (m == NULL) return CLLM_EINVAL;
-  cllm__atomic_store_relaxed(&m->total.limit, bytes);
+  cllm__atomic_store_relaxed(&m->limit[TOT], bytes);
   return CLLM_OK;
 }
 
 cllm_status_t cllm_monitor_set_category_limit(cllm_monitor_t *m, cllm_category_t cat,
                                               size_t bytes) {
   if (m == NULL || !cat_ok(cat)) return CLLM_EINVAL;
-  cllm__atomic_store_relaxed(&m->cat[cat].limit, bytes);
+  cllm__atomic_store_relaxed(&m->limit[cat], bytes);
   return CLLM_OK;
 }
 
 size_t cllm_monitor_limit(const cllm_monitor_t *m) {
-  return m == NULL ? 0 : cllm__atomic_load_relaxed(&((cllm_monitor_t *)m)->total.limit);
+  return m == NULL ? 0 : cllm__atomic_load_relaxed(&((cllm_monitor_t *)m)->limit[TOT]);
 }
 
-static const counter_t *pick(const cllm_monitor_t *m, cllm_category_t cat) {
-  if (m == NULL) return NULL;
-  if (cat == CLLM_CAT_COUNT) return &m->total;
-  return cat_ok(cat) ? &m->cat[cat] : NULL;
+/* Counter index of `cat` (TOT for CLLM_CAT_COUNT), or -1 for bad input. */
+static int pick(const cllm_monitor_t *m, cllm_category_t cat) {
+  if (m == NULL || (unsigned)cat > (unsigned)CLLM_CAT_COUNT) return -1;
+  return (int)cat;
 }
 
 size_t cllm_monitor_used(const cllm_monitor_t *m, cllm_category_t cat) {
-  counter_t *c = (counter_t *)pick(m, cat);
-  return c == NULL ? 0 : cllm__atomic_load_relaxed(&c->used);
+  int i = pick(m, cat);
+  return i < 0 ? 0 : cllm__atomic_load_relaxed(&((cllm_monitor_t *)m)->used[i]);
 }
 
 size_t cllm_monitor_peak(const cllm_monitor_t *m, cllm_category_t cat) {
-  counter_t *c = (counter_t *)pick(m, cat);
-  return c == NULL ? 0 : cllm__atomic_load_relaxed(&c->peak);
+  int i = pick(m, cat);
+  return i < 0 ? 0 : cllm__atomic_load_relaxed(&((cllm_monitor_t *)m)->peak[i]);
 }
 
 cllm_status_t cllm_monitor_reset_peak(cllm_monitor_t *m) {
   if (m == NULL) return CLLM_EINVAL;
   if (!gate_enter(m, self_token())) return CLLM_EBUSY;
-  for (int i = 0; i < CLLM_CAT_COUNT; i++)
-    cllm__atomic_store_relaxed(&m->cat[i].peak, cllm__atomic_load_relaxed(&m->cat[i].used));
-  cllm__atomic_store_relaxed(&m->total.peak, cllm__atomic_load_relaxed(&m->total.used));
+  for (int i = 0; i < NCTR; i++)
+    cllm__atomic_store_relaxed(&m->peak[i], cllm__atomic_load_relaxed(&m->used[i]));
   gate_leave(m);
   return CLLM_OK;
 }
@@ -431,13 +431,13 @@ cllm_status_t cllm_monitor_stats(const cllm_monitor_t *cm, cllm_monitor_stats_t 
   s.struct_size = st->struct_size < sizeof s ? st->struct_size : sizeof s;
   /* One snapshot of the counters (under the gate, unless this thread holds it). */
   bool gated = gate_enter(m, self_token());
-  s.used_bytes = cllm__atomic_load_relaxed(&m->total.used);
-  s.peak_bytes = cllm__atomic_load_relaxed(&m->total.peak);
-  s.limit_bytes = cllm__atomic_load_relaxed(&m->total.limit);
+  s.used_bytes = cllm__atomic_load_relaxed(&m->used[TOT]);
+  s.peak_bytes = cllm__atomic_load_relaxed(&m->peak[TOT]);
+  s.limit_bytes = cllm__atomic_load_relaxed(&m->limit[TOT]);
   for (int i = 0; i < CLLM_CAT_COUNT; i++) {
-    s.cat[i].used_bytes = cllm__atomic_load_relaxed(&m->cat[i].used);
-    s.cat[i].peak_bytes = cllm__atomic_load_relaxed(&m->cat[i].peak);
-    s.cat[i].limit_bytes = cllm__atomic_load_relaxed(&m->cat[i].limit);
+    s.cat[i].used_bytes = cllm__atomic_load_relaxed(&m->used[i]);
+    s.cat[i].peak_bytes = cllm__atomic_load_relaxed(&m->peak[i]);
+    s.cat[i].limit_bytes = cllm__atomic_load_relaxed(&m->limit[i]);
   }
   if (gated) gate_leave(m);
   s.refusals = cllm__atomic_load_relaxed(&m->refusals);
