@@ -239,11 +239,17 @@ Test(seed_monitor, MemoryLimitExceeded) {
   cr_assert_eq(cllm_monitor_used(g, CLLM_CAT_COUNT), 0);
 }
 
+/* The seed's test slept 10 ms while holding, assuming the ten threads overlap; on a
+ * loaded machine (sanitizers, CI) one could finish before another started and the
+ * peak came out lower. A barrier makes the overlap certain: all hold, then all
+ * release. */
+static pthread_barrier_t seed_bar;
+
 static void *seed_thread(void *arg) {
   (void)arg;
   cllm_monitor_t *g = cllm_monitor_global();
   cr_assert_eq(cllm_monitor_reserve(g, CLLM_CAT_HEAP, 100 * 1024), CLLM_OK);
-  usleep(10 * 1000);
+  pthread_barrier_wait(&seed_bar);
   cr_assert_eq(cllm_monitor_release(g, CLLM_CAT_HEAP, 100 * 1024), CLLM_OK);
   return NULL;
 }
@@ -253,8 +259,10 @@ Test(seed_monitor, MultipleThreads) {
   cr_assert_eq(cllm_monitor_set_limit(g, 1024 * 1024), CLLM_OK);
   cr_assert_eq(cllm_monitor_reset_peak(g), CLLM_OK);
   pthread_t t[10];
+  cr_assert_eq(pthread_barrier_init(&seed_bar, NULL, 10), 0);
   for (int i = 0; i < 10; i++) pthread_create(&t[i], NULL, seed_thread, NULL);
   for (int i = 0; i < 10; i++) pthread_join(t[i], NULL);
+  pthread_barrier_destroy(&seed_bar);
   cr_assert_eq(cllm_monitor_used(g, CLLM_CAT_COUNT), 0);
   cr_assert_eq(cllm_monitor_peak(g, CLLM_CAT_COUNT), 10 * 100 * 1024);
 }
