@@ -193,8 +193,8 @@ static inline void raise_peak(cllm_monitor_t *m, int i, size_t v) {
   if (v > cllm__atomic_load_relaxed(&m->peak[i])) cllm__atomic_store_relaxed(&m->peak[i], v);
 }
 
-/* Check and add `bytes` to c (gate held); false when its limit would be passed or it
- * would overflow, with *why filled. */
+/* Check adding `bytes` to counter i (gate held): *next is the new value; false when
+ * its limit would be passed or it would overflow, with *why filled. */
 static inline bool counter_fits(cllm_monitor_t *m, int i, size_t bytes, size_t *next,
                                 refusal_t *why) {
   size_t cur = cllm__atomic_load_relaxed(&m->used[i]);
