@@ -175,21 +175,33 @@ CLLM_API void cllm_arena_asan_unpoison_(void *p, size_t bytes);
 // CLLM_ENOMEM (the system or the heap had no memory), CLLM_ESTATE (a cursor is out:
 // allocate from the cursor). A failed call changes nothing: the arena stays usable
 // with the chunks it has. Thread: external-sync.
-static inline CLLM_MALLOC_ATTR void *cllm_arena_alloc_aligned(cllm_arena_t *a, size_t bytes,
-                                                              size_t align) {
-  if (CLLM_LIKELY(a != NULL && (align & (align - 1)) == 0 &&
-                  align - 1 < CLLM_ARENA_MAX_ALIGN)) {
-    // end_ is a multiple of CLLM_ARENA_MAX_ALIGN and cur_ <= end_, so p <= end_; with
-    // bytes <= CLLM_ARENA_MAX_REQUEST, p + bytes cannot wrap.
-    uintptr_t p = (a->cur_ + (align - 1)) & ~(uintptr_t)(align - 1), q = p + bytes;
-    if (CLLM_LIKELY(bytes - 1 < CLLM_ARENA_MAX_REQUEST && q <= a->end_)) { // 1 <= bytes
-      a->cur_ = q;
-      CLLM_ARENA_NONNULL_(p); // p >= the chunk's base (no chunk: end_ == 0 < q)
+// Internal: the bump shared by the arena and its cursors (align, add, compare).
+// Returns the block and advances *cur, or returns 0 and changes nothing when align
+// or bytes is invalid or the request does not fit before `end` (the caller's slow
+// path then sorts out which). `end` is a multiple of CLLM_ARENA_MAX_ALIGN and
+// *cur <= end, so the aligned p <= end; with bytes <= CLLM_ARENA_MAX_REQUEST,
+// p + bytes cannot wrap.
+static inline uintptr_t cllm_arena_bump_(uintptr_t *cur, uintptr_t end, size_t bytes,
+                                         size_t align) {
+  if (CLLM_LIKELY((align & (align - 1)) == 0 && align - 1 < CLLM_ARENA_MAX_ALIGN)) {
+    uintptr_t p = (*cur + (align - 1)) & ~(uintptr_t)(align - 1), q = p + bytes;
+    if (CLLM_LIKELY(bytes - 1 < CLLM_ARENA_MAX_REQUEST && q <= end)) { // 1 <= bytes
+      *cur = q;
+      CLLM_ARENA_NONNULL_(p); // p >= the chunk's base (no chunk: end == 0 < q)
 #if CLLM_ARENA_ASAN_
       cllm_arena_asan_unpoison_((void *)p, bytes);
 #endif
-      return (void *)p;
+      return p;
     }
+  }
+  return 0;
+}
+
+static inline CLLM_MALLOC_ATTR void *cllm_arena_alloc_aligned(cllm_arena_t *a, size_t bytes,
+                                                              size_t align) {
+  if (CLLM_LIKELY(a != NULL)) {
+    uintptr_t p = cllm_arena_bump_(&a->cur_, a->end_, bytes, align);
+    if (CLLM_LIKELY(p != 0)) return (void *)p;
   }
   return cllm_arena_alloc_slow_(a, bytes, align);
 }
@@ -293,17 +305,9 @@ static inline CLLM_NODISCARD cllm_status_t cllm_arena_cursor_begin(cllm_arena_t 
 static inline CLLM_MALLOC_ATTR void *cllm_arena_cursor_alloc_aligned(cllm_arena_cursor_t *c,
                                                                      size_t bytes,
                                                                      size_t align) {
-  if (CLLM_LIKELY(c != NULL && (align & (align - 1)) == 0 &&
-                  align - 1 < CLLM_ARENA_MAX_ALIGN)) {
-    uintptr_t p = (c->cur_ + (align - 1)) & ~(uintptr_t)(align - 1), q = p + bytes;
-    if (CLLM_LIKELY(bytes - 1 < CLLM_ARENA_MAX_REQUEST && q <= c->end_)) { // as above
-      c->cur_ = q;
-      CLLM_ARENA_NONNULL_(p);
-#if CLLM_ARENA_ASAN_
-      cllm_arena_asan_unpoison_((void *)p, bytes);
-#endif
-      return (void *)p;
-    }
+  if (CLLM_LIKELY(c != NULL)) {
+    uintptr_t p = cllm_arena_bump_(&c->cur_, c->end_, bytes, align);
+    if (CLLM_LIKELY(p != 0)) return (void *)p;
   }
   if (c == NULL) return (void *)cllm_arena_cursor_refill_(NULL, 0, 0, 0, bytes, align).p_;
   cllm_arena_span_t s =
