@@ -16,7 +16,10 @@
  * would), mimalloc
  * (mi_malloc/mi_free on the default heap), mi_arena_heap (what cllm_heap is built
  * on, see below), glibc (glibc's own malloc/free through bench_glibc_*: mimalloc's
- * library replaces malloc and the __libc_* aliases in this process).
+ * library replaces malloc and the __libc_* aliases in this process), and the floor
+ * rows mi_arena_pure, floor_region, floor_charge, floor_counted (same_thread only,
+ * but mi_arena_pure in both cases): minimal wrappers that add cllm_heap's duties one
+ * at a time, so the cost of each duty can be read off (see "floor rows" below).
  * ns_per_op: wall time x threads / ops (time per alloc+free on one thread). Extras:
  * mops_total (all threads), vs_mimalloc (ns_per_op_median / mimalloc's, same run),
  * faults_per_op (minor page faults over the timed repetitions).
@@ -47,9 +50,13 @@
 #define RING 256
 #define QCAP 1024
 
-typedef enum { IMPL_CLLM, IMPL_CLLM_SIZED, IMPL_MI, IMPL_MI_ARENA, IMPL_GLIBC, IMPL_COUNT } impl_t;
-static const char *const impl_name[IMPL_COUNT] = {"cllm_heap", "cllm_heap_sized", "mimalloc",
-                                                  "mi_arena_heap", "glibc"};
+typedef enum {
+  IMPL_CLLM, IMPL_CLLM_SIZED, IMPL_MI, IMPL_MI_ARENA, IMPL_GLIBC,
+  IMPL_MI_ARENA_PURE, IMPL_FLOOR_REGION, IMPL_FLOOR_CHARGE, IMPL_FLOOR_COUNTED, IMPL_COUNT
+} impl_t;
+static const char *const impl_name[IMPL_COUNT] = {
+    "cllm_heap",     "cllm_heap_sized", "mimalloc",     "mi_arena_heap", "glibc",
+    "mi_arena_pure", "floor_region",    "floor_charge", "floor_counted"};
 
 /* mi_arena_heap: what cllm_heap is built on, without it: a per-thread mimalloc heap
  * in an exclusive arena of our own (32 MiB aligned region), plus mi_usable_size on
@@ -57,26 +64,116 @@ static const char *const impl_name[IMPL_COUNT] = {"cllm_heap", "cllm_heap_sized"
  * is the cost of the cllm layer (thread state, monitor batch, counters, checks). */
 static mi_arena_id_t g_arena;
 static bool g_arena_ok;
+static uintptr_t g_arena_start;
+#define ARENA_BYTES ((size_t)1 << 30)
 static __thread mi_heap_t *t_arena_heap;
 static volatile size_t g_usable_sink;
 
-/* Rows each case measures (cllm_heap_sized: same_thread only). */
+/* The floor rows: what any heap with cllm_heap's duties must pay at least, measured
+ * as minimal inline wrappers over the same exclusive-arena mimalloc heap (no call
+ * layer, no TLS cache lookup, the state in the thread's own TLS block), each adding
+ * one duty to the one before:
+ *   mi_arena_pure   mi_heap_malloc / mi_free on a heap in the exclusive arena
+ *                   (NUMA placement's only cost: the arena);
+ *   floor_region    + a free checks that p lies in the region, 16-byte aligned (a
+ *                   foreign pointer must not reach mi_free); sizes rounded to 16 B;
+ *   floor_charge    + every block charged to a monitor (HEAP) at its size class
+ *                   through a per-thread batch (cllm_monitor_batch_reserve/release,
+ *                   the class from a table; sized frees, as cllm_heap_sized);
+ *   floor_counted   + the per-thread allocation, free and byte counters that
+ *                   per-node stats need.
+ * floor_counted against cllm_heap_sized is what cllm_heap's own code costs beyond
+ * those duties (the call, the TLS cache lookup, the checks of its general paths). */
+typedef struct floor_state {
+  mi_heap_t *mh;
+  cllm_monitor_batch_t batch;
+  uint64_t allocs, frees, bytes_alloc, bytes_freed, errors;
+} floor_state_t;
+static __thread floor_state_t t_floor;
+static cllm_monitor_t *g_floor_mon;
+static uint16_t g_floor_class16[(64 << 10) / 16 + 1]; /* mi_good_size / 16 */
+static volatile uint64_t g_floor_sink;
+
+static bool is_floor(int i) { return i >= IMPL_FLOOR_REGION && i <= IMPL_FLOOR_COUNTED; }
+
+/* Rows each case measures (cllm_heap_sized and the floor rows: same_thread only). */
 static bool impl_in_case(int i, bool cross) {
-  return !(i == IMPL_MI_ARENA && !g_arena_ok) && !(i == IMPL_CLLM_SIZED && cross);
+  if (!g_arena_ok && (i == IMPL_MI_ARENA || i == IMPL_MI_ARENA_PURE || is_floor(i))) return false;
+  if (!g_floor_mon && is_floor(i)) return false;
+  return !(cross && (i == IMPL_CLLM_SIZED || is_floor(i)));
 }
 
 static bool arena_init(void) {
-  size_t size = (size_t)1 << 30, align = (size_t)32 << 20;
+  size_t size = ARENA_BYTES, align = (size_t)32 << 20;
   char *m = mmap(NULL, size + align, PROT_READ | PROT_WRITE,
                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (m == MAP_FAILED) return false;
   char *start = (char *)(((uintptr_t)m + align - 1) & ~(uintptr_t)(align - 1));
+  g_arena_start = (uintptr_t)start;
   return mi_manage_os_memory_ex(start, size, true, false, true, -1, true, &g_arena);
 }
 
-static inline void *arena_alloc(size_t n) {
+static bool floor_init(void) {
+  cllm_monitor_config_t mc = cllm_monitor_config_default();
+  if (cllm_monitor_create(&mc, &g_floor_mon) != CLLM_OK) return false;
+  for (size_t i = 1; i < sizeof g_floor_class16 / sizeof g_floor_class16[0]; i++)
+    g_floor_class16[i] = (uint16_t)(mi_good_size(16 * i) / 16);
+  return true;
+}
+
+static inline mi_heap_t *arena_heap(void) {
   mi_heap_t *h = t_arena_heap;
   if (__builtin_expect(h == NULL, 0)) h = t_arena_heap = mi_heap_new_in_arena(g_arena);
+  return h;
+}
+
+static inline size_t floor_class(size_t n) { return (size_t)g_floor_class16[(n + 15) >> 4] << 4; }
+
+static inline __attribute__((always_inline)) void *floor_alloc(impl_t impl, size_t n) {
+  floor_state_t *t = &t_floor;
+  if (__builtin_expect(t->mh == NULL, 0)) {
+    if (cllm_monitor_batch_init(&t->batch, g_floor_mon, CLLM_CAT_HEAP, 0) != CLLM_OK) return NULL;
+    if ((t->mh = mi_heap_new_in_arena(g_arena)) == NULL) return NULL;
+  }
+  size_t us = 0;
+  if (impl >= IMPL_FLOOR_CHARGE) {
+    us = floor_class(n);
+    if (cllm_monitor_batch_reserve(&t->batch, us) != CLLM_OK) return NULL;
+    if (impl >= IMPL_FLOOR_COUNTED) t->allocs++, t->bytes_alloc += us;
+  }
+  void *p = mi_heap_malloc(t->mh, (n + 15) & ~(size_t)15);
+  if (__builtin_expect(p == NULL, 0) && impl >= IMPL_FLOOR_CHARGE &&
+      cllm_monitor_batch_release(&t->batch, us) != CLLM_OK)
+    t->errors++;
+  return p;
+}
+
+static inline __attribute__((always_inline)) void floor_free(impl_t impl, void *p, size_t n) {
+  floor_state_t *t = &t_floor;
+  uintptr_t d = (uintptr_t)p - g_arena_start; /* misaligned: low bits rotate to the top */
+  if (__builtin_expect(((d >> 4) | (d << 60)) >= ARENA_BYTES / 16, 0)) {
+    t->errors++; /* not ours: never given to mi_free */
+    return;
+  }
+  if (impl >= IMPL_FLOOR_CHARGE) {
+    size_t us = floor_class(n);
+    if (cllm_monitor_batch_release(&t->batch, us) != CLLM_OK) t->errors++;
+    if (impl >= IMPL_FLOOR_COUNTED) t->frees++, t->bytes_freed += us;
+  }
+  mi_free(p);
+}
+
+/* End of a floor worker: its credit back to the monitor, its counters kept alive. */
+static void floor_done(void) {
+  floor_state_t *t = &t_floor;
+  if (t->mh != NULL && cllm_monitor_batch_flush(&t->batch) != CLLM_OK) t->errors++;
+  g_floor_sink += t->allocs + t->frees + t->bytes_alloc + t->bytes_freed;
+  if (t->errors != 0) fprintf(stderr, "heap_bench: floor rows: %llu errors\n", (unsigned long long)t->errors);
+  memset(t, 0, sizeof *t); /* the thread exits: mimalloc deletes its heap */
+}
+
+static inline void *arena_alloc(size_t n) {
+  mi_heap_t *h = arena_heap();
   if (h == NULL) return NULL;
   void *p = n <= MI_SMALL_SIZE_MAX ? mi_heap_malloc_small(h, n) : mi_heap_malloc(h, n);
   if (p != NULL) g_usable_sink = mi_usable_size(p);
@@ -107,6 +204,13 @@ static inline __attribute__((always_inline)) void *A(impl_t impl, size_t n) {
   case IMPL_CLLM_SIZED: return cllm_heap_alloc(g_heaps, n);
   case IMPL_MI: return mi_malloc(n);
   case IMPL_MI_ARENA: return arena_alloc(n);
+  case IMPL_MI_ARENA_PURE: {
+    mi_heap_t *h = arena_heap();
+    return h != NULL ? mi_heap_malloc(h, n) : NULL;
+  }
+  case IMPL_FLOOR_REGION:
+  case IMPL_FLOOR_CHARGE:
+  case IMPL_FLOOR_COUNTED: return floor_alloc(impl, n);
   default: return bench_glibc_malloc(n);
   }
 }
@@ -117,6 +221,10 @@ static inline __attribute__((always_inline)) void F(impl_t impl, void *p, size_t
   case IMPL_CLLM_SIZED: cllm_heap_free_sized(g_heaps, p, n); break;
   case IMPL_MI: mi_free(p); break;
   case IMPL_MI_ARENA: g_usable_sink = mi_usable_size(p); mi_free(p); break;
+  case IMPL_MI_ARENA_PURE: mi_free(p); break;
+  case IMPL_FLOOR_REGION:
+  case IMPL_FLOOR_CHARGE:
+  case IMPL_FLOOR_COUNTED: floor_free(impl, p, n); break;
   default: bench_glibc_free(p); break;
   }
 }
@@ -164,7 +272,7 @@ typedef struct worker {
     if (p == NULL) { w->failures++; w->ring[k] = NULL; continue; } \
     p[0] = (char)i;                                            \
     w->ring[k] = p;                                            \
-    if (IMPL == IMPL_CLLM_SIZED) w->ring_n[k] = n;             \
+    if (IMPL == IMPL_CLLM_SIZED || is_floor(IMPL)) w->ring_n[k] = n; \
   }
 
 static void *same_thread(void *arg) {
@@ -174,12 +282,17 @@ static void *same_thread(void *arg) {
   case IMPL_CLLM_SIZED: SAME_THREAD_LOOP(IMPL_CLLM_SIZED) break;
   case IMPL_MI: SAME_THREAD_LOOP(IMPL_MI) break;
   case IMPL_MI_ARENA: SAME_THREAD_LOOP(IMPL_MI_ARENA) break;
+  case IMPL_MI_ARENA_PURE: SAME_THREAD_LOOP(IMPL_MI_ARENA_PURE) break;
+  case IMPL_FLOOR_REGION: SAME_THREAD_LOOP(IMPL_FLOOR_REGION) break;
+  case IMPL_FLOOR_CHARGE: SAME_THREAD_LOOP(IMPL_FLOOR_CHARGE) break;
+  case IMPL_FLOOR_COUNTED: SAME_THREAD_LOOP(IMPL_FLOOR_COUNTED) break;
   default: SAME_THREAD_LOOP(IMPL_GLIBC) break;
   }
   for (int k = 0; k < RING; k++) {
     if (w->ring[k] != NULL) F(w->impl, w->ring[k], w->ring_n[k]);
     w->ring[k] = NULL;
   }
+  if (is_floor(w->impl)) floor_done();
   return NULL;
 }
 
@@ -209,10 +322,11 @@ static void *same_thread(void *arg) {
 
 static void *cross_thread(void *arg) {
   worker_t *w = arg;
-  switch (w->impl) { /* no cllm_heap_sized here (impl_in_case) */
+  switch (w->impl) { /* no cllm_heap_sized nor floor rows here (impl_in_case) */
   case IMPL_CLLM: CROSS_LOOP(IMPL_CLLM) break;
   case IMPL_MI: CROSS_LOOP(IMPL_MI) break;
   case IMPL_MI_ARENA: CROSS_LOOP(IMPL_MI_ARENA) break;
+  case IMPL_MI_ARENA_PURE: CROSS_LOOP(IMPL_MI_ARENA_PURE) break;
   default: CROSS_LOOP(IMPL_GLIBC) break;
   }
   return NULL;
@@ -261,7 +375,8 @@ int main(int argc, char **argv) {
   }
   bench_note(&o, "heap mode: %s", cllm_heap_mode_name(cllm_heaps_mode(g_heaps)));
   g_arena_ok = arena_init();
-  if (!g_arena_ok) bench_note(&o, "mi_arena_heap: skipped (could not register an arena)");
+  if (!g_arena_ok) bench_note(&o, "mi_arena_heap and the floor rows: skipped (could not register an arena)");
+  if (g_arena_ok && !floor_init()) bench_note(&o, "floor rows: skipped (no monitor)");
   long ops = o.quick ? 200000 : 1000000;
   int max_t = o.max_threads < 64 ? o.max_threads : 64;
 
@@ -321,5 +436,12 @@ int main(int argc, char **argv) {
     return 1;
   }
   cllm_monitor_destroy(mon);
+  if (g_floor_mon != NULL) {
+    if (cllm_monitor_used(g_floor_mon, CLLM_CAT_HEAP) != 0) {
+      fprintf(stderr, "heap_bench: the floor rows' monitor did not return to 0\n");
+      return 1;
+    }
+    cllm_monitor_destroy(g_floor_mon);
+  }
   return 0;
 }
