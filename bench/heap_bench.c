@@ -9,8 +9,13 @@
  *                    them through a single-producer/single-consumer queue to the
  *                    next thread, which frees them; one op = 1 alloc here + 1 free of
  *                    a block another thread allocated.
+ * case sparse:       as same_thread with a ring of only 16 live blocks, sizes
+ *                    log-uniform from 16 B to 64 KiB (2^e + rand(2^e), e = 4..15):
+ *                    few blocks of many size classes, so a class's only page often
+ *                    empties (what config keep_pages is for: see heap.h).
  *
- * impl: cllm_heap (cllm_heap_alloc/free, monitor accounting included), cllm_heap_sized
+ * impl: cllm_heap (cllm_heap_alloc/free, monitor accounting included), cllm_heap_nokeep
+ * (the same on a heaps object created with keep_pages off), cllm_heap_sized
  * (same_thread only: the same, freeing with cllm_heap_free_sized and the size the
  * worker asked for, which it keeps next to each pointer as a user of the sized call
  * would), mimalloc
@@ -52,11 +57,16 @@
 
 typedef enum {
   IMPL_CLLM, IMPL_CLLM_SIZED, IMPL_MI, IMPL_MI_ARENA, IMPL_GLIBC,
-  IMPL_MI_ARENA_PURE, IMPL_FLOOR_REGION, IMPL_FLOOR_CHARGE, IMPL_FLOOR_COUNTED, IMPL_COUNT
+  IMPL_MI_ARENA_PURE, IMPL_FLOOR_REGION, IMPL_FLOOR_CHARGE, IMPL_FLOOR_COUNTED, IMPL_CLLM_NOKEEP,
+  IMPL_COUNT
 } impl_t;
 static const char *const impl_name[IMPL_COUNT] = {
     "cllm_heap",     "cllm_heap_sized", "mimalloc",     "mi_arena_heap", "glibc",
-    "mi_arena_pure", "floor_region",    "floor_charge", "floor_counted"};
+    "mi_arena_pure", "floor_region",    "floor_charge", "floor_counted", "cllm_heap_nokeep"};
+
+typedef enum { CASE_SAME, CASE_CROSS, CASE_SPARSE, CASE_COUNT } case_t;
+static const char *const case_name[CASE_COUNT] = {"same_thread", "cross_thread", "sparse"};
+#define SPARSE_RING 16
 
 /* mi_arena_heap: what cllm_heap is built on, without it: a per-thread mimalloc heap
  * in an exclusive arena of our own (32 MiB aligned region), plus mi_usable_size on
@@ -96,11 +106,14 @@ static volatile uint64_t g_floor_sink;
 
 static bool is_floor(int i) { return i >= IMPL_FLOOR_REGION && i <= IMPL_FLOOR_COUNTED; }
 
-/* Rows each case measures (cllm_heap_sized and the floor rows: same_thread only). */
-static bool impl_in_case(int i, bool cross) {
+/* Rows each case measures (cllm_heap_sized: not cross_thread; mi_arena_heap and the
+ * floor rows: same_thread only). */
+static bool impl_in_case(int i, case_t c) {
   if (!g_arena_ok && (i == IMPL_MI_ARENA || i == IMPL_MI_ARENA_PURE || is_floor(i))) return false;
   if (!g_floor_mon && is_floor(i)) return false;
-  return !(cross && (i == IMPL_CLLM_SIZED || is_floor(i)));
+  if (c == CASE_CROSS && (i == IMPL_CLLM_SIZED || is_floor(i))) return false;
+  if (c == CASE_SPARSE && (i == IMPL_MI_ARENA || is_floor(i))) return false;
+  return true;
 }
 
 static bool arena_init(void) {
@@ -180,8 +193,8 @@ static inline void *arena_alloc(size_t n) {
   return p;
 }
 
-static size_t g_sizes[NSIZES];
-static cllm_heaps_t *g_heaps;
+static size_t g_sizes[NSIZES], g_sparse_sizes[NSIZES];
+static cllm_heaps_t *g_heaps, *g_heaps_nokeep;
 
 static void make_sizes(void) {
   unsigned long long s = 42;
@@ -195,6 +208,12 @@ static void make_sizes(void) {
     else lo = 4096, hi = 65536;
     g_sizes[i] = lo + (size_t)((r >> 8) % (unsigned)(hi - lo + 1));
   }
+  for (int i = 0; i < NSIZES; i++) {
+    s = s * 6364136223846793005ull + 1442695040888963407ull;
+    unsigned r = (unsigned)(s >> 33);
+    int e = 4 + (int)(r % 12);
+    g_sparse_sizes[i] = ((size_t)1 << e) + (size_t)((r >> 8) % (1u << e));
+  }
 }
 
 /* One allocator call per implementation; `impl` is a constant in each loop below. */
@@ -202,6 +221,7 @@ static inline __attribute__((always_inline)) void *A(impl_t impl, size_t n) {
   switch (impl) {
   case IMPL_CLLM:
   case IMPL_CLLM_SIZED: return cllm_heap_alloc(g_heaps, n);
+  case IMPL_CLLM_NOKEEP: return cllm_heap_alloc(g_heaps_nokeep, n);
   case IMPL_MI: return mi_malloc(n);
   case IMPL_MI_ARENA: return arena_alloc(n);
   case IMPL_MI_ARENA_PURE: {
@@ -218,6 +238,7 @@ static inline __attribute__((always_inline)) void *A(impl_t impl, size_t n) {
 static inline __attribute__((always_inline)) void F(impl_t impl, void *p, size_t n) {
   switch (impl) {
   case IMPL_CLLM: cllm_heap_free(g_heaps, p); break;
+  case IMPL_CLLM_NOKEEP: cllm_heap_free(g_heaps_nokeep, p); break;
   case IMPL_CLLM_SIZED: cllm_heap_free_sized(g_heaps, p, n); break;
   case IMPL_MI: mi_free(p); break;
   case IMPL_MI_ARENA: g_usable_sink = mi_usable_size(p); mi_free(p); break;
@@ -255,6 +276,8 @@ typedef struct worker {
   impl_t impl;
   int id;
   long ops;
+  int ring_mask;        /* ring size - 1 (same_thread, sparse) */
+  const size_t *sizes; /* NSIZES sizes to draw from */
   void *ring[RING];
   size_t ring_n[RING]; /* cllm_heap_sized: the size of each ring block */
   queue_t *in, *out;
@@ -265,9 +288,9 @@ typedef struct worker {
 
 #define SAME_THREAD_LOOP(IMPL)                                 \
   for (long i = 0; i < w->ops; i++) {                          \
-    int k = (int)(i & (RING - 1));                             \
+    int k = (int)(i & w->ring_mask);                           \
     if (w->ring[k] != NULL) F(IMPL, w->ring[k], w->ring_n[k]); \
-    size_t n = g_sizes[(i * 7 + w->id * 131) & (NSIZES - 1)];  \
+    size_t n = w->sizes[(i * 7 + w->id * 131) & (NSIZES - 1)]; \
     char *p = A(IMPL, n);                                      \
     if (p == NULL) { w->failures++; w->ring[k] = NULL; continue; } \
     p[0] = (char)i;                                            \
@@ -280,6 +303,7 @@ static void *same_thread(void *arg) {
   switch (w->impl) {
   case IMPL_CLLM: SAME_THREAD_LOOP(IMPL_CLLM) break;
   case IMPL_CLLM_SIZED: SAME_THREAD_LOOP(IMPL_CLLM_SIZED) break;
+  case IMPL_CLLM_NOKEEP: SAME_THREAD_LOOP(IMPL_CLLM_NOKEEP) break;
   case IMPL_MI: SAME_THREAD_LOOP(IMPL_MI) break;
   case IMPL_MI_ARENA: SAME_THREAD_LOOP(IMPL_MI_ARENA) break;
   case IMPL_MI_ARENA_PURE: SAME_THREAD_LOOP(IMPL_MI_ARENA_PURE) break;
@@ -324,6 +348,7 @@ static void *cross_thread(void *arg) {
   worker_t *w = arg;
   switch (w->impl) { /* no cllm_heap_sized nor floor rows here (impl_in_case) */
   case IMPL_CLLM: CROSS_LOOP(IMPL_CLLM) break;
+  case IMPL_CLLM_NOKEEP: CROSS_LOOP(IMPL_CLLM_NOKEEP) break;
   case IMPL_MI: CROSS_LOOP(IMPL_MI) break;
   case IMPL_MI_ARENA: CROSS_LOOP(IMPL_MI_ARENA) break;
   case IMPL_MI_ARENA_PURE: CROSS_LOOP(IMPL_MI_ARENA_PURE) break;
@@ -333,7 +358,8 @@ static void *cross_thread(void *arg) {
 }
 
 /* One repetition: ns per op (per thread). */
-static double run_once(bool cross, impl_t impl, int threads, long ops, long *failures) {
+static double run_once(case_t c, impl_t impl, int threads, long ops, long *failures) {
+  bool cross = c == CASE_CROSS;
   static worker_t w[64];
   static queue_t q[64];
   void *args[64];
@@ -345,6 +371,8 @@ static double run_once(bool cross, impl_t impl, int threads, long ops, long *fai
     w[i].ops = ops;
     w[i].nthreads = threads;
     w[i].done = &done;
+    w[i].ring_mask = c == CASE_SPARSE ? SPARSE_RING - 1 : RING - 1;
+    w[i].sizes = c == CASE_SPARSE ? g_sparse_sizes : g_sizes;
     atomic_store(&q[i].head, 0);
     atomic_store(&q[i].tail, 0);
     w[i].out = &q[i];
@@ -373,6 +401,11 @@ int main(int argc, char **argv) {
     fprintf(stderr, "heap_bench: cllm_heaps_create failed\n");
     return 1;
   }
+  hc.keep_pages = false;
+  if (cllm_heaps_create(&hc, &g_heaps_nokeep) != CLLM_OK) {
+    fprintf(stderr, "heap_bench: cllm_heaps_create (keep_pages off) failed\n");
+    return 1;
+  }
   bench_note(&o, "heap mode: %s", cllm_heap_mode_name(cllm_heaps_mode(g_heaps)));
   g_arena_ok = arena_init();
   if (!g_arena_ok) bench_note(&o, "mi_arena_heap and the floor rows: skipped (could not register an arena)");
@@ -380,29 +413,30 @@ int main(int argc, char **argv) {
   long ops = o.quick ? 200000 : 1000000;
   int max_t = o.max_threads < 64 ? o.max_threads : 64;
 
-  for (int c = 0; c < 2; c++) {
-    bool cross = c == 1;
+  for (int ci = 0; ci < CASE_COUNT; ci++) {
+    case_t c = (case_t)ci;
+    bool cross = c == CASE_CROSS;
     for (int t = cross ? 2 : 1; t <= max_t; t *= 2) {
       double ns[IMPL_COUNT][BENCH_MAX_REPS] = {{0}};
       long fails[IMPL_COUNT] = {0};
       uint64_t faults[IMPL_COUNT] = {0};
       for (int i = 0; i < IMPL_COUNT; i++) { /* warm-up: first touch of fresh memory */
-        if (!impl_in_case(i, cross)) continue;
+        if (!impl_in_case(i, c)) continue;
         long f = 0;
-        (void)run_once(cross, (impl_t)i, t, ops / 4, &f);
+        (void)run_once(c, (impl_t)i, t, ops / 4, &f);
       }
       for (int r = 0; r < o.reps; r++) {
         for (int i = 0; i < IMPL_COUNT; i++) {
-          if (!impl_in_case(i, cross)) continue;
+          if (!impl_in_case(i, c)) continue;
           uint64_t f0 = bench_minor_faults();
-          ns[i][r] = run_once(cross, (impl_t)i, t, ops, &fails[i]);
+          ns[i][r] = run_once(c, (impl_t)i, t, ops, &fails[i]);
           faults[i] += bench_minor_faults() - f0;
         }
       }
       bench_row_t rows[IMPL_COUNT];
       for (int i = 0; i < IMPL_COUNT; i++) {
         bench_row_t row = {.bench = "heap_bench",
-                           .case_name = cross ? "cross_thread" : "same_thread",
+                           .case_name = case_name[c],
                            .impl = impl_name[i],
                            .threads = t,
                            .ops = (uint64_t)ops * (uint64_t)t};
@@ -410,14 +444,15 @@ int main(int argc, char **argv) {
         rows[i] = row;
       }
       for (int i = 0; i < IMPL_COUNT; i++) {
-        if (!impl_in_case(i, cross)) continue;
+        if (!impl_in_case(i, c)) continue;
         bench_extra_num(&rows[i], "mops_total", 1e3 * t / rows[i].ns_per_op_median);
         bench_extra_num(&rows[i], "vs_mimalloc",
                         rows[i].ns_per_op_median / rows[IMPL_MI].ns_per_op_median);
         bench_extra_num(&rows[i], "faults_per_op",
                         (double)faults[i] / ((double)o.reps * (double)ops * t));
         if (fails[i] != 0) bench_extra_num(&rows[i], "failures", (double)fails[i]);
-        if (i == IMPL_CLLM || i == IMPL_CLLM_SIZED) bench_extra_num(&rows[i], "thp", thp ? 1.0 : 0.0);
+        if (i == IMPL_CLLM || i == IMPL_CLLM_SIZED || i == IMPL_CLLM_NOKEEP)
+          bench_extra_num(&rows[i], "thp", thp ? 1.0 : 0.0);
         bench_emit(&o, &rows[i]);
       }
     }
@@ -431,6 +466,7 @@ int main(int argc, char **argv) {
                (unsigned long long)st.node[0].allocations, (unsigned long long)st.node[0].failures,
                st.node[0].bytes_in_use, st.node[0].huge_page_bytes);
   cllm_heaps_destroy(g_heaps);
+  cllm_heaps_destroy(g_heaps_nokeep);
   if (cllm_monitor_used(mon, CLLM_CAT_HEAP) != 0) {
     fprintf(stderr, "heap_bench: monitor HEAP did not return to 0\n");
     return 1;

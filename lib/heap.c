@@ -26,8 +26,8 @@
  *
  * Inline paths (cllm_heap_alloc, cllm_heap_free, cllm_heap_free_sized)
  *   The common case costs one TLS cache lookup (its id against h->fast_key, which
- *   is FAST_OFF in PLAIN mode or without size prediction), a table lookup of the
- *   size class, the batch credit and two counters on the thread's own lines, and
+ *   is FAST_OFF in PLAIN mode or without size prediction), a lookup of the size
+ *   class in the thread's table (0 for a class whose page is not kept yet), the batch credit and two counters on the thread's own lines, and
  *   mimalloc's call; a free checks that p lies in the region of the thread's node
  *   (one compare) and makes mimalloc's free a tail call. Everything else (another
  *   node's block, PLAIN mode, credit running out or piling up, a NULL from
@@ -37,9 +37,10 @@
  *   mimalloc deletes a thread's explicit heaps when the thread exits (their pages go
  *   to the thread's backing heap and are abandoned; blocks stay valid, any thread may
  *   free them, and another heap of the same arena reclaims the segments). A pthread
- *   key destructor retires our tstate: flushes its batch to the monitor, folds its
- *   counters into the heaps object and frees it. It never touches a mi_heap_t (the
- *   destructor may run after mimalloc's own one has deleted it).
+ *   key destructor retires our tstate: frees the blocks it holds for kept pages,
+ *   flushes its batch to the monitor, folds its counters into the heaps object and
+ *   frees it. It never touches a mi_heap_t (the destructor may run after mimalloc's
+ *   own one has deleted it; freeing blocks is fine then).
  *
  * Invariants
  *   - every live tstate is on exactly one heaps object's list and in its thread's
@@ -99,6 +100,11 @@ typedef struct tstate {
   void *owner;                /* the owning thread's TLS table (identity only) */
   mi_heap_t **heap;           /* [nodes] (PLAIN: [0] only), after the counters */
   _Atomic bool has_heap;      /* a mimalloc heap exists (read by stats) */
+  /* keep_pages (NULL / g_class16 without): the held blocks, [slot][class ordinal],
+   * and the fast path's class table for the heap of `node` (see "kept pages") */
+  void **keep;
+  uint16_t *fast16;
+  _Atomic uint64_t kept; /* held blocks (read by stats) */
 } tstate_t;
 
 _Static_assert(offsetof(tstate_t, home_span16) + sizeof(size_t) <= 64,
@@ -132,13 +138,21 @@ typedef struct tls_cache {
   cllm_heaps_t *h;
   uint64_t id;
   tstate_t *ts;
-  mi_heap_t *mh; /* ts->cur */
+  mi_heap_t *mh;       /* ts->cur */
+  const uint16_t *c16; /* ts->fast16 */
 } tls_cache_t;
 static __thread tls_cache_t t_cache;
 static __thread tls_table_t *t_table; /* every tstate of this thread */
 
 #define PRED_LIMIT ((size_t)128 << 10) /* MI_MEDIUM_OBJ_SIZE_MAX in 2.0.9 */
 static size_t g_pred_max; /* 0: always ask mimalloc (see "usable size without a call") */
+/* Class size / 16 of each 16-byte request size up to PRED_LIMIT (predict_init). */
+static uint16_t g_class16[PRED_LIMIT / 16 + 1];
+/* kept pages: each class's ordinal, and the first and last table index of each. */
+#define MAX_CLASSES 128
+static uint8_t g_ord16[PRED_LIMIT / 16 + 1];
+static uint16_t g_ord_first[MAX_CLASSES], g_ord_last[MAX_CLASSES];
+static int g_nclasses;
 #define FAST_OFF UINT64_MAX /* fast_key of a heaps object the inline paths never serve */
 
 /* ThreadSanitizer cannot see mimalloc's own synchronisation (the library is not
@@ -188,6 +202,11 @@ static void set_home(const cllm_heaps_t *h, tstate_t *ts, int node, mi_heap_t *m
   bool region = h->mode != CLLM_HEAP_MODE_PLAIN && h->rstart[node] != NULL;
   ts->home_start = region ? (uintptr_t)h->rstart[node] : 0;
   ts->home_span16 = region ? h->region_bytes >> 4 : 0;
+  if (ts->keep != NULL) { /* the fast path serves the classes held in this node's heap */
+    void **k = &ts->keep[(size_t)ts->cur_slot * (size_t)g_nclasses];
+    for (size_t i = 1; i <= PRED_LIMIT / 16; i++)
+      ts->fast16[i] = k[g_ord16[i]] != NULL ? g_class16[i] : 0;
+  }
 }
 
 static void *meta_calloc(size_t n, size_t size) {
@@ -227,6 +246,7 @@ cllm_heaps_config_t cllm_heaps_config_default(void) {
   c.bytes_per_node = DEFAULT_BYTES_PER_NODE;
   c.transparent_huge_pages = true;
   c.allow_plain = true;
+  c.keep_pages = true;
   return c;
 }
 
@@ -263,6 +283,7 @@ cllm_status_t cllm_heaps_create(const cllm_heaps_config_t *cfg_in, cllm_heaps_t 
   h->topo = topo;
   h->monitor = cfg.monitor != NULL ? cfg.monitor : cllm_monitor_global();
   h->allow_fallback = cfg.allow_fallback;
+  h->keep_pages = cfg.keep_pages && g_nclasses > 0;
   h->batch_bytes = cfg.batch_bytes;
   h->region_bytes = bytes;
   for (int i = 0; i < CLLM_HEAP_MAX_NODES; i++) {
@@ -306,6 +327,7 @@ cllm_status_t cllm_heaps_create(const cllm_heaps_config_t *cfg_in, cllm_heaps_t 
 }
 
 static void node_sum_locked(const cllm_heaps_t *h, int i, uint64_t v[6]);
+static void keep_release(const cllm_heaps_t *h, tstate_t *ts);
 
 static void tstate_fold_locked(cllm_heaps_t *h, tstate_t *ts) {
   int slots = h->nodes;
@@ -330,6 +352,7 @@ static void tstate_unlink_locked(cllm_heaps_t *h, tstate_t *ts) {
 /* Flush a tstate's batch, keep its counters, unlink and free it. Never touches its
  * mimalloc heaps (see "Thread exit" above). */
 static void tstate_retire_locked(cllm_heaps_t *h, tstate_t *ts) {
+  keep_release(h, ts);
   cllm_status_t s = cllm_monitor_batch_flush(&ts->batch);
   if (s != CLLM_OK) cllm__warn("heaps: returning a thread's HEAP credit failed: %s", cllm_status_name(s));
   tstate_fold_locked(h, ts);
@@ -369,6 +392,7 @@ void cllm_heaps_destroy(cllm_heaps_t *h) {
     tstate_t *ts = h->threads;
     /* The calling thread's own heaps can be destroyed (only their owner may); other
      * live threads' heaps stay with mimalloc until those threads exit. */
+    keep_release(h, ts); /* before the heaps that hold them go */
     if (ts->owner != NULL && ts->owner == (void *)t_table) {
       int slots = h->mode == CLLM_HEAP_MODE_PLAIN ? 1 : h->nodes;
       for (int i = 0; i < slots; i++)
@@ -418,7 +442,8 @@ static tstate_t *tstate_slow(cllm_heaps_t *h, bool create) {
   if (tt != NULL) {
     for (int i = 0; i < tt->n; i++) {
       if (tt->ent[i].h == h && tt->ent[i].id == h->id) {
-        t_cache = (tls_cache_t){tt->ent[i].h, tt->ent[i].id, tt->ent[i].ts, tt->ent[i].ts->cur};
+        tstate_t *ts = tt->ent[i].ts;
+        t_cache = (tls_cache_t){tt->ent[i].h, tt->ent[i].id, ts, ts->cur, ts->fast16};
         return tt->ent[i].ts;
       }
     }
@@ -436,11 +461,19 @@ static tstate_t *tstate_slow(cllm_heaps_t *h, bool create) {
   int n = h->nodes;
   size_t head = (sizeof(tstate_t) + 63) & ~(size_t)63;
   size_t sz = head + (size_t)n * (sizeof(node_ctr_t) + sizeof(mi_heap_t *));
+  size_t keep_at = sz, keep_n = h->keep_pages ? (size_t)n * (size_t)g_nclasses : 0;
+  if (h->keep_pages) sz += keep_n * sizeof(void *) + sizeof g_class16;
   sz = (sz + 63) & ~(size_t)63;
   tstate_t *ts = meta_alloc(sz); /* zeroed, 64-byte aligned */
   if (ts == NULL) return NULL;
   ts->ctr = (node_ctr_t *)((char *)ts + head);
   ts->heap = (mi_heap_t **)(ts->ctr + n);
+  if (h->keep_pages) { /* the table starts all 0: every class takes the slow path once */
+    ts->keep = (void **)((char *)ts + keep_at);
+    ts->fast16 = (uint16_t *)(ts->keep + keep_n);
+  } else {
+    ts->fast16 = g_class16;
+  }
   ts->owner = tt;
   ts->h = h;
   set_home(h, ts, initial_node(h), NULL);
@@ -471,7 +504,7 @@ static tstate_t *tstate_slow(cllm_heaps_t *h, bool create) {
   tls_ent_t e = {h, h->id, ts};
   tt->ent[tt->n++] = e;
   pthread_mutex_unlock(&g_lock);
-  t_cache = (tls_cache_t){h, h->id, ts, ts->cur};
+  t_cache = (tls_cache_t){h, h->id, ts, ts->cur, ts->fast16};
   return ts;
 }
 
@@ -515,6 +548,10 @@ cllm_status_t cllm_heap_thread_flush(cllm_heaps_t *h) {
   if (h == NULL) return CLLM_EINVAL;
   tstate_t *ts = (t_cache.h == h && t_cache.id == h->id) ? t_cache.ts : tstate_slow(h, false);
   if (ts == NULL) return CLLM_OK; /* this thread holds no credit */
+  if (ts->keep != NULL) { /* and no blocks for kept pages: taken again on next use */
+    keep_release(h, ts);
+    memset(ts->fast16, 0, sizeof g_class16);
+  }
   return cllm_monitor_batch_flush(&ts->batch);
 }
 
@@ -545,7 +582,6 @@ static inline size_t predict_usable(size_t size) {
  * its branch on the size (the fast paths see a random mix of sizes; measured 0.5 ns
  * per alloc+free pair). Entries are class sizes / 16 (classes are 16-byte multiples
  * for 16-byte multiple requests, checked at init). */
-static uint16_t g_class16[PRED_LIMIT / 16 + 1];
 static inline size_t class_of(size_t bytes) {
   return (size_t)g_class16[(bytes + 15) >> 4] << 4;
 }
@@ -578,6 +614,57 @@ static void predict_init(void) {
   if (!ok) return;
   for (size_t i = 1; i <= PRED_LIMIT / 16; i++) g_class16[i] = (uint16_t)(predict_usable(16 * i) / 16);
   g_pred_max = PRED_LIMIT;
+  int ord = 0; /* classes grow with the index: number them (kept pages) */
+  for (size_t i = 1; i <= PRED_LIMIT / 16; i++) {
+    if (i > 1 && g_class16[i] != g_class16[i - 1]) ord++;
+    if (ord >= MAX_CLASSES) return; /* another mimalloc build: keep no pages */
+    if (i == 1 || g_class16[i] != g_class16[i - 1]) g_ord_first[ord] = (uint16_t)i;
+    g_ord_last[ord] = (uint16_t)i;
+    g_ord16[i] = (uint8_t)ord;
+  }
+  g_nclasses = ord + 1;
+}
+
+/* ---- kept pages -----------------------------------------------------------------
+ * (config keep_pages; see heap.h.) A thread holds one block of each size class up to
+ * 128 KiB it has allocated, per node heap, so that mimalloc never finds that class's
+ * page empty and frees it. The inline fast path learns which classes are held from
+ * the thread's own copy of the class table (ts->fast16, the view of its current
+ * node's heap): a class not held yet reads 0, which no credit check passes, so its
+ * first allocation takes the general path, which takes the held block (keep_class)
+ * and opens the class to the fast path. Held blocks are uncharged and uncounted. */
+
+/* After the general path allocated `size` (a 16-byte multiple <= PRED_LIMIT) for the
+ * calling thread: hold a block of its class in the thread's current heap if none is
+ * held. A failure is absorbed (the class is opened all the same; a later general
+ * path call tries again). */
+static __attribute__((noinline)) void keep_class(tstate_t *ts, size_t size) {
+  int o = g_ord16[size >> 4];
+  void **k = &ts->keep[(size_t)ts->cur_slot * (size_t)g_nclasses + (size_t)o];
+  if (*k == NULL && ts->cur != NULL) {
+    void *b = CLLM_FAULT(CLLM_FAULT_MI_ALLOC) ? NULL : mi_heap_malloc(ts->cur, (size_t)g_class16[size >> 4] << 4);
+    if (b != NULL) {
+      TSAN_ON_ALLOC(b);
+      *k = b;
+      cllm__atomic_store_relaxed(&ts->kept, cllm__atomic_load_relaxed(&ts->kept) + 1);
+    }
+  }
+  for (size_t i = g_ord_first[o]; i <= g_ord_last[o]; i++) ts->fast16[i] = g_class16[i];
+}
+
+/* Free every block ts holds (its thread exits, or the heaps are destroyed: any
+ * thread may free them; mimalloc takes blocks of other threads' heaps back). */
+static void keep_release(const cllm_heaps_t *h, tstate_t *ts) {
+  if (ts->keep == NULL) return;
+  size_t n = (size_t)h->nodes * (size_t)g_nclasses;
+  for (size_t i = 0; i < n; i++) {
+    if (ts->keep[i] != NULL) {
+      TSAN_ON_FREE(ts->keep[i]);
+      mi_free(ts->keep[i]);
+      ts->keep[i] = NULL;
+    }
+  }
+  cllm__atomic_store_relaxed(&ts->kept, 0);
 }
 
 
@@ -682,7 +769,9 @@ static __attribute__((noinline)) void *alloc_impl(cllm_heaps_t *h, size_t size, 
   mi_heap_t *mh = ts->cur;
   if (CLLM_UNLIKELY(mh == NULL) && (mh = heap_for(h, ts, ts->node)) == NULL)
     return fail(h, ts, CLLM_ENOMEM);
-  return alloc_account(h, ts, mi_alloc_in(mh, size, align, zero), size, align, zero);
+  void *p = alloc_account(h, ts, mi_alloc_in(mh, size, align, zero), size, align, zero);
+  if (p != NULL && ts->keep != NULL && size <= g_pred_max) keep_class(ts, size);
+  return p;
 }
 
 /* Round a request to a multiple of 16 (so every block is 16-byte aligned: mimalloc
@@ -731,8 +820,10 @@ void *cllm_heap_alloc(cllm_heaps_t *h, size_t bytes) {
   if (FAST_STATE(h) && CLLM_LIKELY(bytes - 1 < PRED_LIMIT)) {
     tstate_t *ts = t_cache.ts;
     mi_heap_t *mh = t_cache.mh;
-    size_t us = class_of(bytes);
-    if (CLLM_LIKELY(mh != NULL) && CLLM_LIKELY(us <= ts->batch.credit)) {
+    /* The class from the thread's table: 0 while no block of it is held (kept
+     * pages), which fails the credit check (us - 1 wraps) and takes the general path. */
+    size_t us = (size_t)t_cache.c16[(bytes + 15) >> 4] << 4;
+    if (CLLM_LIKELY(mh != NULL) && CLLM_LIKELY(us - 1 < ts->batch.credit)) {
       ts->batch.credit -= us;
       node_ctr_t *c = ts->cur_ctr;
       bump(&c->allocs, 1);
@@ -890,8 +981,11 @@ void cllm_heap_free_sized(cllm_heaps_t *h, void *p, size_t bytes) {
    * free, made last: a tail call). */
   if (FAST_STATE(h) && CLLM_LIKELY(bytes - 1 < PRED_LIMIT)) {
     tstate_t *ts = t_cache.ts;
-    if (CLLM_LIKELY(in_home(ts, p))) {
-      size_t us = class_of(bytes);
+    /* The thread's table, as cllm_heap_alloc reads (one table in the cache, not
+     * two); a class it does not serve (0: not kept in this node's heap) goes the
+     * general way. */
+    size_t us = (size_t)t_cache.c16[(bytes + 15) >> 4] << 4;
+    if (CLLM_LIKELY(in_home(ts, p)) && CLLM_LIKELY(us != 0)) {
       cllm_assert(us == mi_usable_size(p) && "cllm_heap_free_sized: bytes is not the block's size");
       free_home(ts, p, us);
       return;
@@ -958,8 +1052,10 @@ cllm_status_t cllm_heaps_stats(const cllm_heaps_t *h, cllm_heaps_stats_t *st) {
   s.einval = ld((_Atomic uint64_t *)&h->einval);
   s.region_align_bytes = REGION_ALIGN;
   pthread_mutex_lock(&g_lock);
-  for (tstate_t *ts = h->threads; ts != NULL; ts = ts->next)
+  for (tstate_t *ts = h->threads; ts != NULL; ts = ts->next) {
     if (cllm__atomic_load_relaxed(&ts->has_heap)) s.threads++;
+    s.kept_blocks += cllm__atomic_load_relaxed(&ts->kept);
+  }
   for (int i = 0; i < h->nodes; i++) {
     uint64_t v[6];
     node_sum_locked(h, i, v);

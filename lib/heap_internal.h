@@ -27,6 +27,7 @@ struct cllm_heaps {
   cllm_heap_mode_t mode;
   int nodes;
   bool allow_fallback;
+  bool keep_pages; /* config keep_pages, and size prediction is on */
   cllm_monitor_t *monitor;
   const cllm_topology_t *topo;
   size_t batch_bytes;

@@ -204,6 +204,7 @@ static const field_t heaps_fields[] = {
     FC(cllm_heaps_stats_t, foreign_frees, "foreign_frees_total", F_U64, "Frees of pointers not from these heaps."),
     FC(cllm_heaps_stats_t, einval, "einval_total", F_U64, "Bad-argument calls."),
     FG(cllm_heaps_stats_t, region_align_bytes, "region_align_bytes", F_SIZE, "Alignment of every region."),
+    FG(cllm_heaps_stats_t, kept_blocks, "kept_blocks", F_U64, "Blocks held so that size classes keep their pages (keep_pages)."),
 };
 
 static const field_t heap_node_fields[] = {

@@ -356,7 +356,7 @@ Test(stats_json, valid_and_every_field_present) {
       "pages_absent", "pages_other", "page_bytes", "readback_status", "sealed", "loads",
       "loaded_bytes", "load_failures", "last_load_errno",
       /* heaps */
-      "mode", "nodes", "threads", "foreign_frees", "region_align_bytes", "node", "region_bytes",
+      "mode", "nodes", "threads", "foreign_frees", "region_align_bytes", "kept_blocks", "node", "region_bytes",
       "huge_page_bytes", "allocations", "frees", "failures", "fallbacks", "bound", "os_node",
   };
   for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) expect_key(s.buf, keys[i]);
