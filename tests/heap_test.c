@@ -754,16 +754,32 @@ static void *park(void *arg) {
   return NULL;
 }
 
+/* Start a thread that allocates one block from h and waits, parked, until unparked. */
+static pthread_t park_start(parked_t *p, cllm_heaps_t *h) {
+  *p = (parked_t){.h = h, .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+  pthread_t t;
+  cr_assert_eq(pthread_create(&t, NULL, park, p), 0);
+  pthread_mutex_lock(&p->mu);
+  while (p->stage != 1) pthread_cond_wait(&p->cv, &p->mu);
+  pthread_mutex_unlock(&p->mu);
+  return t;
+}
+
+/* Let the parked thread exit, and join it. */
+static void park_end(parked_t *p, pthread_t t) {
+  pthread_mutex_lock(&p->mu);
+  p->stage = 2;
+  pthread_cond_broadcast(&p->cv);
+  pthread_mutex_unlock(&p->mu);
+  pthread_join(t, NULL);
+}
+
 Test(heap, destroy_with_live_thread_then_reuse_region) {
   cllm_monitor_t *m = new_monitor(0);
   cllm_heaps_t *h = new_heaps(64 * MiB, m);
   const void *start = stats_of(h).node[0].region_start;
-  parked_t p = {.h = h, .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
-  pthread_t t;
-  cr_assert_eq(pthread_create(&t, NULL, park, &p), 0);
-  pthread_mutex_lock(&p.mu);
-  while (p.stage != 1) pthread_cond_wait(&p.cv, &p.mu);
-  pthread_mutex_unlock(&p.mu);
+  parked_t p;
+  pthread_t t = park_start(&p, h);
   cr_assert_not_null(p.blk);
   void *mine = cllm_heap_alloc(h, 1000);
   cr_assert_not_null(mine);
@@ -775,11 +791,7 @@ Test(heap, destroy_with_live_thread_then_reuse_region) {
   cr_assert_eq(stats_of(h2).node[0].region_start, start);
   void *q = cllm_heap_alloc(h2, 1000);
   cr_assert_not_null(q);
-  pthread_mutex_lock(&p.mu);
-  p.stage = 2;
-  pthread_cond_broadcast(&p.cv);
-  pthread_mutex_unlock(&p.mu);
-  pthread_join(t, NULL); /* the parked thread exits after its heaps object died */
+  park_end(&p, t); /* the parked thread exits after its heaps object died */
   cllm_heap_free(h2, q);
   cr_assert_eq(cllm_heaps_check(h2), CLLM_OK);
   cllm_heaps_destroy(h2);
@@ -1269,20 +1281,12 @@ Test(heap, kept_pages_go_with_their_thread) {
     cr_assert_eq(stats_of(h).kept_blocks, 1, "round %d: the exited thread's blocks are still held", r);
   }
   cr_assert_eq(cllm_heaps_check(h), CLLM_OK);
-  parked_t p = {.h = h, .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
-  pthread_t t;
-  cr_assert_eq(pthread_create(&t, NULL, park, &p), 0);
-  pthread_mutex_lock(&p.mu);
-  while (p.stage != 1) pthread_cond_wait(&p.cv, &p.mu);
-  pthread_mutex_unlock(&p.mu);
+  parked_t p;
+  pthread_t t = park_start(&p, h);
   cr_assert_eq(stats_of(h).kept_blocks, 2);
   cllm_heap_free(h, mine);
   cllm_heaps_destroy(h); /* frees the parked thread's held block from here */
-  pthread_mutex_lock(&p.mu);
-  p.stage = 2;
-  pthread_cond_broadcast(&p.cv);
-  pthread_mutex_unlock(&p.mu);
-  pthread_join(t, NULL);
+  park_end(&p, t);
   cllm_monitor_destroy(m);
 }
 
