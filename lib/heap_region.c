@@ -71,12 +71,17 @@ static cllm_status_t region_new_locked(const cllm_heaps_t *h, int node, bool bin
     return CLLM_ENOTSUP;
   }
   size_t size = h->region_bytes;
+  /* One read-only page after the region: the kernel would otherwise merge it with
+   * an adjacent region into one mapping, and smaps (the THP figure of the stats)
+   * reports per mapping. Best effort: the figure is all it guards. */
+  size_t guard = cllm__prim_page_size();
   void *p = NULL;
-  int e = cllm__prim_map(size, REGION_ALIGN, &p);
+  int e = cllm__prim_map(size + guard, REGION_ALIGN, &p);
   if (e != 0) {
     cllm__warn("heaps: mapping a %zu-byte region failed: %s", size, strerror(e));
     return CLLM_ESYS;
   }
+  (void)cllm__prim_protect((char *)p + size, guard, false);
   int os_node = -1;
   if (bind) {
     cllm_status_t s = cllm_topology_bind_area(h->topo, p, size, node);
@@ -84,7 +89,7 @@ static cllm_status_t region_new_locked(const cllm_heaps_t *h, int node, bool bin
       cllm_numa_node_info_t info;
       os_node = cllm_topology_node_info(h->topo, node, &info) == CLLM_OK ? info.os_index : node;
     } else if (bind_required) {
-      (void)cllm__prim_unmap(p, size);
+      (void)cllm__prim_unmap(p, size + guard);
       return s;
     } else {
       cllm__info("heaps: binding the region of node %d failed (%s); it stays unbound", node,
@@ -98,7 +103,7 @@ static cllm_status_t region_new_locked(const cllm_heaps_t *h, int node, bool bin
                                    -1 /*numa: we place*/, true /*exclusive*/, &arena);
   if (!ok) {
     cllm__warn("heaps: mimalloc refused to register a %zu-byte arena", size);
-    (void)cllm__prim_unmap(p, size);
+    (void)cllm__prim_unmap(p, size + guard);
     return CLLM_ENOTSUP;
   }
   region_t *r = &g_pool[g_pool_n];

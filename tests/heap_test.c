@@ -1327,3 +1327,22 @@ Test(heap, kept_block_failure_is_absorbed) {
   cllm_heaps_destroy(h);
   cllm_monitor_destroy(m);
 }
+
+/* Each region's THP figure is its own: two regions mapped one after the other are two
+ * mappings for the kernel (smaps counts huge pages per mapping), so memory touched in
+ * one never shows in the other's figure. */
+Test(heap, thp_figure_is_per_region) {
+  cllm_monitor_t *m = new_monitor(0);
+  cllm_heaps_t *a = new_heaps(64 * MiB, m), *b = new_heaps(64 * MiB, m);
+  cr_assert_neq(stats_of(a).node[0].region_start, stats_of(b).node[0].region_start);
+  char *p = cllm_heap_alloc(a, 4 * MiB);
+  cr_assert_not_null(p);
+  memset(p, 1, 4 * MiB);
+  size_t ha = stats_of(a).node[0].huge_page_bytes, hb = stats_of(b).node[0].huge_page_bytes;
+  cr_assert_eq(hb, 0, "b's untouched region reports %zu THP bytes (a: %zu)", hb, ha);
+  if (ha == 0) cr_log_info("no transparent huge pages here: only b's figure was checked");
+  cllm_heap_free(a, p);
+  cllm_heaps_destroy(b);
+  cllm_heaps_destroy(a);
+  cllm_monitor_destroy(m);
+}
