@@ -27,7 +27,8 @@
  * Inline paths (cllm_heap_alloc, cllm_heap_free, cllm_heap_free_sized)
  *   The common case costs one TLS cache lookup (its id against h->fast_key, which
  *   is FAST_OFF in PLAIN mode or without size prediction), a lookup of the size
- *   class in the thread's table (0 for a class whose page is not kept yet), the batch credit and two counters on the thread's own lines, and
+ *   class in the thread's table (0 for a class whose page is not kept yet), the
+ *   batch credit and two counters on the thread's own lines, and
  *   mimalloc's call; a free checks that p lies in the region of the thread's node
  *   (one compare) and makes mimalloc's free a tail call. Everything else (another
  *   node's block, PLAIN mode, credit running out or piling up, a NULL from
@@ -582,9 +583,10 @@ static inline size_t predict_usable(size_t size) {
  * its branch on the size (the fast paths see a random mix of sizes; measured 0.5 ns
  * per alloc+free pair). Entries are class sizes / 16 (classes are 16-byte multiples
  * for 16-byte multiple requests, checked at init). */
-static inline size_t class_of(size_t bytes) {
-  return (size_t)g_class16[(bytes + 15) >> 4] << 4;
+static inline size_t class_in(const uint16_t *table, size_t bytes) {
+  return (size_t)table[(bytes + 15) >> 4] << 4;
 }
+static inline size_t class_of(size_t bytes) { return class_in(g_class16, bytes); }
 
 /* Usable size of the block cllm_heap_alloc(bytes) returns, or 0 when it is not
  * predicted (bytes 0, over 128 KiB, prediction off). */
@@ -822,7 +824,7 @@ void *cllm_heap_alloc(cllm_heaps_t *h, size_t bytes) {
     mi_heap_t *mh = t_cache.mh;
     /* The class from the thread's table: 0 while no block of it is held (kept
      * pages), which fails the credit check (us - 1 wraps) and takes the general path. */
-    size_t us = (size_t)t_cache.c16[(bytes + 15) >> 4] << 4;
+    size_t us = class_in(t_cache.c16, bytes);
     if (CLLM_LIKELY(mh != NULL) && CLLM_LIKELY(us - 1 < ts->batch.credit)) {
       ts->batch.credit -= us;
       node_ctr_t *c = ts->cur_ctr;
@@ -984,7 +986,7 @@ void cllm_heap_free_sized(cllm_heaps_t *h, void *p, size_t bytes) {
     /* The thread's table, as cllm_heap_alloc reads (one table in the cache, not
      * two); a class it does not serve (0: not kept in this node's heap) goes the
      * general way. */
-    size_t us = (size_t)t_cache.c16[(bytes + 15) >> 4] << 4;
+    size_t us = class_in(t_cache.c16, bytes);
     if (CLLM_LIKELY(in_home(ts, p)) && CLLM_LIKELY(us != 0)) {
       cllm_assert(us == mi_usable_size(p) && "cllm_heap_free_sized: bytes is not the block's size");
       free_home(ts, p, us);
