@@ -16,6 +16,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "internal/atomic.h"
 #include "internal/fault.h"
 #include "internal/prim.h"
 #include "internal/util.h"
@@ -30,11 +31,14 @@
 #define MAP_HUGE_SHIFT 26
 #endif
 
+/* Read once; racing first calls store the same value (relaxed atomic, no data race). */
 size_t cllm__prim_page_size(void) {
-  static size_t ps;
+  static _Atomic size_t cached;
+  size_t ps = cllm__atomic_load_relaxed(&cached);
   if (ps == 0) {
     long v = sysconf(_SC_PAGESIZE);
     ps = v > 0 ? (size_t)v : 4096;
+    cllm__atomic_store_relaxed(&cached, ps);
   }
   return ps;
 }
