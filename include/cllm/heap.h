@@ -212,6 +212,8 @@ typedef struct cllm_heaps_stats {
   cllm_heap_node_stats_t node[CLLM_HEAP_MAX_NODES];
   size_t region_align_bytes; // alignment of every region (32 MiB)
   uint64_t kept_blocks;      // blocks held for keep_pages (live threads)
+  size_t bytes_in_use;       // sum of the nodes' bytes_in_use
+  size_t resident_bytes;     // region bytes the kernel holds resident (mincore; 0 in PLAIN)
 } cllm_heaps_stats_t;
 
 // Per-node figures add up blocks by the node whose region holds them (allocations
@@ -224,6 +226,14 @@ typedef struct cllm_heaps_stats {
 // Thread: any.
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_heaps_stats(const cllm_heaps_t *h,
                                                         cllm_heaps_stats_t *st);
+// HEAP bytes cllm_heaps_create charges for `cfg` (NULL: defaults): 0, blocks are
+// charged as they are handed out. Thread: any.
+CLLM_API size_t cllm_heaps_footprint(const cllm_heaps_config_t *cfg);
+// HEAP bytes each thread that allocates may hold charged beyond its live blocks:
+// its batch credit, at most 2 x batch_bytes. 0 for a config create refuses.
+// Thread: any.
+CLLM_API size_t cllm_heaps_thread_footprint(const cllm_heaps_config_t *cfg);
+
 // Verify invariants (regions registered, per-node counters consistent, monitor
 // HEAP figure covers bytes in use). CLLM_ECORRUPT on violation. Thread: any.
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_heaps_check(const cllm_heaps_t *h);
