@@ -12,19 +12,30 @@
  *   cllm_heap_free_sized(heaps, v, 100 * sizeof(int)); // the fastest free
  *   cllm_heaps_destroy(heaps);                        // after every thread is done
  *
- * Each thread allocates from its own mimalloc heap, created on first use inside the
- * region of its node: an explicit cllm_heap_attach() wins, then the node the thread
- * is bound to, then the node of the CPU it runs on. A heap allocates only on the
- * thread that owns it (Thread: owner for alloc, calloc, realloc, alloc_aligned);
- * cllm_heap_free and cllm_heap_usable_size work from any thread (Thread: any).
- * Every byte handed out is charged to the monitor's HEAP category through a
- * per-thread batched counter (slack: at most 2 x batch_bytes per thread).
- * A thread that exits leaves its blocks valid (any thread may free them later);
- * its batched credit goes back to the monitor at exit, and mimalloc lets other
- * threads' heaps of the same node reuse its segments.
+ * Each thread allocates from its own mimalloc heap inside the region of its node:
+ * cllm_heap_attach() wins, then the node the thread is bound to, then the node of
+ * the CPU it runs on. Allocation is for the owning thread; free works from any
+ * thread. Every block's usable size is charged to the monitor's HEAP category
+ * through a per-thread batch (cllm_monitor_batch_t). A thread that exits leaves its
+ * blocks valid; its credit goes back to the monitor.
  *
  * Pointer-returning calls return NULL on failure and record the reason for the
- * calling thread (cllm_last_status()) and in the per-thread/node stats.
+ * calling thread (cllm_last_status()) and in the stats.
+ *
+ * Residency. A region's pages become resident as mimalloc first touches them (with
+ * transparent huge pages, 2 MiB at a time) and stay resident after their blocks are
+ * freed: mimalloc 2.0.9 reuses them on the node and never returns them to the
+ * kernel, so resident_bytes is a high-water mark (at most region_bytes per node).
+ * With B the peak HEAP charge of the heaps so far, it stays within
+ *   resident_bytes <= B + B / 2 + U x (C + T)
+ * B / 2: the unused tails of full mimalloc pages (under a quarter of a page's
+ * blocks up to 128 KiB, under 64 KiB beside one larger block); C: partly used
+ * pages, one per size class and thread-node heap (with keep_pages, the stats'
+ * kept_blocks); T: thread-node heaps (segment metadata); U: CLLM_HEAPS_RESIDENT_UNIT (2 MiB with
+ * transparent_huge_pages, else 64 KiB). Batch credit is charged but not resident.
+ * Frees that leave one live block in many pages, followed by allocations of other
+ * sizes, can pass the bound (fragmentation); the hard bound is region_bytes per
+ * node, so a runtime that needs one sizes bytes_per_node to it.
  */
 #ifndef CLLM_HEAP_H
 #define CLLM_HEAP_H
@@ -67,22 +78,16 @@ typedef struct cllm_heaps_config {
 } cllm_heaps_config_t;
 
 // keep_pages: mimalloc 2.0.9 frees a size class's only page soon after its last block
-// is freed (measured: after 5 to 17 of the heap's calls that miss its fast path) and
-// builds it again on the next allocation of that class. A thread that keeps few blocks
-// of mixed sizes alive then pays that every time: measured 150-190 ns per alloc+free
-// pair against 10-16 with the page kept (a ring of 16 live blocks of 16 B..64 KiB). A
-// fresh per-thread heap meets this at once, where a process's default heap is usually
-// shielded by long-lived blocks of other code. With keep_pages each thread holds one
-// block of every size class up to 128 KiB it has allocated, from its heap of the node
-// it allocates from, so the class's page stays. Cost: at most one mimalloc page per
-// class used per thread and node (64 KiB pages up to 16 KiB blocks, 512 KiB pages
-// above; about 12 MiB of region address space if a thread used every class, of which
-// only the pages' first blocks are touched, and with THP the huge pages they lie in),
-// one slow-path call the first time a thread allocates a class, and about 0.3-0.6 ns
-// per alloc+free pair where many blocks stay live (heap_bench same_thread: 5%; turn
-// it off for such loops). Held blocks are not charged to the monitor and not counted
-// in allocations or bytes in use (stats: kept_blocks); they are freed when their
-// thread exits, calls cllm_heap_thread_flush, or the heaps are destroyed.
+// is freed and builds it again on the next allocation; a thread that keeps few blocks
+// of mixed sizes alive would pay that on most calls. With keep_pages each thread
+// holds one block of every size class up to 128 KiB it has allocated, in its heap of
+// the node it allocates from, so the class's page stays. Cost: at most one mimalloc
+// page per class used per thread and node (64 KiB pages up to 16 KiB blocks, 512 KiB
+// above), one general-path call the first time a thread allocates a class, and a
+// little time per call where many blocks stay live (turn it off for such loops).
+// Held blocks are neither charged nor counted in allocations or bytes in use (stats:
+// kept_blocks); they are freed when their thread exits, calls
+// cllm_heap_thread_flush, or the heaps are destroyed.
 
 // Defaults as documented above. Thread: any.
 CLLM_API cllm_heaps_config_t cllm_heaps_config_default(void);
@@ -213,16 +218,19 @@ typedef struct cllm_heaps_stats {
   size_t region_align_bytes; // alignment of every region (32 MiB)
   uint64_t kept_blocks;      // blocks held for keep_pages (live threads)
   size_t bytes_in_use;       // sum of the nodes' bytes_in_use
-  size_t resident_bytes;     // region bytes the kernel holds resident (mincore; 0 in PLAIN)
+  size_t resident_bytes;     // region pages resident, read from the kernel (0 in PLAIN)
 } cllm_heaps_stats_t;
+
+// The page unit U of the residency bound above, per transparent_huge_pages.
+#define CLLM_HEAPS_RESIDENT_UNIT(thp) ((size_t)((thp) ? 2u << 20 : 64u << 10))
 
 // Per-node figures add up blocks by the node whose region holds them (allocations
 // and frees from every thread, live and exited). In PLAIN mode memory has no node:
 // every figure is reported under node[0]. Figures are exact when no thread is
 // allocating; otherwise each is a recent value.
 
-// Fill *st (takes the process-wide heaps lock, reads /proc/self/smaps for the THP
-// figure: not for hot paths). Errors: CLLM_EINVAL (NULL, struct_size too small).
+// Fill *st (takes the process-wide heaps lock, reads /proc/self/smaps and mincore
+// for the kernel's figures: not for hot paths). Errors: CLLM_EINVAL (NULL, struct_size too small).
 // Thread: any.
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_heaps_stats(const cllm_heaps_t *h,
                                                         cllm_heaps_stats_t *st);
