@@ -31,7 +31,7 @@
  *   thread's table (0 for a class whose page is not kept yet), a take from the
  *   thread's batch (cllm_monitor_batch_take, no call), two counters on the thread's
  *   own lines, and mimalloc's call; a free checks that p lies in the region of the
- *   thread's node (one compare) and makes mimalloc's free a tail call. Everything
+ *   thread's node and makes mimalloc's free a tail call. Everything
  *   else (another node's block, PLAIN mode, credit running out or piling up, a NULL
  *   from mimalloc, sizes over 128 KiB, bad input) goes to the general paths.
  *
@@ -359,10 +359,10 @@ void *cllm_heap_alloc(cllm_heaps_t *h, size_t bytes) {
    * the general path. */
   if (FAST_STATE(h) && CLLM_LIKELY(heap_in_1_to(bytes, HEAP_CLASS_LIMIT))) {
     tstate_t *ts = t_cache.ts;
-    mi_heap_t *mh = t_cache.mh;
+    mi_heap_t *mh = ts->cur;
     /* The class from the thread's table: 0 while no block of it is held (kept
      * pages), which the batch never takes: the general path serves it. */
-    size_t us = heap_class_in(t_cache.c16, bytes);
+    size_t us = heap_class_in(ts->fast16, bytes);
     if (CLLM_LIKELY(mh != NULL) && cllm_monitor_batch_take(&ts->batch, us)) {
       node_ctr_t *c = ts->cur_ctr;
       heap_bump(&c->allocs, 1);
@@ -416,12 +416,10 @@ static inline int node_of_ptr(const cllm_heaps_t *h, const void *p) {
   return -1;
 }
 
-/* p is 16-byte aligned and inside the region of the thread's node: one subtract,
- * one rotate, one compare (a misaligned offset rotates its low bits to the top; NULL
- * and anything below the region wrap to huge offsets). Never true in PLAIN mode. */
+/* p is 16-byte aligned and inside the region of the thread's node (never in PLAIN
+ * mode: home_span16 is 0). */
 static inline bool in_home(const tstate_t *ts, const void *p) {
-  uintptr_t d = (uintptr_t)p - ts->home_start;
-  return ((d >> 4) | (d << (sizeof d * 8 - 4))) < ts->home_span16;
+  return ((uintptr_t)p & (MIN_ALIGN - 1)) == 0 && ((uintptr_t)p - ts->home_start) >> 4 < ts->home_span16;
 }
 
 static void foreign(cllm_heaps_t *h, const void *p, const char *what) {
@@ -515,7 +513,7 @@ void cllm_heap_free_sized(cllm_heaps_t *h, void *p, size_t bytes) {
     /* The thread's table, as cllm_heap_alloc reads (one table in the cache, not
      * two); a class it does not serve (0: not kept in this node's heap) goes the
      * general way. */
-    size_t us = heap_class_in(t_cache.c16, bytes);
+    size_t us = heap_class_in(ts->fast16, bytes);
     if (CLLM_LIKELY(in_home(ts, p)) && CLLM_LIKELY(us != 0)) {
       cllm_assert(us == mi_usable_size(p) && "cllm_heap_free_sized: bytes is not the block's size");
       free_home(ts, p, us);

@@ -14,6 +14,7 @@
 #include <mimalloc.h>
 #include <pthread.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include <cllm/heap.h>
@@ -72,14 +73,15 @@ struct cllm_heaps {
 
 /* A thread's state for one heaps object. Cache-line aligned and padded (another
  * thread's tstate never shares a line with this one's hot fields); the fields the
- * inline paths touch come first. */
+ * inline paths touch come first, in the first 80 bytes. */
 typedef struct tstate {
   cllm_monitor_batch_t batch; /* the thread's HEAP credit */
   node_ctr_t *cur_ctr;        /* &ctr[cur_slot] */
   uintptr_t home_start;       /* region of `node` (0 in PLAIN mode) */
   size_t home_span16;         /* its size / 16 (0 in PLAIN mode): see in_home() */
+  mi_heap_t *cur;             /* the heap of `node` (NULL until created) */
+  uint16_t *fast16;           /* the class table the fast paths read (heap_mi209.c) */
   /* the rest */
-  mi_heap_t *cur;       /* the heap of `node` (NULL until created; also in the cache) */
   cllm_heaps_t *h;      /* the heaps object it belongs to */
   int cur_slot;         /* counter slot of `node` (PLAIN: 0) */
   int node;             /* node it allocates from */
@@ -91,18 +93,17 @@ typedef struct tstate {
   mi_heap_t **heap;           /* [nodes] (PLAIN: [0] only), after the counters */
   _Atomic bool has_heap;      /* a mimalloc heap exists (read by stats) */
   void **keep;                /* kept pages: held blocks [slot][class] (NULL: off) */
-  uint16_t *fast16;           /* the class table the fast paths read (heap_mi209.c) */
   _Atomic uint64_t kept;      /* held blocks (read by stats) */
 } tstate_t;
 
-/* The calling thread's last used heaps object and its state, copied so that the
- * inline paths need one TLS access and no dependent load before mimalloc's. */
+_Static_assert(offsetof(tstate_t, fast16) + sizeof(uint16_t *) <= 128,
+               "the inline paths' fields lie in a tstate's first two cache lines");
+
+/* The calling thread's last used heaps object and its state for it. */
 typedef struct tls_cache {
   cllm_heaps_t *h;
   uint64_t id;
   tstate_t *ts;
-  mi_heap_t *mh;       /* ts->cur */
-  const uint16_t *c16; /* ts->fast16 */
 } tls_cache_t;
 
 /* The calling thread's cache (heap.c reads it inline; other files through this). */

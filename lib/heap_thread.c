@@ -75,15 +75,13 @@ static void *meta_alloc(size_t n) {
 }
 
 static void cache_set(tstate_t *ts) {
-  *cllm__heap_cache_mine() = (tls_cache_t){ts->h, ts->h->id, ts, ts->cur, ts->fast16};
+  *cllm__heap_cache_mine() = (tls_cache_t){ts->h, ts->h->id, ts};
 }
 
 /* Make `node` the node the thread allocates from (its heap: `mh`, may be NULL). */
 static void set_home(const cllm_heaps_t *h, tstate_t *ts, int node, mi_heap_t *mh) {
   ts->node = node;
   ts->cur = mh;
-  tls_cache_t *c = cllm__heap_cache_mine();
-  if (c->ts == ts) c->mh = mh;
   ts->cur_slot = heap_ctr_slot(h, node);
   ts->cur_ctr = &ts->ctr[ts->cur_slot];
   bool region = h->mode != CLLM_HEAP_MODE_PLAIN && h->rstart[node] != NULL;
