@@ -510,9 +510,8 @@ void cllm_heap_free_sized(cllm_heaps_t *h, void *p, size_t bytes) {
    * free, made last: a tail call). */
   if (FAST_STATE(h) && CLLM_LIKELY(heap_in_1_to(bytes, HEAP_CLASS_LIMIT))) {
     tstate_t *ts = t_cache.ts;
-    /* The thread's table, as cllm_heap_alloc reads (one table in the cache, not
-     * two); a class it does not serve (0: not kept in this node's heap) goes the
-     * general way. */
+    /* The thread's table, as cllm_heap_alloc reads; a class it does not serve (0:
+     * not kept in this node's heap) goes the general way. */
     size_t us = heap_class_in(ts->fast16, bytes);
     if (CLLM_LIKELY(in_home(ts, p)) && CLLM_LIKELY(us != 0)) {
       cllm_assert(us == mi_usable_size(p) && "cllm_heap_free_sized: bytes is not the block's size");
