@@ -61,7 +61,7 @@ typedef enum cllm_heap_mode {
                              // mimalloc heaps from mimalloc's own memory
 } cllm_heap_mode_t;
 
-// "numa", "single", "plain".
+// "numa", "single", "plain" ("unknown" otherwise). Thread: any.
 CLLM_API const char *cllm_heap_mode_name(cllm_heap_mode_t mode);
 
 typedef struct cllm_heaps_config {
