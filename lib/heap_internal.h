@@ -115,7 +115,7 @@ extern pthread_mutex_t cllm__heap_lock;
 
 /* ---- small helpers shared by the heaps' files ---- */
 
-static inline uint64_t heap_ld(_Atomic uint64_t *p) { return cllm__atomic_load_relaxed(p); }
+static inline uint64_t heap_ld(const _Atomic uint64_t *p) { return cllm__atomic_load_relaxed(p); }
 /* Owner-only increment: no read-modify-write instruction, no shared cache line. */
 static inline void heap_bump(_Atomic uint64_t *p, uint64_t v) {
   cllm__atomic_store_relaxed(p, cllm__atomic_load_relaxed(p) + v);

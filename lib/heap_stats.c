@@ -12,12 +12,12 @@
 #include "heap_internal.h"
 
 static void counts_add(heap_counts_t *sum, const node_ctr_t *c) {
-  sum->allocs += heap_ld((_Atomic uint64_t *)&c->allocs);
-  sum->frees += heap_ld((_Atomic uint64_t *)&c->frees);
-  sum->failures += heap_ld((_Atomic uint64_t *)&c->failures);
-  sum->fallbacks += heap_ld((_Atomic uint64_t *)&c->fallbacks);
-  sum->bytes_alloc += heap_ld((_Atomic uint64_t *)&c->bytes_alloc);
-  sum->bytes_freed += heap_ld((_Atomic uint64_t *)&c->bytes_freed);
+  sum->allocs += heap_ld(&c->allocs);
+  sum->frees += heap_ld(&c->frees);
+  sum->failures += heap_ld(&c->failures);
+  sum->fallbacks += heap_ld(&c->fallbacks);
+  sum->bytes_alloc += heap_ld(&c->bytes_alloc);
+  sum->bytes_freed += heap_ld(&c->bytes_freed);
 }
 
 void cllm__heap_fold_locked(cllm_heaps_t *h, const tstate_t *ts) {
@@ -26,8 +26,8 @@ void cllm__heap_fold_locked(cllm_heaps_t *h, const tstate_t *ts) {
 
 heap_counts_t cllm__heap_node_sum_locked(const cllm_heaps_t *h, int i) {
   heap_counts_t v = h->retired[i];
-  v.frees += heap_ld((_Atomic uint64_t *)&h->direct_frees[i]);
-  v.bytes_freed += heap_ld((_Atomic uint64_t *)&h->direct_bytes[i]);
+  v.frees += heap_ld(&h->direct_frees[i]);
+  v.bytes_freed += heap_ld(&h->direct_bytes[i]);
   for (const tstate_t *ts = h->threads; ts != NULL; ts = ts->next) counts_add(&v, &ts->ctr[i]);
   return v;
 }
@@ -50,13 +50,13 @@ cllm_status_t cllm_heaps_stats(const cllm_heaps_t *h, cllm_heaps_stats_t *st) {
   s.struct_size = sizeof s;
   s.mode = h->mode;
   s.nodes = h->nodes;
-  s.foreign_frees = heap_ld((_Atomic uint64_t *)&h->foreign_frees);
-  s.einval = heap_ld((_Atomic uint64_t *)&h->einval);
+  s.foreign_frees = heap_ld(&h->foreign_frees);
+  s.einval = heap_ld(&h->einval);
   s.region_align_bytes = CLLM__HEAP_REGION_ALIGN;
   pthread_mutex_lock(&cllm__heap_lock);
   for (const tstate_t *ts = h->threads; ts != NULL; ts = ts->next) {
     if (cllm__atomic_load_relaxed(&ts->has_heap)) s.threads++;
-    s.kept_blocks += heap_ld((_Atomic uint64_t *)&ts->kept);
+    s.kept_blocks += heap_ld(&ts->kept);
   }
   for (int i = 0; i < h->nodes; i++) {
     heap_counts_t v = cllm__heap_node_sum_locked(h, i);
