@@ -168,8 +168,10 @@ void *cllm__heap_meta_calloc(size_t n, size_t size);
  * HEAP_CLASS_LIMIT follows from a table of mimalloc's classes instead of a call.
  * Kept pages: a thread holds one block of each class it uses, so mimalloc never
  * frees and rebuilds the class's only page. Aligned blocks: mimalloc's answer is
- * checked and fixed. Without this file: cllm__heap_class_max 0 (no fast paths, no
- * kept pages) and every usable size from mi_usable_size. */
+ * checked and fixed. For a mimalloc without these faults the file goes as a unit:
+ * classes_init sets nothing (class_max 0: no fast paths, no kept pages, every
+ * usable size from mi_usable_size), the keep_* calls are never reached, and
+ * cllm__heap_mi_aligned becomes mimalloc's aligned call. */
 
 #define HEAP_CLASS_LIMIT ((size_t)128 << 10) /* MI_MEDIUM_OBJ_SIZE_MAX in 2.0.9 */
 
@@ -189,8 +191,7 @@ static inline size_t heap_class_in(const uint16_t *table, size_t bytes) {
   return (size_t)table[(bytes + 15) >> 4] << 4;
 }
 /* 1 <= x <= max in one compare: 0 wraps to SIZE_MAX. The fast paths use it for a
- * request size (0 and huge sizes take the general path) and for a class from a
- * thread's table against its credit (a 0 entry, a class not served yet, fails). */
+ * request size (0 and huge sizes take the general path). */
 static inline bool heap_in_1_to(size_t x, size_t max) { return x - 1 < max; }
 /* Usable size of cllm_heap_alloc(bytes)'s block, or 0 when not predicted. */
 static inline size_t heap_usable_of_request(size_t bytes) {
