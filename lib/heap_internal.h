@@ -170,7 +170,7 @@ void *cllm__heap_meta_calloc(size_t n, size_t size);
  * frees and rebuilds the class's only page. Aligned blocks: mimalloc's answer is
  * checked and fixed. For a mimalloc without these faults the file goes as a unit:
  * classes_init sets nothing (class_max 0: no fast paths, no kept pages, every
- * usable size from mi_usable_size), the keep_* calls are never reached, and
+ * usable size from mi_usable_size), the keep_* calls have nothing to do, and
  * cllm__heap_mi_aligned becomes mimalloc's aligned call. */
 
 #define HEAP_CLASS_LIMIT ((size_t)128 << 10) /* MI_MEDIUM_OBJ_SIZE_MAX in 2.0.9 */
