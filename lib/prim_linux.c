@@ -186,6 +186,23 @@ int cllm__prim_huge_bytes(const void *addr, size_t size, size_t *out) {
   return 0;
 }
 
+int cllm__prim_resident_bytes(const void *addr, size_t size, size_t *out) {
+  size_t ps = cllm__prim_page_size();
+  if (out == NULL || addr == NULL || ((uintptr_t)addr & (ps - 1)) != 0) return EINVAL;
+  *out = 0;
+  enum { BATCH = 4096 };
+  unsigned char vec[BATCH];
+  size_t n_pages = (size + ps - 1) / ps, total = 0;
+  for (size_t done = 0; done < n_pages;) {
+    size_t n = n_pages - done < BATCH ? n_pages - done : BATCH;
+    if (mincore((char *)addr + done * ps, n * ps, vec) != 0) return errno;
+    for (size_t i = 0; i < n; i++) total += vec[i] & 1;
+    done += n;
+  }
+  *out = total * ps;
+  return 0;
+}
+
 int cllm__prim_pages_per_node(const void *addr, size_t size, size_t *counts, int max_nodes,
                               size_t *absent, size_t *other) {
   size_t ps = cllm__prim_page_size();

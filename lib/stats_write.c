@@ -205,6 +205,8 @@ static const field_t heaps_fields[] = {
     FC(cllm_heaps_stats_t, einval, "einval_total", F_U64, "Bad-argument calls."),
     FG(cllm_heaps_stats_t, region_align_bytes, "region_align_bytes", F_SIZE, "Alignment of every region."),
     FG(cllm_heaps_stats_t, kept_blocks, "kept_blocks", F_U64, "Blocks held so that size classes keep their pages (keep_pages)."),
+    FG(cllm_heaps_stats_t, bytes_in_use, "in_use_bytes", F_SIZE, "Bytes handed out and not freed, all nodes."),
+    FG(cllm_heaps_stats_t, resident_bytes, "resident_bytes", F_SIZE, "Region bytes resident, read from the kernel."),
 };
 
 static const field_t heap_node_fields[] = {

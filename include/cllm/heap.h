@@ -12,19 +12,30 @@
  *   cllm_heap_free_sized(heaps, v, 100 * sizeof(int)); // the fastest free
  *   cllm_heaps_destroy(heaps);                        // after every thread is done
  *
- * Each thread allocates from its own mimalloc heap, created on first use inside the
- * region of its node: an explicit cllm_heap_attach() wins, then the node the thread
- * is bound to, then the node of the CPU it runs on. A heap allocates only on the
- * thread that owns it (Thread: owner for alloc, calloc, realloc, alloc_aligned);
- * cllm_heap_free and cllm_heap_usable_size work from any thread (Thread: any).
- * Every byte handed out is charged to the monitor's HEAP category through a
- * per-thread batched counter (slack: at most 2 x batch_bytes per thread).
- * A thread that exits leaves its blocks valid (any thread may free them later);
- * its batched credit goes back to the monitor at exit, and mimalloc lets other
- * threads' heaps of the same node reuse its segments.
+ * Each thread allocates from its own mimalloc heap inside the region of its node:
+ * cllm_heap_attach() wins, then the node the thread is bound to, then the node of
+ * the CPU it runs on. Allocation is for the owning thread; free works from any
+ * thread. Every block's usable size is charged to the monitor's HEAP category
+ * through a per-thread batch (cllm_monitor_batch_t). A thread that exits leaves its
+ * blocks valid; its credit goes back to the monitor.
  *
  * Pointer-returning calls return NULL on failure and record the reason for the
- * calling thread (cllm_last_status()) and in the per-thread/node stats.
+ * calling thread (cllm_last_status()) and in the stats.
+ *
+ * Residency. A region's pages become resident as mimalloc first touches them (with
+ * transparent huge pages, 2 MiB at a time) and stay resident after their blocks are
+ * freed: mimalloc 2.0.9 reuses them on the node and never returns them to the
+ * kernel, so resident_bytes is a high-water mark (at most region_bytes per node).
+ * With B the peak HEAP charge of the heaps so far, it stays within
+ *   resident_bytes <= B + B / 2 + U x (C + T)
+ * B / 2: the unused tails of full mimalloc pages (under a quarter of a page's
+ * blocks up to 128 KiB, under 64 KiB beside one larger block); C: partly used
+ * pages, one per size class and thread-node heap (with keep_pages, the stats'
+ * kept_blocks); T: thread-node heaps (segment metadata); U: CLLM_HEAPS_RESIDENT_UNIT (2 MiB with
+ * transparent_huge_pages, else 64 KiB). Batch credit is charged but not resident.
+ * Frees that leave one live block in many pages, followed by allocations of other
+ * sizes, can pass the bound (fragmentation); the hard bound is region_bytes per
+ * node, so a runtime that needs one sizes bytes_per_node to it.
  */
 #ifndef CLLM_HEAP_H
 #define CLLM_HEAP_H
@@ -50,7 +61,7 @@ typedef enum cllm_heap_mode {
                              // mimalloc heaps from mimalloc's own memory
 } cllm_heap_mode_t;
 
-// "numa", "single", "plain".
+// "numa", "single", "plain" ("unknown" otherwise). Thread: any.
 CLLM_API const char *cllm_heap_mode_name(cllm_heap_mode_t mode);
 
 typedef struct cllm_heaps_config {
@@ -66,122 +77,98 @@ typedef struct cllm_heaps_config {
   bool keep_pages;                 // keep size classes' pages (default true): see below
 } cllm_heaps_config_t;
 
-// keep_pages: mimalloc 2.0.9 frees a size class's only page soon after its last block
-// is freed (measured: after 5 to 17 of the heap's calls that miss its fast path) and
-// builds it again on the next allocation of that class. A thread that keeps few blocks
-// of mixed sizes alive then pays that every time: measured 150-190 ns per alloc+free
-// pair against 10-16 with the page kept (a ring of 16 live blocks of 16 B..64 KiB). A
-// fresh per-thread heap meets this at once, where a process's default heap is usually
-// shielded by long-lived blocks of other code. With keep_pages each thread holds one
-// block of every size class up to 128 KiB it has allocated, from its heap of the node
-// it allocates from, so the class's page stays. Cost: at most one mimalloc page per
-// class used per thread and node (64 KiB pages up to 16 KiB blocks, 512 KiB pages
-// above; about 12 MiB of region address space if a thread used every class, of which
-// only the pages' first blocks are touched, and with THP the huge pages they lie in),
-// one slow-path call the first time a thread allocates a class, and about 0.3-0.6 ns
-// per alloc+free pair where many blocks stay live (heap_bench same_thread: 5%; turn
-// it off for such loops). Held blocks are not charged to the monitor and not counted
-// in allocations or bytes in use (stats: kept_blocks); they are freed when their
-// thread exits, calls cllm_heap_thread_flush, or the heaps are destroyed.
+// keep_pages: each thread holds one block of every size class up to 128 KiB it has
+// allocated, per node heap, so mimalloc 2.0.9 never frees and rebuilds a class's
+// only page when its last live block goes (what makes few live blocks of mixed
+// sizes slow). Cost: at most one mimalloc page per class, thread and node, and one
+// general-path call per class and thread. Held blocks are neither charged nor
+// counted (stats: kept_blocks); they go when their thread exits or calls
+// cllm_heap_thread_flush, or at destroy. Turn it off for loops that keep many
+// blocks live.
 
 // Defaults as documented above. Thread: any.
 CLLM_API cllm_heaps_config_t cllm_heaps_config_default(void);
 
-// Reserve and bind one region per node and register each as an exclusive mimalloc
-// arena. Errors: CLLM_EINVAL (out NULL, bad config), CLLM_ENOMEM, CLLM_ESYS (map or
-// bind failed and allow_plain is false), CLLM_ENOTSUP (mimalloc arena limit reached,
-// or binding refused because the topology is not this machine, and allow_plain is
-// false). With allow_plain, any of those gives PLAIN mode instead (see
-// cllm_heaps_mode). cfg NULL = defaults. *out is NULL on error; nothing is leaked.
-//
-// Sizing: each thread allocating on a node holds at least one 32 MiB mimalloc
-// segment of that node's region, so bytes_per_node should be >= 32 MiB x the
-// threads on the node (plus what they keep live). Regions are mapped MAP_NORESERVE:
-// only touched pages use memory.
-//
-// Regions and mimalloc's 64-arena limit: mimalloc can never unregister an arena, so
-// a region, once registered, stays mapped for the life of the process. Destroy puts
-// it in a process-wide pool, and a later create asking for the same region size,
-// node and THP setting reuses it (and its arena) instead of registering a new one;
-// so creating and destroying heaps objects of one shape any number of times uses at
-// most `nodes` arena slots. Memory the kernel committed for a pooled region stays
-// committed (mimalloc keeps its segments there) and is reused by the next owner.
-// Thread: any.
+/* ---- lifetime ------------------------------------------------------------------
+ * Regions are mapped MAP_NORESERVE (only touched pages use memory). Each thread
+ * allocating on a node holds at least one 32 MiB mimalloc segment of its region, so
+ * bytes_per_node should be >= 32 MiB x the threads on the node, plus what they keep
+ * live. mimalloc can never unregister an arena (64 per process), so a registered
+ * region stays mapped for the life of the process: destroy puts it in a
+ * process-wide pool, and a create asking for the same size, node and THP setting
+ * reuses it (pages the kernel committed stay committed and serve the next owner).
+ * Creating and destroying heaps of one shape therefore uses at most `nodes` arenas.
+ */
+
+// Reserve, bind and register one region per node (cfg NULL = defaults). Errors:
+// CLLM_EINVAL (out NULL, bad config), CLLM_ENOMEM, CLLM_ESYS (map or bind failed),
+// CLLM_ENOTSUP (arena limit reached, or binding refused because the topology is not
+// this machine); with allow_plain, a failure to set up regions gives PLAIN mode
+// instead. *out is NULL on error; nothing is leaked. Thread: any.
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_heaps_create(const cllm_heaps_config_t *cfg,
                                                          cllm_heaps_t **out);
-// Destroy the heaps: every pointer from them becomes invalid. NULL is a no-op.
-// The caller guarantees no thread uses them any more. Every thread's batched HEAP
-// credit is returned to the monitor. The calling thread's mimalloc heaps are
-// destroyed at once; other threads that are still alive keep theirs (mimalloc lets
-// only the owner delete a heap) until they exit, so the region space those hold
-// (including blocks never freed) comes back only then. Thread: any.
+// Destroy the heaps (NULL: no-op); every pointer from them becomes invalid and every
+// thread's batch credit goes back to the monitor. No thread may use them any more.
+// The calling thread's mimalloc heaps go at once; a live thread's stay until it
+// exits (only the owner may delete a mimalloc heap), and with them the region space
+// they hold. Thread: any.
 CLLM_API void cllm_heaps_destroy(cllm_heaps_t *h);
-
 // The mode in force (PLAIN for NULL). Thread: any.
 CLLM_API cllm_heap_mode_t cllm_heaps_mode(const cllm_heaps_t *h);
 
-// Make the calling thread allocate from `node`'s region from now on (its heap for
-// that node is created now). Blocks it allocated on another node stay valid: a
-// thread keeps one mimalloc heap per node it has used. Errors: CLLM_EINVAL (NULL),
-// CLLM_ENOTFOUND (no such node), CLLM_ENOMEM (no memory for the thread's state or
-// its mimalloc heap). (CLLM_EBUSY is never returned: switching nodes is always
-// allowed.) In PLAIN mode the node is recorded but memory has no placement.
-// Thread: owner (acts on the calling thread).
+/* ---- the calling thread's node ------------------------------------------------- */
+
+// Allocate from `node`'s region from now on (its heap for the node is created now);
+// blocks from other nodes stay valid. Errors: CLLM_EINVAL (NULL), CLLM_ENOTFOUND (no
+// such node), CLLM_ENOMEM. In PLAIN mode the node is only recorded. Thread: owner.
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_heap_attach(cllm_heaps_t *h, int node);
-// The node the calling thread allocates from (attaching by the rules above if it
-// has no heap yet), or -1 for NULL. Thread: owner.
+// The node the calling thread allocates from, chosen by the rules above on first use
+// (-1 for NULL). Thread: owner.
 CLLM_API int cllm_heap_node(cllm_heaps_t *h);
 
-// Allocate `bytes` (16-byte aligned; 0 returns a unique minimal block). NULL on
-// failure: CLLM_EINVAL (h NULL), CLLM_ENOMEM (node region full, size too large, no
-// memory for the thread's heap), CLLM_ELIMIT (monitor refused). With allow_fallback
-// in NUMA mode a full node is served by the next node with room (counted in the
-// thread's node's `fallbacks`). Thread: owner.
+/* ---- blocks ----------------------------------------------------------------------
+ * Blocks are 16-byte aligned; a request of 0 bytes gets a unique minimal block.
+ * Allocation errors (NULL and cllm_last_status()): CLLM_EINVAL (h NULL, bad
+ * alignment: counted in einval), CLLM_ENOMEM (region full, size too large, no memory
+ * for the thread's heap), CLLM_ELIMIT (the monitor refused), CLLM_EOVERFLOW (calloc).
+ * With allow_fallback in NUMA mode a full node is served by the next node with room
+ * (counted in the thread's node's fallbacks).
+ * Frees accept any thread's blocks of h. A pointer not from h is ignored, counted
+ * (foreign_frees) and logged: in NUMA and SINGLE modes it must lie in one of h's
+ * regions, 16-byte aligned; in PLAIN mode in a 32 MiB mimalloc segment h's heaps
+ * used, so there a plain mi_malloc block of the same segment passes (freed safely,
+ * the HEAP figure is then off). A pointer into the middle of a block is undefined.
+ */
+
+// `bytes` for the calling thread. Thread: owner.
 CLLM_API CLLM_MALLOC_ATTR void *cllm_heap_alloc(cllm_heaps_t *h, size_t bytes);
 // Largest alignment cllm_heap_alloc_aligned accepts (half a mimalloc segment).
 #define CLLM_HEAP_MAX_ALIGN ((size_t)16 << 20)
-
-// As alloc with `align` a power of two up to CLLM_HEAP_MAX_ALIGN (16 MiB); any other
-// align (0, 3, 32 MiB...) gives NULL and CLLM_EINVAL (counted in `einval`). Large
-// alignments over-allocate inside the region (usable size counts from the returned
-// pointer). Thread: owner.
+// As alloc, aligned to a power of two up to CLLM_HEAP_MAX_ALIGN; the usable size
+// counts from the returned pointer. Thread: owner.
 CLLM_API CLLM_MALLOC_ATTR void *cllm_heap_alloc_aligned(cllm_heaps_t *h, size_t bytes,
                                                         size_t align);
-// n x size zeroed bytes; an overflowing product gives NULL and CLLM_EOVERFLOW.
-// Other errors as alloc. Thread: owner.
+// n x size zeroed bytes. Thread: owner.
 CLLM_API CLLM_MALLOC_ATTR void *cllm_heap_calloc(cllm_heaps_t *h, size_t n, size_t size);
-// Resize p (NULL p = alloc; bytes 0 = free and return NULL). On failure NULL is
-// returned and p is untouched. p may come from any thread's heap of h; the result
-// comes from the calling thread's heap and is 16-byte aligned (an alignment asked
-// of alloc_aligned is not kept when the block moves). A foreign p gives NULL and
-// CLLM_EINVAL (counted in foreign_frees). Thread: owner.
+// Resize p (NULL p: alloc; bytes 0: free, NULL returned); on failure NULL and p is
+// untouched. The result is the calling thread's and 16-byte aligned (an alignment of
+// alloc_aligned is not kept when the block moves). A foreign p: NULL, CLLM_EINVAL,
+// counted in foreign_frees. Thread: owner.
 CLLM_API void *cllm_heap_realloc(cllm_heaps_t *h, void *p, size_t bytes);
-// Free p (NULL is a no-op). A pointer that is not from these heaps is ignored,
-// counted in stats (foreign_frees), and logged as a warning: in NUMA and SINGLE
-// modes p must lie inside one of h's regions and be 16-byte aligned; in PLAIN mode
-// it must lie in a 32 MiB mimalloc segment that h's heaps have allocated from, so a
-// block of plain mi_malloc from the same thread's segment cannot be told apart
-// there (mimalloc frees it safely, but the HEAP figure is then off). A pointer into
-// the middle of a block of h is not detected (undefined, as for free()). The bytes
-// go back through the calling thread's batch. Thread: any.
-CLLM_API void cllm_heap_free(cllm_heaps_t *h, void *p);
-// Sized free (like C23 free_sized and C++ sized delete): as cllm_heap_free, but the
-// caller also passes `bytes`, the size it asked cllm_heap_alloc for (n x size for
-// cllm_heap_calloc), which spares a lookup of the block's size in mimalloc: the
-// fastest way to free. Any value from that size up to cllm_heap_usable_size(p)
-// is accepted. Only for blocks of cllm_heap_alloc and cllm_heap_calloc; blocks of
-// cllm_heap_realloc and cllm_heap_alloc_aligned go to cllm_heap_free (their usable
-// size does not follow from a size). NULL, foreign pointers and a NULL h are handled
-// as by cllm_heap_free. A wrong `bytes` is caller misuse: debug builds abort on it
-// (assert); otherwise the block is still freed correctly but the HEAP figure and
-// the stats' bytes in use are off by the difference of the two size classes.
+// Free p (NULL: no-op); its bytes go back through the calling thread's batch.
 // Thread: any.
+CLLM_API void cllm_heap_free(cllm_heaps_t *h, void *p);
+// Free p, a block of cllm_heap_alloc or cllm_heap_calloc, with the size asked for
+// (n x size for calloc; anything up to cllm_heap_usable_size(p) is accepted): no
+// size lookup, the fastest free. Blocks of realloc and alloc_aligned go to
+// cllm_heap_free. A wrong size is caller misuse: debug builds assert; otherwise the
+// block is freed and the HEAP figure is off by the difference. Thread: any.
 CLLM_API void cllm_heap_free_sized(cllm_heaps_t *h, void *p, size_t bytes);
 // Usable bytes of p (0 for NULL or a foreign pointer). Thread: any.
 CLLM_API size_t cllm_heap_usable_size(cllm_heaps_t *h, const void *p);
-// Return the calling thread's batched monitor credit now, and the blocks it holds
-// for kept pages (a thread that stops allocating for a long time may call this; it
-// takes them again as it allocates). Thread: owner.
+// Return the calling thread's batch credit and its kept blocks now (for a thread
+// that stops allocating for long; it takes them again as it allocates).
+// Thread: owner.
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_heap_thread_flush(cllm_heaps_t *h);
 
 /* ---- statistics -------------------------------------------------------------- */
@@ -212,18 +199,30 @@ typedef struct cllm_heaps_stats {
   cllm_heap_node_stats_t node[CLLM_HEAP_MAX_NODES];
   size_t region_align_bytes; // alignment of every region (32 MiB)
   uint64_t kept_blocks;      // blocks held for keep_pages (live threads)
+  size_t bytes_in_use;       // sum of the nodes' bytes_in_use
+  size_t resident_bytes;     // region pages resident, read from the kernel (0 in PLAIN)
 } cllm_heaps_stats_t;
+
+// The page unit U of the residency bound above, per transparent_huge_pages.
+#define CLLM_HEAPS_RESIDENT_UNIT(thp) ((size_t)((thp) ? 2u << 20 : 64u << 10))
 
 // Per-node figures add up blocks by the node whose region holds them (allocations
 // and frees from every thread, live and exited). In PLAIN mode memory has no node:
 // every figure is reported under node[0]. Figures are exact when no thread is
 // allocating; otherwise each is a recent value.
 
-// Fill *st (takes the process-wide heaps lock, reads /proc/self/smaps for the THP
-// figure: not for hot paths). Errors: CLLM_EINVAL (NULL, struct_size too small).
-// Thread: any.
+// Fill *st (takes the heaps lock and reads the kernel's figures: not for hot paths).
+// Errors: CLLM_EINVAL (NULL, struct_size too small). Thread: any.
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_heaps_stats(const cllm_heaps_t *h,
                                                         cllm_heaps_stats_t *st);
+// HEAP bytes cllm_heaps_create charges for `cfg` (NULL: defaults): 0, blocks are
+// charged as they are handed out. Thread: any.
+CLLM_API size_t cllm_heaps_footprint(const cllm_heaps_config_t *cfg);
+// HEAP bytes each thread that allocates may hold charged beyond its live blocks:
+// its batch credit, at most 2 x batch_bytes. 0 for a config create refuses.
+// Thread: any.
+CLLM_API size_t cllm_heaps_thread_footprint(const cllm_heaps_config_t *cfg);
+
 // Verify invariants (regions registered, per-node counters consistent, monitor
 // HEAP figure covers bytes in use). CLLM_ECORRUPT on violation. Thread: any.
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_heaps_check(const cllm_heaps_t *h);

@@ -36,6 +36,7 @@
 #ifndef CLLM_MONITOR_H
 #define CLLM_MONITOR_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -207,10 +208,22 @@ CLLM_API CLLM_NODISCARD cllm_status_t cllm_monitor_check(const cllm_monitor_t *m
  * is used up (other batches' credit can still cause a refusal: at most
  * n_batches x 2 x batch_bytes).
  *
- * A batch belongs to one thread at a time (Thread: external-sync). The struct is
- * public so the fast path can be inline; treat its fields as private.
+ * A batch belongs to one thread at a time (Thread: external-sync).
+ *
+ * Inline fast paths (the rule every public header of cllm-mem follows):
+ * - A header exposes a struct only so that the static inline functions declared
+ *   beside it run without a call. Its fields are private: only those inline
+ *   functions and the owning component's .c file read or write them; every other
+ *   caller, other components of this library included, calls the functions.
+ * - The struct's comment says which fields are private (here: all of them).
+ * - Out-of-line helpers that exist only for the inline functions end in `_`
+ *   (cllm_monitor_batch_refill_): exported because inlined code calls them, not
+ *   API; never call them directly.
+ * - ABI: inlined code is compiled into the caller, so the struct's layout and the
+ *   `_` helpers are part of the ABI of a major version (SONAME) and change only
+ *   with it; a caller is built against the headers of the major version it links.
  */
-typedef struct cllm_monitor_batch {
+typedef struct cllm_monitor_batch { // all fields private
   cllm_monitor_t *monitor;
   cllm_category_t cat;
   size_t batch_bytes;
@@ -245,6 +258,29 @@ static inline CLLM_NODISCARD cllm_status_t cllm_monitor_batch_reserve(cllm_monit
     return CLLM_OK;
   }
   return cllm_monitor_batch_refill_(b, bytes);
+}
+
+// Take `bytes` from the batch's credit when it holds that much and bytes is not 0:
+// true (credit reduced) or false (nothing changed; reserve through
+// cllm_monitor_batch_reserve). Never calls out: for inline fast paths that leave
+// every other case, a 0 "not known" size included, to their general path.
+static inline bool cllm_monitor_batch_take(cllm_monitor_batch_t *b, size_t bytes) {
+  if (CLLM_LIKELY(bytes - 1 < b->credit)) { // 1 <= bytes <= credit: 0 wraps
+    b->credit -= bytes;
+    return true;
+  }
+  return false;
+}
+
+// Put `bytes` back into the batch's credit when the credit stays within its bound
+// (2 x batch_bytes): true, or false (nothing changed; release through
+// cllm_monitor_batch_release). Never calls out: for inline fast paths.
+static inline bool cllm_monitor_batch_give(cllm_monitor_batch_t *b, size_t bytes) {
+  if (CLLM_LIKELY(bytes <= 2 * b->batch_bytes - b->credit)) {
+    b->credit += bytes;
+    return true;
+  }
+  return false;
 }
 
 // Release `bytes` through the batch (any batch of the same monitor and category
