@@ -1,5 +1,6 @@
 /* cllm-mem for C++: the seed's classes and RAII handles over the C library.
- * C++17, header-only (link the C library, cllm_mem, and mimalloc).
+ * C++17, header-only; it calls the C API only, so linking the C library is enough
+ * (-lcllm-mem, //:cllm_mem).
  *
  *   #include <cllm/mem.hpp>
  *
@@ -213,8 +214,9 @@ class KVCacheMemoryManager {
 // clearAll(). The limit is checked against what is held, so space not yet reclaimed
 // counts toward it: held temp + weights + size <= maxMemoryMb MiB.
 //
-// Weight buffers are mi_malloc_aligned(size, 64), each freeable, charged to the
-// monitor's WEIGHTS category for its exact size.
+// Weight buffers are 64-byte aligned blocks of the library's mimalloc
+// (cllm_heap_floats with no heaps), each freeable, charged to the monitor's WEIGHTS
+// category for its exact size.
 //
 // Past the limit (this manager's or the monitor's) an allocation throws LimitError,
 // a std::runtime_error ("Memory limit exceeded", seed 8.1.2); an allocation that
@@ -289,15 +291,17 @@ class ModelExecutorMemoryManager {
   void* allocateWeightsCache(size_t size) {
     checkLimit(size);
     detail::monitorReserve(monitor_, CLLM_CAT_WEIGHTS, size, "Memory limit exceeded");
-    void* p = mi_malloc_aligned(size, 64);
+    size_t floats = size / sizeof(float) + (size % sizeof(float) != 0);
+    cllm_float_array_t block = cllm_heap_floats(nullptr, floats);
+    void* p = block.data;
     if (p == nullptr) {
       (void)cllm_monitor_release(monitor_, CLLM_CAT_WEIGHTS, size);
       throw Error(CLLM_ENOMEM, "Failed to allocate memory");
     }
     try {
-      weights_.emplace(p, size);
+      weights_.emplace(p, Block{block, size});
     } catch (...) {
-      mi_free(p);
+      cllm_float_array_free(&block);
       (void)cllm_monitor_release(monitor_, CLLM_CAT_WEIGHTS, size);
       throw;
     }
@@ -309,9 +313,10 @@ class ModelExecutorMemoryManager {
     if (ptr == nullptr) return;
     auto it = weights_.find(ptr);
     if (it == weights_.end()) throw Error(CLLM_EINVAL, "deallocateWeightsCache: unknown pointer");
-    size_t size = it->second;
+    Block b = it->second;
+    size_t size = b.size;
     weights_.erase(it);
-    mi_free(ptr);
+    cllm_float_array_free(&b.block);
     (void)cllm_monitor_release(monitor_, CLLM_CAT_WEIGHTS, size);
     weightsUsed_ -= size;
   }
@@ -364,8 +369,8 @@ class ModelExecutorMemoryManager {
   }
   void freeWeights() noexcept {
     for (auto& w : weights_) {
-      mi_free(w.first);
-      (void)cllm_monitor_release(monitor_, CLLM_CAT_WEIGHTS, w.second);
+      cllm_float_array_free(&w.second.block);
+      (void)cllm_monitor_release(monitor_, CLLM_CAT_WEIGHTS, w.second.size);
     }
     weights_.clear();
     weightsUsed_ = 0;
@@ -376,7 +381,11 @@ class ModelExecutorMemoryManager {
   Arena arena_;
   std::vector<TempBuffer> temp_;                 // allocation order (a stack)
   std::unordered_map<void*, size_t> tempIndex_;  // live temp buffer -> index in temp_
-  std::unordered_map<void*, size_t> weights_;    // weights buffer -> size
+  struct Block {
+    cllm_float_array_t block;  // from cllm_heap_floats(nullptr, ...)
+    size_t size;               // bytes asked for (and charged)
+  };
+  std::unordered_map<void*, Block> weights_;     // weights buffer -> its block
   cllm_arena_mark_t spare_{};                    // valid at the top when haveSpare_
   bool haveSpare_ = false;
   size_t tempUsed_ = 0;

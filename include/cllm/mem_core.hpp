@@ -9,8 +9,6 @@
 #error "cllm/mem.hpp needs C++17"
 #endif
 
-#include <mimalloc.h>
-
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -24,6 +22,7 @@
 #include <string>
 #include <utility>
 
+#include <cllm/arena.h>
 #include <cllm/monitor.h>
 #include <cllm/status.h>
 
@@ -377,49 +376,47 @@ class MemoryMonitor {
 
 /* ---- FloatArray and RAIIWrapper (seed 2.3.4, 2.3.5) --------------------------------- */
 
-// n floats, 64-byte aligned (mi_malloc_aligned), uninitialised, freed by the
-// destructor. Move-only; a moved-from array is empty (data() nullptr, size() 0).
-// Not charged to the monitor (the seed's FloatArray has no dependency on it; use
-// Arena::floats or cllm_heap_floats for charged arrays).
+// n floats, 64-byte aligned (cllm_heap_floats with no heaps: mimalloc inside the
+// library), uninitialised, freed by the destructor. Move-only; a moved-from array is
+// empty (data() nullptr, size() 0). Not charged to the monitor (the seed's FloatArray
+// has no dependency on it; use Arena::floats or cllm_heap_floats for charged arrays).
 class FloatArray {
  public:
   static constexpr size_t kAlignment = 64;
 
   // Throws Error (a std::runtime_error, as the seed's "Failed to allocate FloatArray"):
-  // CLLM_EOVERFLOW when size * sizeof(float) overflows, CLLM_ENOMEM when mimalloc fails.
-  explicit FloatArray(size_t size) : data_(nullptr), size_(0) {
+  // CLLM_EOVERFLOW when size * sizeof(float) overflows, CLLM_ENOMEM when the
+  // allocation fails.
+  explicit FloatArray(size_t size) : a_{nullptr, 0, nullptr, 0} {
     size_t bytes = 0;
     if (__builtin_mul_overflow(size, sizeof(float), &bytes))
       throw Error(CLLM_EOVERFLOW, "Failed to allocate FloatArray");
-    data_ = static_cast<float*>(mi_malloc_aligned(bytes, kAlignment));
-    if (data_ == nullptr) throw Error(CLLM_ENOMEM, "Failed to allocate FloatArray");
-    size_ = size;
+    a_ = cllm_heap_floats(nullptr, size);
+    if (a_.data == nullptr) throw Error(CLLM_ENOMEM, "Failed to allocate FloatArray");
   }
-  ~FloatArray() { mi_free(data_); }
-  FloatArray(FloatArray&& o) noexcept
-      : data_(std::exchange(o.data_, nullptr)), size_(std::exchange(o.size_, 0)) {}
+  ~FloatArray() { cllm_float_array_free(&a_); }
+  FloatArray(FloatArray&& o) noexcept : a_(std::exchange(o.a_, empty())) {}
   FloatArray& operator=(FloatArray&& o) noexcept {
     if (this != &o) {
-      mi_free(data_);
-      data_ = std::exchange(o.data_, nullptr);
-      size_ = std::exchange(o.size_, 0);
+      cllm_float_array_free(&a_);
+      a_ = std::exchange(o.a_, empty());
     }
     return *this;
   }
   FloatArray(const FloatArray&) = delete;
   FloatArray& operator=(const FloatArray&) = delete;
 
-  float* data() noexcept { return data_; }
-  const float* data() const noexcept { return data_; }
-  size_t size() const noexcept { return size_; }
-  float& operator[](size_t i) noexcept { return data_[i]; }
-  const float& operator[](size_t i) const noexcept { return data_[i]; }
-  float* begin() noexcept { return data_; }
-  float* end() noexcept { return data_ + size_; }
+  float* data() noexcept { return a_.data; }
+  const float* data() const noexcept { return a_.data; }
+  size_t size() const noexcept { return a_.n; }
+  float& operator[](size_t i) noexcept { return a_.data[i]; }
+  const float& operator[](size_t i) const noexcept { return a_.data[i]; }
+  float* begin() noexcept { return a_.data; }
+  float* end() noexcept { return a_.data + a_.n; }
 
  private:
-  float* data_;
-  size_t size_;
+  static cllm_float_array_t empty() noexcept { return cllm_float_array_t{nullptr, 0, nullptr, 0}; }
+  cllm_float_array_t a_;
 };
 
 // Owns one object allocated with `new` (the seed's RAIIWrapper; std::unique_ptr<T> is
