@@ -25,6 +25,7 @@
 #include <cllm/arena.h>
 #include <cllm/monitor.h>
 #include <cllm/status.h>
+#include <cllm/version.h>
 
 namespace cllm {
 
