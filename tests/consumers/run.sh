@@ -6,6 +6,7 @@
 #   cmake-shared, cmake-static the C++ consumer (cmake/main.cpp, <cllm/mem.hpp>) through
 #                              find_package(cllm-mem 0.1 REQUIRED), both imported targets
 #   bazel                      a separate Bazel workspace (bazel/) through the macro
+# and first that README's pkg-config, CMake and Bazel lines are these consumers' own.
 # Each program checks its own results and which allocator serves malloc. Prints one
 # line per step and a last line "consumers: N passed, N failed"; exit 1 on a failure.
 set -uo pipefail
@@ -45,6 +46,26 @@ bazel_workspace() {
   return "$rc"
 }
 
+readme_lines() {  # the README's build lines are the consumers' own, verbatim
+  python3 - "$root" <<'PY'
+import re, sys
+root = sys.argv[1]
+readme = open(root + "/README.md").read()
+files = {"make": "make/Makefile", "cmake": "cmake/CMakeLists.txt", "python": "bazel/WORKSPACE"}
+bad = 0
+for lang, path in files.items():
+    have = set(open(root + "/tests/consumers/" + path).read().split("\n"))
+    blocks = re.findall(r"```%s\n(.*?)```" % lang, readme, flags=re.S)
+    if not blocks:
+        print("README.md has no %s block" % lang); bad += 1
+    for line in "\n".join(blocks).split("\n"):
+        if line and not line.startswith("local_repository(") and line not in have:
+            print("README line not in tests/consumers/%s: %s" % (path, line)); bad += 1
+sys.exit(1 if bad else 0)
+PY
+}
+
+step readme-lines readme_lines
 if step install tools/install.sh --prefix "$prefix"; then
   export PKG_CONFIG_PATH=$prefix/lib/pkgconfig
   mkdir -p "$work/make"
