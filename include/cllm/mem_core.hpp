@@ -420,39 +420,19 @@ class FloatArray {
   cllm_float_array_t a_;
 };
 
-// Owns one object allocated with `new` (the seed's RAIIWrapper; std::unique_ptr<T> is
-// the modern spelling). The default constructor owns nothing: it does not allocate a
-// T (seed 11.2.3; seed 7.1.3 disagrees, and its own Release test needs nullptr after
-// release). Move-only.
+// Owns one object allocated with `new`: the seed's RAIIWrapper, which is
+// std::unique_ptr<T> (get, release, reset, *, ->, bool, move-only) with the seed's
+// two differences: the pointer constructor is the default one (no argument: owns
+// nothing, it does not allocate a T; seed 11.2.3, while seed 7.1.3 disagrees and its
+// own Release test needs nullptr after release), and reset(p) with the pointer it
+// already owns keeps it instead of deleting it.
 template <typename T>
-class RAIIWrapper {
+class RAIIWrapper : public std::unique_ptr<T> {
  public:
-  explicit RAIIWrapper(T* ptr = nullptr) noexcept : ptr_(ptr) {}
-  ~RAIIWrapper() { delete ptr_; }
-  RAIIWrapper(RAIIWrapper&& o) noexcept : ptr_(std::exchange(o.ptr_, nullptr)) {}
-  RAIIWrapper& operator=(RAIIWrapper&& o) noexcept {
-    if (this != &o) reset(std::exchange(o.ptr_, nullptr));
-    return *this;
-  }
-  RAIIWrapper(const RAIIWrapper&) = delete;
-  RAIIWrapper& operator=(const RAIIWrapper&) = delete;
-
-  T* get() noexcept { return ptr_; }
-  const T* get() const noexcept { return ptr_; }
-  T& operator*() const noexcept { return *ptr_; }
-  T* operator->() const noexcept { return ptr_; }
-  explicit operator bool() const noexcept { return ptr_ != nullptr; }
-
-  // Give up ownership: the caller deletes the result.
-  T* release() noexcept { return std::exchange(ptr_, nullptr); }
-  // Delete the owned object (unless it is ptr itself) and own ptr.
+  explicit RAIIWrapper(T* ptr = nullptr) noexcept : std::unique_ptr<T>(ptr) {}
   void reset(T* ptr = nullptr) noexcept {
-    T* old = std::exchange(ptr_, ptr);
-    if (old != ptr) delete old;
+    if (ptr != this->get()) std::unique_ptr<T>::reset(ptr);
   }
-
- private:
-  T* ptr_;
 };
 
 }  // namespace cllm
