@@ -26,20 +26,17 @@ while [ $# -gt 0 ]; do
 done
 [ -n "$prefix" ] || { say "empty --prefix"; exit 2; }
 
-if [ -n "$so" ]; then
-  # Under `bazel run`: the working directory is the runfiles tree (a copy of the
-  # source layout for what the target lists as data); the user's is elsewhere.
-  root=$PWD
-  case "$prefix" in /*) ;; *) prefix=${BUILD_WORKING_DIRECTORY:-$PWD}/$prefix ;; esac
-else
-  root=$(cd "$(dirname "$0")/.." && pwd)
+if [ -z "$so" ]; then
+  # Run directly: build and install through the Bazel target, one code path.
   case "$prefix" in /*) ;; *) prefix=$PWD/$prefix ;; esac
-  cd "$root"
-  tools/bazel build -c opt //:cllm_mem_shared //:cllm_mem_static >&2
-  bin=$(tools/bazel info -c opt bazel-bin 2>/dev/null)
-  so=$bin/libcllm-mem.so
-  archive=$bin/libcllm-mem.a
+  cd "$(dirname "$0")/.."
+  exec tools/bazel run -c opt //tools:install -- --prefix "$prefix"
 fi
+# Under `bazel run`: the working directory is the runfiles tree (a copy of the source
+# layout for what the target lists as data: the headers of //:cllm_mem, templates);
+# a relative prefix is relative to where the user ran the command.
+root=$PWD
+case "$prefix" in /*) ;; *) prefix=${BUILD_WORKING_DIRECTORY:-$PWD}/$prefix ;; esac
 
 version_sh=$root/tools/pkg/version.sh
 vh=$root/include/cllm/version.h
@@ -58,7 +55,7 @@ subst() {  # subst TEMPLATE OUT
 }
 
 mkdir -p "$prefix/include/cllm" "$prefix/lib/pkgconfig" "$prefix/lib/cmake/cllm-mem"
-for h in "$root"/include/cllm/*.h "$root"/include/cllm/*.hpp; do
+for h in "$root"/include/cllm/*; do
   install -m 644 "$h" "$prefix/include/cllm/"
 done
 install -m 755 "$so" "$prefix/lib/$real"
