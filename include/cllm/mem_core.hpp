@@ -1,6 +1,6 @@
 /* cllm-mem for C++, part of <cllm/mem.hpp> (include that): errors, the handling of
- * exceptions thrown by callbacks, Monitor, Reclaimer, MemoryMonitor, FloatArray and
- * RAIIWrapper. The rules (errors, callbacks, threads) are in mem.hpp's header comment.
+ * exceptions thrown by callbacks, Monitor and Reclaimer. The rules (errors, callbacks,
+ * threads) are in mem.hpp's header comment.
  */
 #ifndef CLLM_MEM_CORE_HPP
 #define CLLM_MEM_CORE_HPP
@@ -22,7 +22,6 @@
 #include <string>
 #include <utility>
 
-#include <cllm/arena.h>
 #include <cllm/monitor.h>
 #include <cllm/status.h>
 #include <cllm/version.h>
@@ -302,137 +301,6 @@ class Reclaimer {
 
   cllm_monitor_t* m_;
   std::unique_ptr<Fn> fn_;  // stable: the monitor points to it
-};
-
-/* ---- MemoryMonitor: the seed's singleton, over cllm_monitor_global() ---------------- */
-
-// The seed's MemoryMonitor (seed 2.3.1). Every figure is the global monitor's, so it
-// includes what the library's components charge (KV, STEP, WEIGHTS, HEAP).
-// Thread: any.
-class MemoryMonitor {
- public:
-  typedef std::function<void(size_t used, size_t limit)> MemoryLimitCallback;
-
-  // The one instance (never destroyed, so callbacks stay valid until exit).
-  static MemoryMonitor& instance() {
-    static MemoryMonitor* inst = new MemoryMonitor();
-    return *inst;
-  }
-
-  // The total limit in bytes (0 = unlimited). Use below the limit is kept.
-  void setLimit(size_t limitBytes) {
-    checkStatus(cllm_monitor_set_limit(m_, limitBytes), "cllm_monitor_set_limit");
-  }
-  size_t getLimit() const noexcept { return cllm_monitor_limit(m_); }
-
-  // Record `bytes` in `cat` (the seed has no categories: the default is HEAP, "anything
-  // else"). One exact reservation: if a limit refuses, the reclaimers run, then the
-  // limit callback (with the use and the limit that refused), then this throws
-  // LimitError ("Memory limit exceeded", a std::runtime_error) and nothing is recorded.
-  // If the callback itself throws, that exception propagates instead (as in the seed).
-  void allocate(size_t bytes, cllm_category_t cat = CLLM_CAT_HEAP) {
-    detail::monitorReserve(m_, cat, bytes, "Memory limit exceeded");
-  }
-  // Forget `bytes` recorded in `cat`. Releasing more than `cat` holds (the seed's
-  // wrap-around) throws Error (CLLM_EINVAL) and changes nothing.
-  void deallocate(size_t bytes, cllm_category_t cat = CLLM_CAT_HEAP) {
-    checkStatus(cllm_monitor_release(m_, cat, bytes), "MemoryMonitor::deallocate");
-  }
-  // As deallocate, for destructors: false instead of throwing.
-  bool tryDeallocate(size_t bytes, cllm_category_t cat = CLLM_CAT_HEAP) noexcept {
-    return cllm_monitor_release(m_, cat, bytes) == CLLM_OK;
-  }
-
-  size_t getUsed() const noexcept { return cllm_monitor_used(m_, CLLM_CAT_COUNT); }
-  size_t getUsed(cllm_category_t cat) const noexcept { return cllm_monitor_used(m_, cat); }
-  size_t getPeak() const noexcept { return cllm_monitor_peak(m_, CLLM_CAT_COUNT); }
-  size_t getPeak(cllm_category_t cat) const noexcept { return cllm_monitor_peak(m_, cat); }
-
-  // Called when any reservation on the global monitor is refused, from any component,
-  // outside every lock, on the refused thread. Replaces the global monitor's C limit
-  // callback (an empty function removes it). Thread: any.
-  void setLimitCallback(MemoryLimitCallback callback) {
-    detail::LimitFn fn;
-    if (callback) {
-      fn = [cb = std::move(callback)](cllm_category_t, size_t used, size_t, size_t limit) {
-        cb(used, limit);
-      };
-    }
-    detail::monitorSetLimitCallback(m_, slot_, std::move(fn));
-  }
-  // Lower the peak (total and per category) to the current use, not to 0.
-  void resetPeak() { checkStatus(cllm_monitor_reset_peak(m_), "cllm_monitor_reset_peak"); }
-
-  cllm_monitor_t* handle() const noexcept { return m_; }
-
-  MemoryMonitor(const MemoryMonitor&) = delete;
-  MemoryMonitor& operator=(const MemoryMonitor&) = delete;
-
- private:
-  MemoryMonitor() : m_(cllm_monitor_global()) {}
-
-  cllm_monitor_t* m_;
-  detail::LimitSlot slot_;
-};
-
-/* ---- FloatArray and RAIIWrapper (seed 2.3.4, 2.3.5) --------------------------------- */
-
-// n floats, 64-byte aligned (cllm_heap_floats with no heaps: mimalloc inside the
-// library), uninitialised, freed by the destructor. Move-only; a moved-from array is
-// empty (data() nullptr, size() 0). Not charged to the monitor (the seed's FloatArray
-// has no dependency on it; use Arena::floats or cllm_heap_floats for charged arrays).
-class FloatArray {
- public:
-  static constexpr size_t kAlignment = 64;
-
-  // Throws Error (a std::runtime_error, as the seed's "Failed to allocate FloatArray"):
-  // CLLM_EOVERFLOW when size * sizeof(float) overflows, CLLM_ENOMEM when the
-  // allocation fails.
-  explicit FloatArray(size_t size) : a_{nullptr, 0, nullptr, 0} {
-    size_t bytes = 0;
-    if (__builtin_mul_overflow(size, sizeof(float), &bytes))
-      throw Error(CLLM_EOVERFLOW, "Failed to allocate FloatArray");
-    a_ = cllm_heap_floats(nullptr, size);
-    if (a_.data == nullptr) throw Error(CLLM_ENOMEM, "Failed to allocate FloatArray");
-  }
-  ~FloatArray() { cllm_float_array_free(&a_); }
-  FloatArray(FloatArray&& o) noexcept : a_(std::exchange(o.a_, empty())) {}
-  FloatArray& operator=(FloatArray&& o) noexcept {
-    if (this != &o) {
-      cllm_float_array_free(&a_);
-      a_ = std::exchange(o.a_, empty());
-    }
-    return *this;
-  }
-  FloatArray(const FloatArray&) = delete;
-  FloatArray& operator=(const FloatArray&) = delete;
-
-  float* data() noexcept { return a_.data; }
-  const float* data() const noexcept { return a_.data; }
-  size_t size() const noexcept { return a_.n; }
-  float& operator[](size_t i) noexcept { return a_.data[i]; }
-  const float& operator[](size_t i) const noexcept { return a_.data[i]; }
-  float* begin() noexcept { return a_.data; }
-  float* end() noexcept { return a_.data + a_.n; }
-
- private:
-  static cllm_float_array_t empty() noexcept { return cllm_float_array_t{nullptr, 0, nullptr, 0}; }
-  cllm_float_array_t a_;
-};
-
-// Owns one object allocated with `new`: the seed's RAIIWrapper, which is
-// std::unique_ptr<T> (get, release, reset, *, ->, bool, move-only) with the seed's
-// two differences: the pointer constructor is the default one (no argument: owns
-// nothing, it does not allocate a T; seed 11.2.3, while seed 7.1.3 disagrees and its
-// own Release test needs nullptr after release), and reset(p) with the pointer it
-// already owns keeps it instead of deleting it.
-template <typename T>
-class RAIIWrapper : public std::unique_ptr<T> {
- public:
-  explicit RAIIWrapper(T* ptr = nullptr) noexcept : std::unique_ptr<T>(ptr) {}
-  void reset(T* ptr = nullptr) noexcept {
-    if (ptr != this->get()) std::unique_ptr<T>::reset(ptr);
-  }
 };
 
 }  // namespace cllm

@@ -104,10 +104,6 @@ static void run() {
   CHECK(cached == 32);
   kv.close(s2);
 
-  // The seed's classes: a FloatArray, 64-byte aligned.
-  cllm::FloatArray fa(1000);
-  CHECK(fa.size() == 1000 && (reinterpret_cast<uintptr_t>(fa.data()) & 63) == 0);
-
   // Stats as JSON.
   cllm_stats_sources_t src = cllm_stats_sources_default();
   src.monitor = mon.get();
