@@ -1,10 +1,10 @@
-// Tests of the C++ layer, include/cllm/mem.hpp, part 2 of 2 (part 1: mem_test.cc, the
-// seed's tests, MemoryMonitor, Monitor, KVCacheMemoryManager): the seed's
+// Tests of the C++ layer (include/cllm/seed.hpp and mem.hpp), part 2 of 2 (part 1:
+// mem_test.cc, the seed's tests, MemoryMonitor, Monitor, KVCacheMemoryManager): the seed's
 // ModelExecutorMemoryManager, FloatArray and RAIIWrapper beyond the seed's own tests,
 // the RAII handles over the C objects (Arena, WeightsHeap, KVCache, Heaps), the stats
 // strings and the error types. One process per test (support/cxx_check.hpp).
 
-#include <cllm/mem.hpp>
+#include <cllm/seed.hpp>
 
 #include <fcntl.h>
 #include <unistd.h>

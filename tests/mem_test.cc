@@ -1,4 +1,4 @@
-// Tests of the C++ layer, include/cllm/mem.hpp.
+// Tests of the C++ layer, include/cllm/seed.hpp (the seed's classes) and mem.hpp.
 //
 // Part 1 is the seed's own tests (memory-manager-design.zh.md, sections 10.1 and
 // 10.2), kept as written (gtest-shaped macros from support/cxx_check.hpp). Each test
@@ -14,7 +14,7 @@
 // thrown by a callback ever crosses into the C library. The other classes are tested
 // in mem_handles_test.cc.
 
-#include <cllm/mem.hpp>
+#include <cllm/seed.hpp>
 
 #include <atomic>
 #include <chrono>

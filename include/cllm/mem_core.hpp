@@ -1,6 +1,6 @@
 /* cllm-mem for C++, part of <cllm/mem.hpp> (include that): errors, the handling of
- * exceptions thrown by callbacks, Monitor, Reclaimer, MemoryMonitor, FloatArray and
- * RAIIWrapper. The rules (errors, callbacks, threads) are in mem.hpp's header comment.
+ * exceptions thrown by callbacks, Monitor and Reclaimer. The rules (errors, callbacks,
+ * threads) are in mem.hpp's header comment.
  */
 #ifndef CLLM_MEM_CORE_HPP
 #define CLLM_MEM_CORE_HPP
@@ -8,8 +8,6 @@
 #if !defined(__cplusplus) || __cplusplus < 201703L
 #error "cllm/mem.hpp needs C++17"
 #endif
-
-#include <mimalloc.h>
 
 #include <atomic>
 #include <cstddef>
@@ -26,6 +24,7 @@
 
 #include <cllm/monitor.h>
 #include <cllm/status.h>
+#include <cllm/version.h>
 
 namespace cllm {
 
@@ -302,159 +301,6 @@ class Reclaimer {
 
   cllm_monitor_t* m_;
   std::unique_ptr<Fn> fn_;  // stable: the monitor points to it
-};
-
-/* ---- MemoryMonitor: the seed's singleton, over cllm_monitor_global() ---------------- */
-
-// The seed's MemoryMonitor (seed 2.3.1). Every figure is the global monitor's, so it
-// includes what the library's components charge (KV, STEP, WEIGHTS, HEAP).
-// Thread: any.
-class MemoryMonitor {
- public:
-  typedef std::function<void(size_t used, size_t limit)> MemoryLimitCallback;
-
-  // The one instance (never destroyed, so callbacks stay valid until exit).
-  static MemoryMonitor& instance() {
-    static MemoryMonitor* inst = new MemoryMonitor();
-    return *inst;
-  }
-
-  // The total limit in bytes (0 = unlimited). Use below the limit is kept.
-  void setLimit(size_t limitBytes) {
-    checkStatus(cllm_monitor_set_limit(m_, limitBytes), "cllm_monitor_set_limit");
-  }
-  size_t getLimit() const noexcept { return cllm_monitor_limit(m_); }
-
-  // Record `bytes` in `cat` (the seed has no categories: the default is HEAP, "anything
-  // else"). One exact reservation: if a limit refuses, the reclaimers run, then the
-  // limit callback (with the use and the limit that refused), then this throws
-  // LimitError ("Memory limit exceeded", a std::runtime_error) and nothing is recorded.
-  // If the callback itself throws, that exception propagates instead (as in the seed).
-  void allocate(size_t bytes, cllm_category_t cat = CLLM_CAT_HEAP) {
-    detail::monitorReserve(m_, cat, bytes, "Memory limit exceeded");
-  }
-  // Forget `bytes` recorded in `cat`. Releasing more than `cat` holds (the seed's
-  // wrap-around) throws Error (CLLM_EINVAL) and changes nothing.
-  void deallocate(size_t bytes, cllm_category_t cat = CLLM_CAT_HEAP) {
-    checkStatus(cllm_monitor_release(m_, cat, bytes), "MemoryMonitor::deallocate");
-  }
-  // As deallocate, for destructors: false instead of throwing.
-  bool tryDeallocate(size_t bytes, cllm_category_t cat = CLLM_CAT_HEAP) noexcept {
-    return cllm_monitor_release(m_, cat, bytes) == CLLM_OK;
-  }
-
-  size_t getUsed() const noexcept { return cllm_monitor_used(m_, CLLM_CAT_COUNT); }
-  size_t getUsed(cllm_category_t cat) const noexcept { return cllm_monitor_used(m_, cat); }
-  size_t getPeak() const noexcept { return cllm_monitor_peak(m_, CLLM_CAT_COUNT); }
-  size_t getPeak(cllm_category_t cat) const noexcept { return cllm_monitor_peak(m_, cat); }
-
-  // Called when any reservation on the global monitor is refused, from any component,
-  // outside every lock, on the refused thread. Replaces the global monitor's C limit
-  // callback (an empty function removes it). Thread: any.
-  void setLimitCallback(MemoryLimitCallback callback) {
-    detail::LimitFn fn;
-    if (callback) {
-      fn = [cb = std::move(callback)](cllm_category_t, size_t used, size_t, size_t limit) {
-        cb(used, limit);
-      };
-    }
-    detail::monitorSetLimitCallback(m_, slot_, std::move(fn));
-  }
-  // Lower the peak (total and per category) to the current use, not to 0.
-  void resetPeak() { checkStatus(cllm_monitor_reset_peak(m_), "cllm_monitor_reset_peak"); }
-
-  cllm_monitor_t* handle() const noexcept { return m_; }
-
-  MemoryMonitor(const MemoryMonitor&) = delete;
-  MemoryMonitor& operator=(const MemoryMonitor&) = delete;
-
- private:
-  MemoryMonitor() : m_(cllm_monitor_global()) {}
-
-  cllm_monitor_t* m_;
-  detail::LimitSlot slot_;
-};
-
-/* ---- FloatArray and RAIIWrapper (seed 2.3.4, 2.3.5) --------------------------------- */
-
-// n floats, 64-byte aligned (mi_malloc_aligned), uninitialised, freed by the
-// destructor. Move-only; a moved-from array is empty (data() nullptr, size() 0).
-// Not charged to the monitor (the seed's FloatArray has no dependency on it; use
-// Arena::floats or cllm_heap_floats for charged arrays).
-class FloatArray {
- public:
-  static constexpr size_t kAlignment = 64;
-
-  // Throws Error (a std::runtime_error, as the seed's "Failed to allocate FloatArray"):
-  // CLLM_EOVERFLOW when size * sizeof(float) overflows, CLLM_ENOMEM when mimalloc fails.
-  explicit FloatArray(size_t size) : data_(nullptr), size_(0) {
-    size_t bytes = 0;
-    if (__builtin_mul_overflow(size, sizeof(float), &bytes))
-      throw Error(CLLM_EOVERFLOW, "Failed to allocate FloatArray");
-    data_ = static_cast<float*>(mi_malloc_aligned(bytes, kAlignment));
-    if (data_ == nullptr) throw Error(CLLM_ENOMEM, "Failed to allocate FloatArray");
-    size_ = size;
-  }
-  ~FloatArray() { mi_free(data_); }
-  FloatArray(FloatArray&& o) noexcept
-      : data_(std::exchange(o.data_, nullptr)), size_(std::exchange(o.size_, 0)) {}
-  FloatArray& operator=(FloatArray&& o) noexcept {
-    if (this != &o) {
-      mi_free(data_);
-      data_ = std::exchange(o.data_, nullptr);
-      size_ = std::exchange(o.size_, 0);
-    }
-    return *this;
-  }
-  FloatArray(const FloatArray&) = delete;
-  FloatArray& operator=(const FloatArray&) = delete;
-
-  float* data() noexcept { return data_; }
-  const float* data() const noexcept { return data_; }
-  size_t size() const noexcept { return size_; }
-  float& operator[](size_t i) noexcept { return data_[i]; }
-  const float& operator[](size_t i) const noexcept { return data_[i]; }
-  float* begin() noexcept { return data_; }
-  float* end() noexcept { return data_ + size_; }
-
- private:
-  float* data_;
-  size_t size_;
-};
-
-// Owns one object allocated with `new` (the seed's RAIIWrapper; std::unique_ptr<T> is
-// the modern spelling). The default constructor owns nothing: it does not allocate a
-// T (seed 11.2.3; seed 7.1.3 disagrees, and its own Release test needs nullptr after
-// release). Move-only.
-template <typename T>
-class RAIIWrapper {
- public:
-  explicit RAIIWrapper(T* ptr = nullptr) noexcept : ptr_(ptr) {}
-  ~RAIIWrapper() { delete ptr_; }
-  RAIIWrapper(RAIIWrapper&& o) noexcept : ptr_(std::exchange(o.ptr_, nullptr)) {}
-  RAIIWrapper& operator=(RAIIWrapper&& o) noexcept {
-    if (this != &o) reset(std::exchange(o.ptr_, nullptr));
-    return *this;
-  }
-  RAIIWrapper(const RAIIWrapper&) = delete;
-  RAIIWrapper& operator=(const RAIIWrapper&) = delete;
-
-  T* get() noexcept { return ptr_; }
-  const T* get() const noexcept { return ptr_; }
-  T& operator*() const noexcept { return *ptr_; }
-  T* operator->() const noexcept { return ptr_; }
-  explicit operator bool() const noexcept { return ptr_ != nullptr; }
-
-  // Give up ownership: the caller deletes the result.
-  T* release() noexcept { return std::exchange(ptr_, nullptr); }
-  // Delete the owned object (unless it is ptr itself) and own ptr.
-  void reset(T* ptr = nullptr) noexcept {
-    T* old = std::exchange(ptr_, ptr);
-    if (old != ptr) delete old;
-  }
-
- private:
-  T* ptr_;
 };
 
 }  // namespace cllm

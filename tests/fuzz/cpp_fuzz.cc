@@ -1,4 +1,4 @@
-// libFuzzer target: the seed's C++ layer (include/cllm/mem.hpp) as an op sequence.
+// libFuzzer target: the seed's C++ layer (include/cllm/seed.hpp) as an op sequence.
 // KVCacheMemoryManager insert/get/evict against a model of the entries (the eviction
 // callback reports what LRU eviction dropped, so the model is exact), with a check
 // that used <= total and that what get returns is what was inserted;
@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include <cllm/mem.hpp>
+#include <cllm/seed.hpp>
 
 extern "C" {
 #include "fuzz_input.h"
