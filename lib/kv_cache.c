@@ -73,7 +73,6 @@ cllm_kv_config_t cllm_kv_config_default(void) {
   cllm_kv_config_t c;
   memset(&c, 0, sizeof c);
   c.struct_size = sizeof c;
-  c.dtype_bytes = 2;
   c.block_tokens = 16;
   c.numa_node = -1;
   c.populate = true;
@@ -81,61 +80,80 @@ cllm_kv_config_t cllm_kv_config_default(void) {
   return c;
 }
 
-/* ---- commit steps ------------------------------------------------------------- */
+/* ---- commit and charge ----------------------------------------------------------- */
 
-/* Make blocks [0, upto) committed in every pool. Failure changes nothing that
- * matters (pages populated before the failure simply stay). */
+/* The cache charges the monitor for the pages it makes resident, before it makes
+ * them resident: every pool's committed prefix (granule-rounded), less the blocks
+ * whose pages were given back. A FREE block keeps its pages and its charge. */
+
+static size_t pool_round(const cllm_kv_cache_t *kv, size_t bytes) {
+  size_t r = (bytes + kv->granule - 1) & ~(kv->granule - 1);  // bytes <= pool_stride
+  return r < kv->pool_stride ? r : kv->pool_stride;
+}
+
+/* Grow every pool's committed prefix to `want` bytes: charge, then populate. A
+ * failure leaves the prefix, the pages and the charge as they were. */
+static cllm_status_t commit_to_locked(cllm_kv_cache_t *kv, size_t want) {
+  size_t old = kv->committed_bytes, n = want - old, pools = 2u * (size_t)kv->layers;
+  cllm_status_t rc = cllm_monitor_try_reserve(kv->mon, CLLM_CAT_KV, n * pools);
+  if (rc != CLLM_OK) return rc;
+  if (kv->populate) {
+    for (size_t p = 0; p < pools; p++) {
+      if (cllm__prim_populate(kv->base + p * kv->pool_stride + old, n) == 0) continue;
+      for (size_t q = 0; q <= p; q++)  // give back what this call made resident
+        (void)cllm__prim_decommit(kv->base + q * kv->pool_stride + old, n);
+      rc = cllm_monitor_release(kv->mon, CLLM_CAT_KV, n * pools);
+      cllm_assert_internal(rc == CLLM_OK);
+      return CLLM_ENOMEM;
+    }
+  }
+  kv->committed_bytes = want;
+  size_t blocks = want / kv->chunk_bytes;
+  kv->committed = blocks < kv->num_blocks ? (uint32_t)blocks : kv->num_blocks;
+  kv->charged_bytes += n * pools;
+  return CLLM_OK;
+}
+
+/* Make blocks [0, upto) committed: a step ahead where the monitor allows it (so a
+ * block used before never waits on a page fault), else exactly what is needed. */
 static cllm_status_t ensure_committed_locked(cllm_kv_cache_t *kv, uint32_t upto) {
   if (upto <= kv->committed) return CLLM_OK;
-  if (!kv->populate) {
-    kv->committed = upto;
-    return CLLM_OK;
+  size_t need = pool_round(kv, (size_t)upto * kv->chunk_bytes);
+  uint64_t ahead_blocks = (uint64_t)kv->committed + kv->commit_step;
+  if (ahead_blocks > kv->num_blocks) ahead_blocks = kv->num_blocks;
+  size_t ahead = pool_round(kv, (size_t)ahead_blocks * kv->chunk_bytes);
+  if (ahead > need) {
+    cllm_status_t rc = commit_to_locked(kv, ahead);
+    if (rc != CLLM_ELIMIT) return rc;
   }
-  uint64_t target = (uint64_t)kv->committed + kv->commit_step;
-  if (target < upto) target = upto;
-  if (target > kv->num_blocks) target = kv->num_blocks;
-  size_t page = cllm__prim_page_size();
-  size_t start = cllm__align_down((size_t)kv->committed * kv->chunk_bytes, page);
-  size_t end = (size_t)target * kv->chunk_bytes;
-  end = (end + page - 1) & ~(page - 1);
-  if (end > kv->pool_stride) end = kv->pool_stride;
-  for (uint32_t p = 0; p < 2u * kv->layers; p++) {
-    int e = cllm__prim_populate(kv->base + (size_t)p * kv->pool_stride + start, end - start);
-    if (e != 0) return CLLM_ENOMEM;
-  }
-  kv->committed = (uint32_t)target;
-  return CLLM_OK;
+  return commit_to_locked(kv, need);
 }
 
-/* ---- monitor charge ----------------------------------------------------------- */
-
-/* Blocks freed under the lock are released to the monitor once, when the lock is
- * dropped (kv__unlock); a block taken in the same call reuses such a charge without
- * touching the monitor. Outside the lock the monitor holds exactly charged_bytes. */
-static cllm_status_t charge_locked(cllm_kv_cache_t *kv, size_t blocks) {
-  size_t netted = blocks < kv->uncharge_pending ? blocks : kv->uncharge_pending;
-  blocks -= netted;
-  if (blocks == 0) {
-    kv->uncharge_pending -= netted;
-    return CLLM_OK;
+/* Give back the pages of FREE blocks (resident stack first), up to `want` blocks,
+ * and release their charge; returns how many. */
+static uint32_t decommit_free_locked(cllm_kv_cache_t *kv, uint32_t want) {
+  uint32_t done = 0;
+  if (!kv->can_decommit) return 0;
+  while (done < want && kv->free_head != KV_NONE) {
+    uint32_t b = kv->free_head;
+    bool ok = true;
+    for (uint32_t p = 0; p < 2u * kv->layers && ok; p++)
+      ok = cllm__prim_decommit(kv->base + (size_t)p * kv->pool_stride + (size_t)b * kv->chunk_bytes,
+                               kv->chunk_bytes) == 0;
+    if (!ok) break;  // the block keeps its charge (some of its pages may be gone)
+    kv->free_head = kv->blocks[b].next;
+    kv->free_count--;
+    kv->blocks[b].next = kv->dfree_head;
+    kv->dfree_head = b;
+    kv->dfree_count++;
+    cllm_status_t rc = cllm_monitor_release(kv->mon, CLLM_CAT_KV, kv->block_bytes);
+    cllm_assert_internal(rc == CLLM_OK);
+    (void)rc;
+    kv->charged_bytes -= kv->block_bytes;
+    done++;
   }
-  size_t bytes = blocks * kv->block_bytes;  // <= num_blocks x block_bytes: no overflow
-  cllm_status_t rc = cllm_monitor_try_reserve(kv->mon, CLLM_CAT_KV, bytes);
-  if (rc != CLLM_OK) return rc;  // nothing netted either
-  kv->uncharge_pending -= netted;
-  kv->charged_bytes += bytes;
-  return CLLM_OK;
-}
-
-static void uncharge_locked(cllm_kv_cache_t *kv, size_t blocks) { kv->uncharge_pending += blocks; }
-
-void kv__flush_uncharge_locked(cllm_kv_cache_t *kv) {
-  size_t bytes = kv->uncharge_pending * kv->block_bytes;
-  cllm_status_t rc = cllm_monitor_release(kv->mon, CLLM_CAT_KV, bytes);
-  cllm_assert_internal(rc == CLLM_OK);
-  (void)rc;
-  kv->charged_bytes -= bytes;
-  kv->uncharge_pending = 0;
+  kv->st_decommitted += done;
+  return done;
 }
 
 /* ---- LRU lists (per band, head = least recently used) --------------------------- */
@@ -183,37 +201,59 @@ static void evict_cached_locked(cllm_kv_cache_t *kv, uint32_t b) {
 
 /* ---- block state machine ------------------------------------------------------ */
 
+/* Use CACHED blocks instead of up to *n charged ones (after a refusal); *c grows.
+ * False when none could be moved. */
+static bool use_cached_instead(const cllm_kv_cache_t *kv, uint32_t *n, uint32_t *c) {
+  uint32_t spare = kv->cached_lru - *c, moved = *n < spare ? *n : spare;
+  *n -= moved;
+  *c += moved;
+  return moved > 0;
+}
+
 cllm_status_t kv__take_blocks_locked(cllm_kv_cache_t *kv, uint32_t k, uint32_t band,
                                      uint32_t *ids) {
   if (k == 0) return CLLM_OK;
+  if (!kv__blocks_available_locked(kv, k)) return CLLM_ENOMEM;
   uint32_t fresh_left = kv->num_blocks - kv->hwm;
-  uint64_t avail_free = (uint64_t)kv->free_count + fresh_left;
-  if ((uint64_t)k > avail_free + kv->cached_lru) return CLLM_ENOMEM;
-  uint32_t n_new = k < avail_free ? k : (uint32_t)avail_free;
-  uint32_t n_fresh = n_new > kv->free_count ? n_new - kv->free_count : 0;
-  if (n_fresh > 0) {
-    cllm_status_t rc = ensure_committed_locked(kv, kv->hwm + n_fresh);
+  uint32_t a = k < kv->free_count ? k : kv->free_count, rem = k - a;
+  uint32_t d = rem < kv->dfree_count ? rem : kv->dfree_count;
+  rem -= d;
+  uint32_t f = rem < fresh_left ? rem : fresh_left;
+  uint32_t c = rem - f;
+  if (d > 0) {  // given-back blocks: their pages fault in again on first write
+    cllm_status_t rc = cllm_monitor_try_reserve(kv->mon, CLLM_CAT_KV, (size_t)d * kv->block_bytes);
+    if (rc == CLLM_ELIMIT && use_cached_instead(kv, &d, &c)) {
+      rc = d == 0 ? CLLM_OK
+                  : cllm_monitor_try_reserve(kv->mon, CLLM_CAT_KV, (size_t)d * kv->block_bytes);
+    }
     if (rc != CLLM_OK) return rc;
   }
-  cllm_status_t rc = charge_locked(kv, n_new);
-  if (rc != CLLM_OK) {
-    /* The monitor refused: reuse our own CACHED blocks instead of new ones (no
-     * charge change), then charge only what is left. */
-    uint32_t alt = k > kv->cached_lru ? k - kv->cached_lru : 0;
-    if (alt < n_new && charge_locked(kv, alt) == CLLM_OK) n_new = alt;
-    else return CLLM_ELIMIT;
+  if (f > 0) {
+    cllm_status_t rc = ensure_committed_locked(kv, kv->hwm + f);
+    if (rc == CLLM_ELIMIT && use_cached_instead(kv, &f, &c))
+      rc = f == 0 ? CLLM_OK : ensure_committed_locked(kv, kv->hwm + f);
+    if (rc != CLLM_OK) {
+      if (d > 0) {
+        cllm_status_t r2 = cllm_monitor_release(kv->mon, CLLM_CAT_KV, (size_t)d * kv->block_bytes);
+        cllm_assert_internal(r2 == CLLM_OK);
+        (void)r2;
+      }
+      return rc;
+    }
   }
-  uint32_t n_old = k - n_new;
+  kv->charged_bytes += (size_t)d * kv->block_bytes;
   for (uint32_t i = 0; i < k; i++) {
     uint32_t b;
-    if (i < n_new) {
-      if (kv->free_head != KV_NONE) {
-        b = kv->free_head;
-        kv->free_head = kv->blocks[b].next;
-        kv->free_count--;
-      } else {
-        b = kv->hwm++;
-      }
+    if (i < a) {
+      b = kv->free_head;
+      kv->free_head = kv->blocks[b].next;
+      kv->free_count--;
+    } else if (i < a + d) {
+      b = kv->dfree_head;
+      kv->dfree_head = kv->blocks[b].next;
+      kv->dfree_count--;
+    } else if (i < a + d + f) {
+      b = kv->hwm++;
     } else {
       b = lru_victim_locked(kv);
       cllm_assert_internal(b != KV_NONE);
@@ -227,7 +267,6 @@ cllm_status_t kv__take_blocks_locked(cllm_kv_cache_t *kv, uint32_t k, uint32_t b
     bl->prev = bl->next = KV_NONE;
     ids[i] = b;
   }
-  (void)n_old;
   kv->active_count += k;
   return CLLM_OK;
 }
@@ -268,7 +307,6 @@ void kv__unref_locked(cllm_kv_cache_t *kv, uint32_t b) {
   bl->next = kv->free_head;
   kv->free_head = b;
   kv->free_count++;
-  uncharge_locked(kv, 1);
 }
 
 uint32_t kv__drop_cached_locked(cllm_kv_cache_t *kv, uint32_t n) {
@@ -282,7 +320,6 @@ uint32_t kv__drop_cached_locked(cllm_kv_cache_t *kv, uint32_t n) {
     bl->next = kv->free_head;
     kv->free_head = b;
     kv->free_count++;
-    uncharge_locked(kv, 1);
     done++;
   }
   return done;
@@ -312,15 +349,23 @@ void kv__unpin_locked(cllm_kv_cache_t *kv, uint32_t b) {
 
 /* ---- the monitor's reclaimer ---------------------------------------------------- */
 
+/* Frees resident memory only: FREE blocks' pages are given back first, then CACHED
+ * blocks are dropped (LRU order) and theirs given back. A cache whose blocks do not
+ * own whole pages (can_decommit false) frees nothing. */
 static size_t kv_reclaim(void *user, cllm_category_t cat, size_t needed) {
   (void)cat;
   cllm_kv_cache_t *kv = user;
+  if (!kv->can_decommit) return 0;
   kv__lock(kv);
   size_t want = needed / kv->block_bytes + (needed % kv->block_bytes != 0);
   if (want == 0) want = 1;
   if (want > kv->num_blocks) want = kv->num_blocks;
-  uint32_t got = kv__drop_cached_locked(kv, (uint32_t)want);
-  kv->st_reclaimed += got;
+  uint32_t got = decommit_free_locked(kv, (uint32_t)want);
+  if (got < want) {
+    uint32_t dropped = kv__drop_cached_locked(kv, (uint32_t)want - got);
+    kv->st_reclaimed += dropped;
+    got += decommit_free_locked(kv, dropped);
+  }
   kv__unlock(kv);
   return (size_t)got * kv->block_bytes;
 }
@@ -328,7 +373,6 @@ static size_t kv_reclaim(void *user, cllm_category_t cat, size_t needed) {
 /* ---- create / destroy ------------------------------------------------------------ */
 
 static void kv_free_all(cllm_kv_cache_t *kv) {
-  kv->uncharge_pending = 0;  // still part of charged_bytes, released below
   if (kv->reclaimer_on) {
     cllm_status_t rc = cllm_monitor_remove_reclaimer(kv->mon, kv_reclaim, kv);
     if (rc != CLLM_OK) cllm__warn("kv cache: removing the reclaimer failed: %s", cllm_status_name(rc));
@@ -350,17 +394,24 @@ static void kv_free_all(cllm_kv_cache_t *kv) {
   free(kv);
 }
 
-cllm_status_t cllm_kv_cache_create(const cllm_kv_config_t *cfg, cllm_kv_cache_t **out) {
-  if (out == NULL) return CLLM_EINVAL;
-  *out = NULL;
+/* The sizes create derives from a config (shared with cllm_kv_footprint). */
+typedef struct kv_shape {
+  uint32_t bt;
+  size_t chunk, block_bytes, nblocks, stride, map_bytes, tok_n, huge, granule;
+} kv_shape_t;
+
+static cllm_status_t kv_shape(const cllm_kv_config_t *cfg, kv_shape_t *sh) {
   if (cfg == NULL || cfg->struct_size < sizeof(cllm_kv_config_t)) return CLLM_EINVAL;
   if (cfg->layers == 0 || cfg->kv_heads == 0 || cfg->head_dim == 0) return CLLM_EINVAL;
-  if (cfg->dtype_bytes != 1 && cfg->dtype_bytes != 2 && cfg->dtype_bytes != 4) return CLLM_EINVAL;
+  if (cfg->dtype_bytes != 1 && cfg->dtype_bytes != 2 && cfg->dtype_bytes != 4) {
+    cllm__warn("kv cache: dtype_bytes is %u; set it to the size of one K/V element (1, 2 or 4)",
+               cfg->dtype_bytes);
+    return CLLM_EINVAL;
+  }
   uint32_t bt = cfg->block_tokens == 0 ? 16 : cfg->block_tokens;
   if (!cllm__is_pow2(bt) || bt > 65536) return CLLM_EINVAL;
   if (!(cfg->max_pinned_fraction >= 0.0 && cfg->max_pinned_fraction <= 1.0)) return CLLM_EINVAL;
-  if (cfg->numa_node < -1) return CLLM_EINVAL;
-
+  if (cfg->numa_node < -1 || cfg->max_seqs > ((size_t)1 << 24)) return CLLM_EINVAL;
   size_t chunk, block_bytes, t;
   if (cllm__mul_overflow(bt, cfg->kv_heads, &t) || cllm__mul_overflow(t, cfg->head_dim, &t) ||
       cllm__mul_overflow(t, cfg->dtype_bytes, &chunk) ||
@@ -377,6 +428,29 @@ cllm_status_t cllm_kv_cache_create(const cllm_kv_config_t *cfg, cllm_kv_cache_t 
       cllm__mul_overflow(stride, 2u * (size_t)cfg->layers, &map_bytes) ||
       cllm__mul_overflow(nblocks, bt, &tok_n) || tok_n > SIZE_MAX / sizeof(cllm_kv_token_t))
     return CLLM_EOVERFLOW;
+  *sh = (kv_shape_t){.bt = bt, .chunk = chunk, .block_bytes = block_bytes, .nblocks = nblocks,
+                     .stride = stride, .map_bytes = map_bytes, .tok_n = tok_n, .huge = huge,
+                     .granule = cfg->populate ? huge : cllm__prim_page_size()};
+  return CLLM_OK;
+}
+
+size_t cllm_kv_footprint(const cllm_kv_config_t *cfg) {
+  kv_shape_t sh;
+  if (kv_shape(cfg, &sh) != CLLM_OK) return 0;
+  size_t pool = sh.nblocks * sh.chunk, per = (pool + sh.granule - 1) & ~(sh.granule - 1);
+  if (per > sh.stride) per = sh.stride;
+  return per * 2u * (size_t)cfg->layers;  // <= map_bytes: no overflow
+}
+
+cllm_status_t cllm_kv_cache_create(const cllm_kv_config_t *cfg, cllm_kv_cache_t **out) {
+  if (out == NULL) return CLLM_EINVAL;
+  *out = NULL;
+  kv_shape_t sh;
+  cllm_status_t src = kv_shape(cfg, &sh);
+  if (src != CLLM_OK) return src;
+  uint32_t bt = sh.bt;
+  size_t chunk = sh.chunk, block_bytes = sh.block_bytes, nblocks = sh.nblocks;
+  size_t stride = sh.stride, map_bytes = sh.map_bytes, tok_n = sh.tok_n, huge = sh.huge;
 
   cllm_kv_cache_t *kv = kv_calloc(1, sizeof *kv);
   if (kv == NULL) return CLLM_ENOMEM;
@@ -402,10 +476,14 @@ cllm_status_t cllm_kv_cache_create(const cllm_kv_config_t *cfg, cllm_kv_cache_t 
   kv->evict_user = cfg->evict_user;
   kv->hash_fn = cfg->hash_fn != NULL ? cfg->hash_fn : kv__hash_default;
   kv->hash_user = cfg->hash_user;
-  size_t step = ((size_t)2 << 20) / chunk + 1;
+  kv->granule = sh.granule;
+  kv->can_decommit = chunk % cllm__prim_page_size() == 0;
+  size_t step = sh.granule / chunk;  // one huge page of each pool, or 1/16 of the pool
   if (step < nblocks / 16) step = nblocks / 16;
+  if (step == 0) step = 1;
   if (step > nblocks) step = nblocks;
-  kv->commit_step = (uint32_t)step;
+  kv->commit_step = cfg->populate ? (uint32_t)step : 0;
+  kv->dfree_head = KV_NONE;
   double pin_fraction = cfg->max_pinned_fraction == 0.0 ? 0.5 : cfg->max_pinned_fraction;
   kv->pin_cap = (uint32_t)(pin_fraction * (double)nblocks);
   kv->copy_budget_blocks = kv->num_blocks;
@@ -485,6 +563,17 @@ size_t cllm_kv_block_bytes(const cllm_kv_cache_t *kv) { return kv ? kv->block_by
 size_t cllm_kv_num_blocks(const cllm_kv_cache_t *kv) { return kv ? kv->num_blocks : 0; }
 uint32_t cllm_kv_block_tokens(const cllm_kv_cache_t *kv) { return kv ? kv->bt : 0; }
 
+cllm_status_t cllm_kv_layer_view(const cllm_kv_cache_t *kv, uint32_t layer,
+                                 cllm_kv_layer_view_t *out) {
+  if (kv == NULL || out == NULL) return CLLM_EINVAL;
+  if (layer >= kv->layers) return CLLM_ERANGE;
+  *out = (cllm_kv_layer_view_t){.k = kv__k_ptr(kv, 0, layer), .v = kv__v_ptr(kv, 0, layer),
+                                .block_stride = kv->chunk_bytes,
+                                .row_bytes = kv->chunk_bytes >> kv->bt_shift,
+                                .block_tokens = kv->bt, .num_blocks = kv->num_blocks};
+  return CLLM_OK;
+}
+
 cllm_status_t cllm_kv_block_layer(const cllm_kv_cache_t *kv, uint32_t block, uint32_t layer,
                                   void **k, void **v) {
   if (kv == NULL) return CLLM_EINVAL;
@@ -504,16 +593,19 @@ cllm_status_t cllm_kv_stats(cllm_kv_cache_t *kv, cllm_kv_stats_t *st) {
   st->num_blocks = kv->num_blocks;
   st->block_bytes = kv->block_bytes;
   st->block_tokens = kv->bt;
-  st->blocks_free = (size_t)kv->free_count + (kv->num_blocks - kv->hwm);
+  st->blocks_free = (size_t)kv->free_count + kv->dfree_count + (kv->num_blocks - kv->hwm);
   st->blocks_active = kv->active_count;
   st->blocks_cached = (size_t)kv->cached_lru + kv->cached_pinned;
   st->blocks_pinned = kv->pinned_count;
-  st->blocks_committed = kv->populate ? kv->committed : 0;
+  st->blocks_committed = kv->committed;
   st->tokens_stored = kv->tokens_active;
   st->utilisation = kv->active_count == 0
                         ? 1.0
                         : (double)kv->tokens_active / ((double)kv->active_count * kv->bt);
-  st->kv_bytes = kv->charged_bytes;
+  st->kv_bytes = ((size_t)kv->active_count + kv->cached_lru + kv->cached_pinned) * kv->block_bytes;
+  st->charged_bytes = kv->charged_bytes;
+  st->blocks_given_back = kv->dfree_count;
+  st->given_back_blocks = kv->st_decommitted;
   st->sequences = kv->seq_count;
   st->copy_entries = kv->copy_count;
   st->copy_used_bytes = (size_t)kv->copy_blocks * kv->block_bytes;
@@ -526,6 +618,9 @@ cllm_status_t cllm_kv_stats(cllm_kv_cache_t *kv, cllm_kv_stats_t *st) {
   st->refused = kv->st_refused;
   st->reclaimed_blocks = kv->st_reclaimed;
   kv__unlock(kv);
+  /* base and map_bytes never change: the kernel is asked without the lock */
+  int e = cllm__prim_resident_bytes(kv->base, kv->map_bytes, &st->resident_bytes);
+  if (e != 0) st->resident_bytes = SIZE_MAX;
   return CLLM_OK;
 }
 
@@ -577,8 +672,8 @@ static cllm_status_t check_blocks_locked(const cllm_kv_cache_t *kv, const uint32
     }
     KV_CHECK(bl->band < CLLM_KV_BANDS, "block %u band %u", b, bl->band);
   }
-  KV_CHECK(n_free == kv->free_count, "free blocks %llu, counter %u", (unsigned long long)n_free,
-           kv->free_count);
+  KV_CHECK(n_free == (uint64_t)kv->free_count + kv->dfree_count, "free blocks %llu, counters %u+%u",
+           (unsigned long long)n_free, kv->free_count, kv->dfree_count);
   KV_CHECK(n_active == kv->active_count, "active blocks %llu, counter %u",
            (unsigned long long)n_active, kv->active_count);
   KV_CHECK(n_cached == (uint64_t)kv->cached_lru + kv->cached_pinned, "cached blocks %llu, counters %u+%u",
@@ -589,21 +684,27 @@ static cllm_status_t check_blocks_locked(const cllm_kv_cache_t *kv, const uint32
            kv->pin_cap);
   KV_CHECK(tokens == kv->tokens_active, "tokens %llu, counter %zu", (unsigned long long)tokens,
            kv->tokens_active);
-  KV_CHECK(kv->uncharge_pending == 0, "uncharged blocks left over: %zu", kv->uncharge_pending);
-  KV_CHECK(kv->charged_bytes == (n_active + n_cached) * kv->block_bytes,
-           "charged %zu bytes for %llu blocks", kv->charged_bytes,
-           (unsigned long long)(n_active + n_cached));
+  KV_CHECK(kv->charged_bytes == 2u * (size_t)kv->layers * kv->committed_bytes -
+                                    (size_t)kv->dfree_count * kv->block_bytes,
+           "charged %zu bytes for %zu committed pool bytes and %u given-back blocks",
+           kv->charged_bytes, kv->committed_bytes, kv->dfree_count);
   KV_CHECK(cllm_monitor_used(kv->mon, CLLM_CAT_KV) >= kv->charged_bytes,
            "the monitor holds less than the cache's charge");
-  KV_CHECK(kv->hwm <= kv->committed || !kv->populate, "blocks used past the committed mark");
-  /* the free stack */
-  uint64_t walked = 0;
-  for (uint32_t b = kv->free_head; b != KV_NONE; b = kv->blocks[b].next) {
-    KV_CHECK(b < kv->hwm && kv->blocks[b].state == KV_FREE, "free stack holds block %u", b);
-    KV_CHECK(++walked <= kv->free_count, "free stack longer than its counter");
+  KV_CHECK(kv->hwm <= kv->committed, "blocks used past the committed mark");
+  /* the free stacks */
+  for (int which = 0; which < 2; which++) {
+    uint32_t head = which ? kv->dfree_head : kv->free_head;
+    uint32_t count = which ? kv->dfree_count : kv->free_count;
+    uint64_t walked = 0;
+    for (uint32_t b = head; b != KV_NONE; b = kv->blocks[b].next) {
+      KV_CHECK(b < kv->hwm && kv->blocks[b].state == KV_FREE, "free stack %d holds block %u",
+               which, b);
+      KV_CHECK(++walked <= count, "free stack %d longer than its counter", which);
+    }
+    KV_CHECK(walked == count, "free stack %d: %llu, counter %u", which,
+             (unsigned long long)walked, count);
   }
-  KV_CHECK(walked == kv->free_count, "free stack %llu, counter %u", (unsigned long long)walked,
-           kv->free_count);
+  uint64_t walked;
   /* the LRU lists */
   walked = 0;
   for (uint32_t band = 0; band < CLLM_KV_BANDS; band++) {

@@ -148,6 +148,19 @@ int cllm__prim_protect(void *addr, size_t size, bool writable) {
 
 /* ---- reading back what the kernel did ------------------------------------------------ */
 
+int cllm__prim_resident_bytes(const void *addr, size_t size, size_t *out) {
+  if (addr == NULL || out == NULL || !page_aligned(addr, size)) return EINVAL;
+  size_t ps = cllm__prim_page_size(), pages = size / ps, n = 0;
+  unsigned char vec[1024];
+  for (size_t i = 0; i < pages; i += sizeof vec) {
+    size_t k = pages - i < sizeof vec ? pages - i : sizeof vec;
+    if (mincore((char *)addr + i * ps, k * ps, vec) != 0) return errno;
+    for (size_t j = 0; j < k; j++) n += vec[j] & 1u;
+  }
+  *out = n * ps;
+  return 0;
+}
+
 int cllm__prim_huge_bytes(const void *addr, size_t size, size_t *out) {
   if (out == NULL) return EINVAL;
   *out = 0;

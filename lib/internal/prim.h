@@ -49,6 +49,9 @@ int cllm__prim_protect(void *addr, size_t size, bool writable);
 /* Bytes of the range backed by transparent huge pages, from /proc/self/smaps
  * (AnonHugePages of the mappings that intersect the range, clipped to it). */
 int cllm__prim_huge_bytes(const void *addr, size_t size, size_t *out);
+/* Bytes of the range (page aligned) whose pages are resident, from mincore(2): exact
+ * for the range itself, whatever the kernel merged it with (smaps is per mapping). */
+int cllm__prim_resident_bytes(const void *addr, size_t size, size_t *out);
 /* For each page of the range (page aligned), the NUMA node it is on, via
  * move_pages(2) in query mode: counts[node] += 1 for nodes < max_nodes; pages not
  * yet committed are counted in *absent, others beyond max_nodes in *other. */
