@@ -179,6 +179,7 @@ static const field_t arena_fields[] = {
     FG(cllm_arena_stats_t, heap_backed, "heap_backed", F_BOOL, "1 if chunks come from the NUMA heaps."),
     FG(cllm_arena_stats_t, cursor_out, "cursor_out", F_BOOL, "1 while a cursor is out."),
     FC(cllm_arena_stats_t, cursors, "cursors_total", F_U64, "Cursors begun."),
+    FG(cllm_arena_stats_t, resident_bytes, "resident_bytes", F_SIZE, "Chunk bytes resident, read back from the kernel."),
 };
 
 static const field_t weights_fields[] = {
@@ -200,6 +201,7 @@ static const field_t weights_fields[] = {
     FC(cllm_weights_stats_t, loaded_bytes, "loaded_bytes_total", F_U64, "Bytes read by loads."),
     FC(cllm_weights_stats_t, load_failures, "load_failures_total", F_U64, "Failed loads."),
     FG(cllm_weights_stats_t, last_load_errno, "last_load_errno", F_INT, "errno of the most recent failed open or read."),
+    FG(cllm_weights_stats_t, resident_bytes, "resident_bytes", F_SIZE, "Region bytes resident, read back from the kernel."),
 };
 
 static const field_t heaps_fields[] = {
