@@ -495,7 +495,7 @@ struct Driver {
         if (cllm_kv_seq_block_table(blk.kv, s, table, 64, &nb) != CLLM_OK) CHECK(0, "table");
         for (size_t j = 0; j < nb; j++) {
           void *k, *v;
-          (void)cllm_kv_block_layer(blk.kv, table[j], 0, &k, &v);
+          CLLM_DISCARD(cllm_kv_block_layer(blk.kv, table[j], 0, &k, &v));
           bench_sink(k);
           bench_sink(v);
         }
@@ -527,7 +527,7 @@ struct Driver {
     size_t kb = kfloats * sizeof(float), vb = vfloats * sizeof(float);
     for (size_t j = 0, off = 0; off < kb || off < vb; j++, off += chunk) {
       void *k, *v;
-      (void)cllm_kv_block_layer(blk.kv, loc[j * 16].block, 0, &k, &v);
+      CLLM_DISCARD(cllm_kv_block_layer(blk.kv, loc[j * 16].block, 0, &k, &v));
       if (off < kb) std::memcpy(k, (const char *)keys.data() + off, std::min(chunk, kb - off));
       if (off < vb) std::memcpy(v, (const char *)values.data() + off, std::min(chunk, vb - off));
     }
@@ -633,7 +633,7 @@ static void bench_utilisation(bool loguniform) {
         Req &q = sim.reqs[(size_t)queue.front()];
         cllm_kv_stats_t st;
         st.struct_size = sizeof st;
-        (void)cllm_kv_stats(kv, &st);
+        CLLM_DISCARD(cllm_kv_stats(kv, &st));
         size_t need = (size_t)(q.prompt + q.done + 15) / 16;
         if (st.blocks_free + st.blocks_cached < need + blocks / 200) break;
         int n = queue.front();
@@ -685,7 +685,7 @@ static void bench_utilisation(bool loguniform) {
       if (step >= steps / 5) {  // after warm-up
         cllm_kv_stats_t st;
         st.struct_size = sizeof st;
-        (void)cllm_kv_stats(kv, &st);
+        CLLM_DISCARD(cllm_kv_stats(kv, &st));
         util += st.utilisation;
         conc += (double)running.size();
         measured++;

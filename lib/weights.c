@@ -196,7 +196,7 @@ static bool job_step(job_t *j) {
 
 static void *worker_main(void *arg) {
   worker_t *wk = arg;
-  if (wk->node >= 0) (void)cllm_thread_bind_node(wk->job->w->topo, wk->node);
+  if (wk->node >= 0) CLLM_DISCARD(cllm_thread_bind_node(wk->job->w->topo, wk->node));
   while (job_step(wk->job)) {
   }
   return NULL;
@@ -471,7 +471,7 @@ cllm_status_t cllm_weights_create(const cllm_weights_config_t *cfg, cllm_weights
 fail_unmap:
   unmap_region(w->base, capacity);
 fail_release:
-  (void)cllm_monitor_release(w->monitor, CLLM_CAT_WEIGHTS, capacity);
+  CLLM_DISCARD(cllm_monitor_release(w->monitor, CLLM_CAT_WEIGHTS, capacity));
 fail_free:
   w->magic = 0;
   free(w);
@@ -482,7 +482,7 @@ void cllm_weights_destroy(cllm_weights_t *w) {
   if (w == NULL) return;
   if (w->magic != WEIGHTS_MAGIC) return;
   unmap_region(w->base, w->capacity); /* also unlocks */
-  (void)cllm_monitor_release(w->monitor, CLLM_CAT_WEIGHTS, w->capacity);
+  CLLM_DISCARD(cllm_monitor_release(w->monitor, CLLM_CAT_WEIGHTS, w->capacity));
   w->magic = 0;
   free(w);
 }

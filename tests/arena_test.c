@@ -1291,7 +1291,7 @@ static void cursor_two_threads_one_step(void) {
   if (pthread_create(&t, NULL, cursor_thread, a) != 0 || pthread_join(t, &p) != 0 || p == NULL)
     _exit(4);
   cllm_arena_cursor_t c;
-  (void)cllm_arena_cursor_begin(a, &c); /* same step, another thread: debug assertion */
+  CLLM_DISCARD(cllm_arena_cursor_begin(a, &c)); /* same step, another thread: debug assertion */
   _exit(0);
 }
 

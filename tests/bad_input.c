@@ -98,7 +98,7 @@ static void fx_check(fx_t *f) {
 }
 
 static void fx_free(fx_t *f) {
-  (void)cllm_kv_seq_close(f->kv, f->seq);
+  CLLM_DISCARD(cllm_kv_seq_close(f->kv, f->seq));
   cllm_kv_cache_destroy(f->kv);
   cllm_weights_destroy(f->w);
   cllm_arena_destroy(f->arena);

@@ -305,7 +305,7 @@ static void lib_release(ss_sim_t *s, ss_req_t *r) {
 }
 
 static void lib_touch(ss_sim_t *s, ss_req_t *r) {
-  if (r->seq_open) (void)cllm_kv_seq_touch(s->kv, r->seq);
+  if (r->seq_open) CLLM_DISCARD(cllm_kv_seq_touch(s->kv, r->seq));
 }
 
 static void lib_snapshot(ss_sim_t *s, ss_row_t *row) {
@@ -344,20 +344,20 @@ static size_t lib_temp_mark(ss_worker_t *w) {
 
 static void lib_temp_rewind(ss_worker_t *w, size_t d) {
   if (d < (size_t)w->n_live) {
-    (void)cllm_arena_rewind(w->arena, w->marks[d]);
+    CLLM_DISCARD(cllm_arena_rewind(w->arena, w->marks[d]));
     w->n_live = (int)d;
   }
 }
 
 static void lib_step_end(ss_worker_t *w) {
   w->n_live = 0;
-  (void)cllm_arena_reset(w->arena);
+  CLLM_DISCARD(cllm_arena_reset(w->arena));
 }
 
 static void lib_kv_block(ss_worker_t *w, ss_req_t *r, int bi, int layer, unsigned char **k,
                          unsigned char **v) {
   void *kp = NULL, *vp = NULL;
-  (void)cllm_kv_block_layer(w->sim->kv, r->table[bi], (uint32_t)layer, &kp, &vp);
+  CLLM_DISCARD(cllm_kv_block_layer(w->sim->kv, r->table[bi], (uint32_t)layer, &kp, &vp));
   *k = kp;
   *v = vp;
 }

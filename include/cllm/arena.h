@@ -230,7 +230,7 @@ static inline CLLM_MALLOC_ATTR void *cllm_arena_alloc(cllm_arena_t *a, size_t by
 // policy. Nothing is returned to the kernel otherwise. Errors: CLLM_EINVAL (NULL),
 // CLLM_ESTATE (a cursor is out: end it first; nothing changes).
 // Thread: external-sync (any thread may reset between steps).
-CLLM_API cllm_status_t cllm_arena_reset(cllm_arena_t *a);
+CLLM_API CLLM_NODISCARD cllm_status_t cllm_arena_reset(cllm_arena_t *a);
 
 /* ---- cursors: the bump pointer in registers for hot loops ------------------------------
  *

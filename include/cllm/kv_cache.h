@@ -9,7 +9,7 @@
  *   if (cllm_kv_cache_create(&cfg, &kv) < 0) ...;
  *
  *   cllm_kv_layer_view_t lv[32];                 // once: every layer's pool layout
- *   for (uint32_t l = 0; l < 32; l++) (void)cllm_kv_layer_view(kv, l, &lv[l]);
+ *   for (uint32_t l = 0; l < 32; l++) CLLM_DISCARD(cllm_kv_layer_view(kv, l, &lv[l]));
  *
  *   cllm_kv_seq_t seq; size_t pos;               // pos: the next position to compute
  *   rc = cllm_kv_seq_open_with_prompt(kv, "req-42", NULL, prompt, n_prompt, &seq, &pos);

@@ -275,7 +275,7 @@ class ModelExecutorMemoryManager {
     while (j > 0 && !temp_[j - 1].live) --j;
     if (j == temp_.size()) return;  // a live buffer above it: reclaimed later
     if (j == 0) {
-      (void)cllm_arena_reset(arena_.get());  // O(1); every mark is dropped
+      CLLM_DISCARD(cllm_arena_reset(arena_.get()));  // O(1); every mark is dropped
       haveSpare_ = false;
     } else {
       unwind(temp_[j].mark);  // valid: nothing was rewound past it
@@ -291,14 +291,14 @@ class ModelExecutorMemoryManager {
     detail::monitorReserve(monitor_, CLLM_CAT_WEIGHTS, size, "Memory limit exceeded");
     void* p = mi_malloc_aligned(size, 64);
     if (p == nullptr) {
-      (void)cllm_monitor_release(monitor_, CLLM_CAT_WEIGHTS, size);
+      CLLM_DISCARD(cllm_monitor_release(monitor_, CLLM_CAT_WEIGHTS, size));
       throw Error(CLLM_ENOMEM, "Failed to allocate memory");
     }
     try {
       weights_.emplace(p, size);
     } catch (...) {
       mi_free(p);
-      (void)cllm_monitor_release(monitor_, CLLM_CAT_WEIGHTS, size);
+      CLLM_DISCARD(cllm_monitor_release(monitor_, CLLM_CAT_WEIGHTS, size));
       throw;
     }
     weightsUsed_ += size;
@@ -312,7 +312,7 @@ class ModelExecutorMemoryManager {
     size_t size = it->second;
     weights_.erase(it);
     mi_free(ptr);
-    (void)cllm_monitor_release(monitor_, CLLM_CAT_WEIGHTS, size);
+    CLLM_DISCARD(cllm_monitor_release(monitor_, CLLM_CAT_WEIGHTS, size));
     weightsUsed_ -= size;
   }
 
@@ -327,7 +327,7 @@ class ModelExecutorMemoryManager {
   // Free everything: every pointer handed out becomes invalid.
   void clearAll() noexcept {
     freeWeights();
-    (void)cllm_arena_reset(arena_.get());
+    CLLM_DISCARD(cllm_arena_reset(arena_.get()));
     haveSpare_ = false;
     temp_.clear();
     tempIndex_.clear();
@@ -365,7 +365,7 @@ class ModelExecutorMemoryManager {
   void freeWeights() noexcept {
     for (auto& w : weights_) {
       mi_free(w.first);
-      (void)cllm_monitor_release(monitor_, CLLM_CAT_WEIGHTS, w.second);
+      CLLM_DISCARD(cllm_monitor_release(monitor_, CLLM_CAT_WEIGHTS, w.second));
     }
     weights_.clear();
     weightsUsed_ = 0;

@@ -7,7 +7,7 @@
  *
  *   if (cllm_monitor_reserve(priv, CLLM_CAT_KV, 1 << 20) == CLLM_OK) {
  *     ... use the megabyte ...
- *     (void)cllm_monitor_release(priv, CLLM_CAT_KV, 1 << 20);
+ *     CLLM_DISCARD(cllm_monitor_release(priv, CLLM_CAT_KV, 1 << 20));
  *   }
  *   cllm_monitor_destroy(priv);
  *
