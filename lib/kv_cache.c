@@ -129,31 +129,88 @@ static cllm_status_t ensure_committed_locked(cllm_kv_cache_t *kv, uint32_t upto)
   return commit_to_locked(kv, need);
 }
 
-/* Give back the pages of FREE blocks (resident stack first), up to `want` blocks,
- * and release their charge; returns how many. */
-static uint32_t decommit_free_locked(cllm_kv_cache_t *kv, uint32_t want) {
-  uint32_t done = 0;
-  if (!kv->can_decommit) return 0;
-  while (done < want && kv->free_head != KV_NONE) {
-    uint32_t b = kv->free_head;
-    bool ok = true;
-    for (uint32_t p = 0; p < 2u * kv->layers && ok; p++)
-      ok = cllm__prim_decommit(kv->base + (size_t)p * kv->pool_stride + (size_t)b * kv->chunk_bytes,
-                               kv->chunk_bytes) == 0;
-    if (!ok) break;  // the block keeps its charge (some of its pages may be gone)
-    kv->free_head = kv->blocks[b].next;
-    kv->free_count--;
-    kv->blocks[b].next = kv->dfree_head;
-    kv->dfree_head = b;
-    kv->dfree_count++;
-    cllm_status_t rc = cllm_monitor_release(kv->mon, CLLM_CAT_KV, kv->block_bytes);
-    cllm_assert_internal(rc == CLLM_OK);
-    (void)rc;
-    kv->charged_bytes -= kv->block_bytes;
-    done++;
+/* ---- the free stacks (doubly linked through prev / next) ------------------------ */
+
+static void free_push_locked(cllm_kv_cache_t *kv, uint32_t b, bool gone) {
+  uint32_t *head = gone ? &kv->dfree_head : &kv->free_head;
+  kv_block_t *bl = &kv->blocks[b];
+  bl->gone = gone;
+  bl->prev = KV_NONE;
+  bl->next = *head;
+  if (*head != KV_NONE) kv->blocks[*head].prev = b;
+  *head = b;
+  if (gone) kv->dfree_count++;
+  else kv->free_count++;
+}
+
+static void free_remove_locked(cllm_kv_cache_t *kv, uint32_t b) {
+  kv_block_t *bl = &kv->blocks[b];
+  uint32_t *head = bl->gone ? &kv->dfree_head : &kv->free_head;
+  if (bl->prev != KV_NONE) kv->blocks[bl->prev].next = bl->next;
+  else *head = bl->next;
+  if (bl->next != KV_NONE) kv->blocks[bl->next].prev = bl->prev;
+  bl->prev = bl->next = KV_NONE;
+  if (bl->gone) kv->dfree_count--;
+  else kv->free_count--;
+  bl->gone = 0;
+}
+
+/* ---- giving pages back ------------------------------------------------------------- */
+
+/* Units of `unit` blocks own whole pages of every pool. A unit is given back only
+ * when all its blocks are FREE, resident and below hwm, and recharged whole, so
+ * resident never exceeds the charge. */
+
+/* Give back the unit of block b if it qualifies; returns its blocks (0 if not). */
+static uint32_t give_back_unit_locked(cllm_kv_cache_t *kv, uint32_t b) {
+  uint32_t u = kv->unit, first = b - b % u;
+  if ((uint64_t)first + u > kv->hwm) return 0;
+  for (uint32_t x = first; x < first + u; x++)
+    if (kv->blocks[x].state != KV_FREE || kv->blocks[x].gone) return 0;
+  size_t off = (size_t)first * kv->chunk_bytes, len = (size_t)u * kv->chunk_bytes;
+  for (uint32_t p = 0; p < 2u * kv->layers; p++)
+    if (cllm__prim_decommit(kv->base + (size_t)p * kv->pool_stride + off, len) != 0)
+      return 0;  // the unit keeps its charge (some of its pages may be gone)
+  for (uint32_t x = first; x < first + u; x++) {
+    free_remove_locked(kv, x);
+    free_push_locked(kv, x, true);
   }
-  kv->st_decommitted += done;
+  size_t bytes = (size_t)u * kv->block_bytes;
+  cllm_status_t rc = cllm_monitor_release(kv->mon, CLLM_CAT_KV, bytes);
+  cllm_assert_internal(rc == CLLM_OK);
+  (void)rc;
+  kv->charged_bytes -= bytes;
+  kv->st_decommitted += u;
+  return u;
+}
+
+/* Give back units of FREE blocks until at least `want` blocks went; returns how many. */
+static uint32_t give_back_locked(cllm_kv_cache_t *kv, uint32_t want) {
+  uint32_t done = 0;
+  if (kv->unit == 0) return 0;
+  for (uint32_t b = kv->free_head, next; b != KV_NONE && done < want; b = next) {
+    uint32_t got = give_back_unit_locked(kv, b);
+    /* the walk goes on from a block still on the resident stack */
+    next = kv->blocks[b].next;
+    if (got > 0) next = kv->free_head;
+    done += got;
+  }
   return done;
+}
+
+/* Charge the unit at the top of the given-back stack again and put its blocks back
+ * on the resident stack (their pages fault in on first write). */
+static cllm_status_t recharge_unit_locked(cllm_kv_cache_t *kv) {
+  uint32_t u = kv->unit, first = kv->dfree_head - kv->dfree_head % u;
+  size_t bytes = (size_t)u * kv->block_bytes;
+  cllm_status_t rc = cllm_monitor_try_reserve(kv->mon, CLLM_CAT_KV, bytes);
+  if (rc != CLLM_OK) return rc;
+  for (uint32_t x = first; x < first + u; x++) {
+    free_remove_locked(kv, x);
+    free_push_locked(kv, x, false);
+  }
+  kv->charged_bytes += bytes;
+  return CLLM_OK;
 }
 
 /* ---- LRU lists (per band, head = least recently used) --------------------------- */
@@ -201,58 +258,36 @@ static void evict_cached_locked(cllm_kv_cache_t *kv, uint32_t b) {
 
 /* ---- block state machine ------------------------------------------------------ */
 
-/* Use CACHED blocks instead of up to *n charged ones (after a refusal); *c grows.
- * False when none could be moved. */
-static bool use_cached_instead(const cllm_kv_cache_t *kv, uint32_t *n, uint32_t *c) {
-  uint32_t spare = kv->cached_lru - *c, moved = *n < spare ? *n : spare;
-  *n -= moved;
-  *c += moved;
-  return moved > 0;
-}
-
 cllm_status_t kv__take_blocks_locked(cllm_kv_cache_t *kv, uint32_t k, uint32_t band,
                                      uint32_t *ids) {
   if (k == 0) return CLLM_OK;
   if (!kv__blocks_available_locked(kv, k)) return CLLM_ENOMEM;
-  uint32_t fresh_left = kv->num_blocks - kv->hwm;
+  /* FREE blocks first: resident ones, then given-back units charged again */
+  uint64_t want_free = (uint64_t)kv->free_count + kv->dfree_count;
+  if (want_free > k) want_free = k;
+  cllm_status_t rc = CLLM_OK;
+  while (kv->free_count < want_free && rc == CLLM_OK) rc = recharge_unit_locked(kv);
+  if (rc != CLLM_OK && rc != CLLM_ELIMIT) return rc;
   uint32_t a = k < kv->free_count ? k : kv->free_count, rem = k - a;
-  uint32_t d = rem < kv->dfree_count ? rem : kv->dfree_count;
-  rem -= d;
-  uint32_t f = rem < fresh_left ? rem : fresh_left;
-  uint32_t c = rem - f;
-  if (d > 0) {  // given-back blocks: their pages fault in again on first write
-    cllm_status_t rc = cllm_monitor_try_reserve(kv->mon, CLLM_CAT_KV, (size_t)d * kv->block_bytes);
-    if (rc == CLLM_ELIMIT && use_cached_instead(kv, &d, &c)) {
-      rc = d == 0 ? CLLM_OK
-                  : cllm_monitor_try_reserve(kv->mon, CLLM_CAT_KV, (size_t)d * kv->block_bytes);
+  uint32_t fresh_left = kv->num_blocks - kv->hwm;
+  uint32_t f = rem < fresh_left ? rem : fresh_left, c = rem - f;
+  if (c > kv->cached_lru) return CLLM_ELIMIT;  // given-back blocks were needed: refused
+  if (f > 0) {  // never used: commit (and charge) first
+    rc = ensure_committed_locked(kv, kv->hwm + f);
+    if (rc == CLLM_ELIMIT && kv->cached_lru > c) {  // the monitor refused: reuse CACHED
+      uint32_t moved = f < kv->cached_lru - c ? f : kv->cached_lru - c;
+      f -= moved;
+      c += moved;
+      rc = f == 0 ? CLLM_OK : ensure_committed_locked(kv, kv->hwm + f);
     }
     if (rc != CLLM_OK) return rc;
   }
-  if (f > 0) {
-    cllm_status_t rc = ensure_committed_locked(kv, kv->hwm + f);
-    if (rc == CLLM_ELIMIT && use_cached_instead(kv, &f, &c))
-      rc = f == 0 ? CLLM_OK : ensure_committed_locked(kv, kv->hwm + f);
-    if (rc != CLLM_OK) {
-      if (d > 0) {
-        cllm_status_t r2 = cllm_monitor_release(kv->mon, CLLM_CAT_KV, (size_t)d * kv->block_bytes);
-        cllm_assert_internal(r2 == CLLM_OK);
-        (void)r2;
-      }
-      return rc;
-    }
-  }
-  kv->charged_bytes += (size_t)d * kv->block_bytes;
   for (uint32_t i = 0; i < k; i++) {
     uint32_t b;
     if (i < a) {
       b = kv->free_head;
-      kv->free_head = kv->blocks[b].next;
-      kv->free_count--;
-    } else if (i < a + d) {
-      b = kv->dfree_head;
-      kv->dfree_head = kv->blocks[b].next;
-      kv->dfree_count--;
-    } else if (i < a + d + f) {
+      free_remove_locked(kv, b);
+    } else if (i < a + f) {
       b = kv->hwm++;
     } else {
       b = lru_victim_locked(kv);
@@ -303,10 +338,7 @@ void kv__unref_locked(cllm_kv_cache_t *kv, uint32_t b) {
   bl->gen++;
   bl->fill = 0;
   bl->band = 0;
-  bl->prev = KV_NONE;
-  bl->next = kv->free_head;
-  kv->free_head = b;
-  kv->free_count++;
+  free_push_locked(kv, b, false);
 }
 
 uint32_t kv__drop_cached_locked(cllm_kv_cache_t *kv, uint32_t n) {
@@ -317,9 +349,7 @@ uint32_t kv__drop_cached_locked(cllm_kv_cache_t *kv, uint32_t n) {
     evict_cached_locked(kv, b);
     kv_block_t *bl = &kv->blocks[b];
     bl->state = KV_FREE;
-    bl->next = kv->free_head;
-    kv->free_head = b;
-    kv->free_count++;
+    free_push_locked(kv, b, false);
     done++;
   }
   return done;
@@ -349,22 +379,22 @@ void kv__unpin_locked(cllm_kv_cache_t *kv, uint32_t b) {
 
 /* ---- the monitor's reclaimer ---------------------------------------------------- */
 
-/* Frees resident memory only: FREE blocks' pages are given back first, then CACHED
- * blocks are dropped (LRU order) and theirs given back. A cache whose blocks do not
- * own whole pages (can_decommit false) frees nothing. */
+/* Frees resident memory only: FREE blocks' pages are given back first (whole units),
+ * then CACHED blocks are dropped (LRU order) and theirs given back where their
+ * units are then all FREE. A cache without units (unit 0) frees nothing. */
 static size_t kv_reclaim(void *user, cllm_category_t cat, size_t needed) {
   (void)cat;
   cllm_kv_cache_t *kv = user;
-  if (!kv->can_decommit) return 0;
+  if (kv->unit == 0) return 0;
   kv__lock(kv);
   size_t want = needed / kv->block_bytes + (needed % kv->block_bytes != 0);
   if (want == 0) want = 1;
   if (want > kv->num_blocks) want = kv->num_blocks;
-  uint32_t got = decommit_free_locked(kv, (uint32_t)want);
-  if (got < want) {
-    uint32_t dropped = kv__drop_cached_locked(kv, (uint32_t)want - got);
+  uint32_t got = give_back_locked(kv, (uint32_t)want);
+  for (uint32_t drop = (uint32_t)want - got; got < want && kv->cached_lru > 0; drop = kv->unit) {
+    uint32_t dropped = kv__drop_cached_locked(kv, drop);
     kv->st_reclaimed += dropped;
-    got += decommit_free_locked(kv, dropped);
+    got += give_back_locked(kv, (uint32_t)want - got);
   }
   kv__unlock(kv);
   return (size_t)got * kv->block_bytes;
@@ -477,7 +507,13 @@ cllm_status_t cllm_kv_cache_create(const cllm_kv_config_t *cfg, cllm_kv_cache_t 
   kv->hash_fn = cfg->hash_fn != NULL ? cfg->hash_fn : kv__hash_default;
   kv->hash_user = cfg->hash_user;
   kv->granule = sh.granule;
-  kv->can_decommit = chunk % cllm__prim_page_size() == 0;
+  size_t page = cllm__prim_page_size(), g = chunk, r = page;
+  while (r != 0) {  // g = gcd(chunk, page)
+    size_t t = g % r;
+    g = r;
+    r = t;
+  }
+  kv->unit = page / g <= 64 && page / g <= nblocks ? (uint32_t)(page / g) : 0;
   size_t step = sh.granule / chunk;  // one huge page of each pool, or 1/16 of the pool
   if (step < nblocks / 16) step = nblocks / 16;
   if (step == 0) step = 1;
@@ -696,9 +732,17 @@ static cllm_status_t check_blocks_locked(const cllm_kv_cache_t *kv, const uint32
     uint32_t head = which ? kv->dfree_head : kv->free_head;
     uint32_t count = which ? kv->dfree_count : kv->free_count;
     uint64_t walked = 0;
-    for (uint32_t b = head; b != KV_NONE; b = kv->blocks[b].next) {
-      KV_CHECK(b < kv->hwm && kv->blocks[b].state == KV_FREE, "free stack %d holds block %u",
-               which, b);
+    uint32_t prev = KV_NONE;
+    for (uint32_t b = head; b != KV_NONE; prev = b, b = kv->blocks[b].next) {
+      KV_CHECK(b < kv->hwm && kv->blocks[b].state == KV_FREE && kv->blocks[b].gone == which &&
+                   kv->blocks[b].prev == prev,
+               "free stack %d holds block %u", which, b);
+      if (which) {  // given back whole units: every block of b's unit is given back
+        uint32_t first = b - b % kv->unit;
+        for (uint32_t x = first; x < first + kv->unit; x++)
+          KV_CHECK(kv->blocks[x].state == KV_FREE && kv->blocks[x].gone,
+                   "block %u of given-back unit %u is not given back", x, first);
+      }
       KV_CHECK(++walked <= count, "free stack %d longer than its counter", which);
     }
     KV_CHECK(walked == count, "free stack %d: %llu, counter %u", which,

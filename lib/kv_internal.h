@@ -24,7 +24,7 @@ enum { KV_FREE = 0, KV_ACTIVE = 1, KV_CACHED = 2 };
 
 typedef struct kv_block {
   uint32_t refcnt;
-  uint32_t prev, next;     // FREE: next = free stack link; CACHED (unpinned): LRU links
+  uint32_t prev, next;     // FREE: free stack links; CACHED (unpinned): LRU links
   uint32_t hprev, hnext;   // hash index chain (indexed blocks only)
   uint32_t parent;         // indexed: the block before this one in its chain (NONE: first)
   uint32_t parent_gen;     // the parent's gen when this block was indexed
@@ -32,6 +32,7 @@ typedef struct kv_block {
   uint32_t fill;           // token rows in use (ACTIVE)
   uint8_t state, band, indexed, pinned;
   uint8_t linked;          // in the hash chain of `hash` (indexed, or stale: unlinked lazily)
+  uint8_t gone;            // FREE with its pages given back (on the dfree stack)
   uint64_t hash, salt;     // indexed blocks (hash also while stale-linked)
 } kv_block_t;
 
@@ -111,7 +112,8 @@ struct cllm_kv_cache {
   char *base;           // the one mapping: pools K0, V0, K1, V1, ...
   size_t map_bytes;
   bool populate, preemption;
-  bool can_decommit;    // chunk_bytes is a multiple of the page: a block's pages are its own
+  uint32_t unit;        // blocks whose pool bytes are whole pages (page / gcd(chunk,
+                        // page)): given back and recharged together; 0 = never
   uint32_t commit_step; // blocks per commit step (populate); 0 = commit exactly what is used
   size_t granule;       // commit granule of a pool: the huge page (populate) or the page
   cllm_monitor_t *mon;
@@ -127,8 +129,10 @@ struct cllm_kv_cache {
   uint32_t committed;     // blocks [0, committed) lie in the committed prefix of every pool
   size_t committed_bytes; // that prefix, per pool (granule-rounded, at most pool_stride)
   uint32_t hwm;           // blocks [hwm, num_blocks) were never used
-  uint32_t free_head, free_count;  // recycled FREE blocks, pages resident (a stack)
-  uint32_t dfree_head, dfree_count;// FREE blocks whose pages were given back (a stack)
+  uint32_t free_head, free_count;  // recycled FREE blocks, pages resident (a doubly
+                                   // linked stack: prev/next)
+  uint32_t dfree_head, dfree_count;// FREE blocks whose pages were given back, whole
+                                   // units (a doubly linked stack)
   uint32_t lru_head[CLLM_KV_BANDS], lru_tail[CLLM_KV_BANDS];  // head = least recent
   uint32_t cached_lru;    // CACHED blocks in the LRU lists (evictable)
   uint32_t cached_pinned; // CACHED pinned blocks (not in any list)

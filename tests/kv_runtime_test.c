@@ -260,3 +260,42 @@ Test(kv_runtime, reclaim_gives_pages_back_and_reuse_charges_them_again) {
   cllm_kv_cache_destroy(kv);
   cllm_monitor_destroy(m);
 }
+
+Test(kv_runtime, blocks_smaller_than_a_page_are_given_back_in_whole_page_units) {
+  cllm_monitor_t *m = mk_monitor(0);
+  cllm_kv_config_t c = small_cfg(m, 256, 4);  // a block's share of a pool: 64 bytes
+  c.populate = false;
+  cllm_kv_cache_t *kv = mk(&c);
+  size_t bb = cllm_kv_block_bytes(kv);  // 256: a unit is 64 blocks (one page per pool)
+  cllm_kv_seq_t s = open_seq(kv, "a"), t;
+  cr_assert_eq(cllm_kv_seq_ensure(kv, s, 0, 4 * 256, NULL), CLLM_OK);
+  for (uint32_t l = 0; l < 2; l++) {
+    cllm_kv_layer_view_t v;
+    cr_assert_eq(cllm_kv_layer_view(kv, l, &v), CLLM_OK);
+    memset(v.k, 3, 256 * v.block_stride);
+    memset(v.v, 3, 256 * v.block_stride);
+  }
+  cr_assert_eq(stats(kv).charged_bytes, 256 * bb);
+  cr_assert_eq(stats(kv).resident_bytes, 256 * bb);
+  cr_assert_eq(cllm_kv_seq_close(kv, s), CLLM_OK);
+  /* one block still in use keeps its unit resident */
+  t = open_seq(kv, "t");
+  cr_assert_eq(cllm_kv_seq_ensure(kv, t, 0, 1, NULL), CLLM_OK);
+  cr_assert_eq(cllm_monitor_set_limit(m, 256 * bb), CLLM_OK);
+  cr_assert_eq(cllm_monitor_reserve(m, CLLM_CAT_STEP, 150 * bb), CLLM_OK);  // 3 units
+  cllm_kv_stats_t st = stats(kv);
+  cr_assert_eq(st.blocks_given_back, 192);
+  cr_assert_eq(st.charged_bytes, 64 * bb);
+  cr_assert_leq(st.resident_bytes, st.charged_bytes);
+  check(kv);
+  /* the next blocks come from the resident unit, then a given-back unit is charged whole */
+  cr_assert_eq(cllm_monitor_release(m, CLLM_CAT_STEP, 150 * bb), CLLM_OK);
+  cr_assert_eq(cllm_kv_seq_ensure(kv, t, 1, 4 * 64, NULL), CLLM_OK);  // 64 more blocks
+  st = stats(kv);
+  cr_assert_eq(st.blocks_given_back, 128);
+  cr_assert_eq(st.charged_bytes, 128 * bb);
+  cr_assert_leq(st.resident_bytes, st.charged_bytes);
+  check(kv);
+  cllm_kv_cache_destroy(kv);
+  cllm_monitor_destroy(m);
+}

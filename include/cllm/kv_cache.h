@@ -52,9 +52,10 @@
  * pool beyond the charge). cllm_kv_footprint gives the most a cache can charge.
  * The cache registers a reclaimer: when another component is refused, it gives
  * back the pages of FREE blocks, then drops CACHED blocks (LRU order) and gives
- * back theirs, releasing their charge (only when a block's share of a pool is
- * whole pages: block_tokens x kv_heads x head_dim x dtype_bytes a multiple of
- * 4096; otherwise it frees nothing). Refusals of the cache's own charges (the
+ * back theirs, releasing their charge; reuse charges them again. Pages are given
+ * back in units of the fewest blocks whose share of a pool is whole pages (4096 /
+ * gcd(block_tokens x kv_heads x head_dim x dtype_bytes, 4096) blocks, all FREE); a
+ * shape needing more than 64 blocks per unit frees nothing. Refusals of the cache's own charges (the
  * cache charges with cllm_monitor_try_reserve) are counted in the monitor's
  * try_refusals and this cache's `refused`; they never run the limit callback.
  *
