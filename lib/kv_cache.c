@@ -442,6 +442,9 @@ static cllm_status_t kv_shape(const cllm_kv_config_t *cfg, kv_shape_t *sh) {
   if (!cllm__is_pow2(bt) || bt > 65536) return CLLM_EINVAL;
   if (!(cfg->max_pinned_fraction >= 0.0 && cfg->max_pinned_fraction <= 1.0)) return CLLM_EINVAL;
   if (cfg->numa_node < -1 || cfg->max_seqs > ((size_t)1 << 24)) return CLLM_EINVAL;
+  if ((unsigned)cfg->numa > CLLM_KV_NUMA_NONE ||
+      (cfg->numa == CLLM_KV_NUMA_BIND && cfg->numa_node < 0))
+    return CLLM_EINVAL;
   size_t chunk, block_bytes, t;
   if (cllm__mul_overflow(bt, cfg->kv_heads, &t) || cllm__mul_overflow(t, cfg->head_dim, &t) ||
       cllm__mul_overflow(t, cfg->dtype_bytes, &chunk) ||
@@ -462,6 +465,39 @@ static cllm_status_t kv_shape(const cllm_kv_config_t *cfg, kv_shape_t *sh) {
                      .stride = stride, .map_bytes = map_bytes, .tok_n = tok_n, .huge = huge,
                      .granule = cfg->populate ? huge : cllm__prim_page_size()};
   return CLLM_OK;
+}
+
+/* Apply the placement to the whole mapping while no page of it exists. */
+static cllm_status_t place_pools(cllm_kv_cache_t *kv, const cllm_kv_config_t *cfg) {
+  cllm_kv_numa_t want = cfg->numa;
+  if (want == CLLM_KV_NUMA_AUTO) want = cfg->numa_node >= 0 ? CLLM_KV_NUMA_BIND : CLLM_KV_NUMA_INTERLEAVE;
+  kv->numa_applied = CLLM_KV_NUMA_NONE;
+  if (want == CLLM_KV_NUMA_NONE) return CLLM_OK;
+  const cllm_topology_t *topo = cllm_topology_system();  // NULL: could not load (memory)
+  if (topo == NULL) return want == CLLM_KV_NUMA_BIND ? CLLM_ENOMEM : CLLM_OK;
+  int nodes = cllm_topology_nodes(topo);
+  cllm_status_t rc;
+  switch (want) {
+    case CLLM_KV_NUMA_BIND:  // asked for explicitly: applied (and refused) even on one node
+      rc = cllm_topology_bind_area(topo, kv->base, kv->map_bytes, cfg->numa_node);
+      if (rc == CLLM_OK) kv->numa_applied = CLLM_KV_NUMA_BIND;
+      return rc;
+    case CLLM_KV_NUMA_LOCAL: {
+      if (nodes <= 1) return CLLM_OK;  // first touch is exact on one node
+      int node = cllm_topology_current_node(topo);
+      rc = node < 0 ? CLLM_ENOTSUP : cllm_topology_bind_area(topo, kv->base, kv->map_bytes, node);
+      if (rc == CLLM_OK) kv->numa_applied = CLLM_KV_NUMA_LOCAL;
+      else kv->numa_status = rc;  // first touch by the committing thread instead
+      return CLLM_OK;
+    }
+    default:  // INTERLEAVE
+      if (nodes <= 1) return CLLM_OK;
+      rc = cllm_topology_interleave_area(topo, kv->base, kv->map_bytes, NULL, 0);
+      if (rc == CLLM_OK) kv->numa_applied = CLLM_KV_NUMA_INTERLEAVE;
+      else if (cfg->numa == CLLM_KV_NUMA_AUTO) kv->numa_status = rc;  // the default: tolerated
+      else return rc;
+      return CLLM_OK;
+  }
 }
 
 size_t cllm_kv_footprint(const cllm_kv_config_t *cfg) {
@@ -544,11 +580,8 @@ cllm_status_t cllm_kv_cache_create(const cllm_kv_config_t *cfg, cllm_kv_cache_t 
   void *base = NULL;
   if (cllm__prim_map(map_bytes, huge, &base) != 0) goto fail;
   kv->base = base;
-  if (cfg->numa_node >= 0) {
-    const cllm_topology_t *topo = cllm_topology_system();  // NULL: could not load (memory)
-    rc = topo == NULL ? CLLM_ENOMEM : cllm_topology_bind_area(topo, base, map_bytes, cfg->numa_node);
-    if (rc != CLLM_OK) goto fail;
-  }
+  rc = place_pools(kv, cfg);
+  if (rc != CLLM_OK) goto fail;
   if (kv->populate) {
     int e = cllm__prim_advise_huge(base, map_bytes);
     if (e != 0) cllm__info("kv cache: no transparent huge pages for the pools (errno %d)", e);
@@ -642,6 +675,8 @@ cllm_status_t cllm_kv_stats(cllm_kv_cache_t *kv, cllm_kv_stats_t *st) {
   st->charged_bytes = kv->charged_bytes;
   st->blocks_given_back = kv->dfree_count;
   st->given_back_blocks = kv->st_decommitted;
+  st->numa_applied = kv->numa_applied;
+  st->numa_status = kv->numa_status;
   st->sequences = kv->seq_count;
   st->copy_entries = kv->copy_count;
   st->copy_used_bytes = (size_t)kv->copy_blocks * kv->block_bytes;

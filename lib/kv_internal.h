@@ -156,6 +156,8 @@ struct cllm_kv_cache {
   /* statistics */
   uint64_t st_prefix_query, st_prefix_hit, st_evictions, st_copy_evictions;
   uint64_t st_preemptions, st_cow, st_refused, st_reclaimed, st_decommitted;
+  cllm_kv_numa_t numa_applied;
+  cllm_status_t numa_status;
 };
 
 /* ---- lib/kv_cache.c: blocks ---- */

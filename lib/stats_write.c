@@ -146,6 +146,8 @@ static const field_t kv_fields[] = {
     FG(cllm_kv_stats_t, resident_bytes, "resident_bytes", F_SIZE, "Pool bytes resident, read back from the kernel."),
     FG(cllm_kv_stats_t, blocks_given_back, "blocks_given_back", F_SIZE, "FREE blocks whose pages were given back."),
     FC(cllm_kv_stats_t, given_back_blocks, "given_back_blocks_total", F_U64, "Times a block's pages were given back by the reclaimer."),
+    FG(cllm_kv_stats_t, numa_applied, "numa_applied", F_INT, "Placement of the pools in force (cllm_kv_numa_t: 1 local, 2 bind, 3 interleave, 4 none)."),
+    FG(cllm_kv_stats_t, numa_status, "numa_status", F_INT, "Status of a placement that could not be applied (0 if none)."),
     FG(cllm_kv_stats_t, sequences, "sequences", F_SIZE, "Open and preempted sequences."),
     FG(cllm_kv_stats_t, copy_entries, "copy_entries", F_SIZE, "Copy-API entries."),
     FG(cllm_kv_stats_t, copy_used_bytes, "copy_used_bytes", F_SIZE, "Bytes held by copy-API entries."),

@@ -299,3 +299,111 @@ Test(kv_runtime, blocks_smaller_than_a_page_are_given_back_in_whole_page_units) 
   cllm_kv_cache_destroy(kv);
   cllm_monitor_destroy(m);
 }
+
+/* ---- placement (issue: KV pools take the weights' choices) ---------------------------- */
+
+#include <cllm/numa.h>
+
+#include <sys/syscall.h>
+#include <unistd.h>
+
+Test(kv_runtime, placement_is_validated_and_reported) {
+  cllm_monitor_t *m = mk_monitor(0);
+  cllm_kv_config_t c = small_cfg(m, 8, 4);
+  cllm_kv_cache_t *kv = NULL;
+  c.numa = CLLM_KV_NUMA_BIND;  // without a node
+  cr_assert_eq(cllm_kv_cache_create(&c, &kv), CLLM_EINVAL);
+  c.numa = (cllm_kv_numa_t)9;
+  cr_assert_eq(cllm_kv_cache_create(&c, &kv), CLLM_EINVAL);
+  cr_assert_eq(cllm_kv_footprint(&c), 0);
+  const cllm_topology_t *topo = cllm_topology_system();
+  cr_assert_not_null(topo);
+  int nodes = cllm_topology_nodes(topo);
+  cllm_kv_numa_t modes[] = {CLLM_KV_NUMA_AUTO, CLLM_KV_NUMA_LOCAL, CLLM_KV_NUMA_INTERLEAVE,
+                            CLLM_KV_NUMA_NONE};
+  for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++) {
+    c.numa = modes[i];
+    kv = mk(&c);
+    cllm_kv_stats_t st = stats(kv);
+    if (nodes <= 1 || modes[i] == CLLM_KV_NUMA_NONE)
+      cr_assert_eq(st.numa_applied, CLLM_KV_NUMA_NONE, "one node: the kernel's default");
+    else
+      cr_assert_eq(st.numa_applied, modes[i] == CLLM_KV_NUMA_LOCAL ? CLLM_KV_NUMA_LOCAL
+                                                                   : CLLM_KV_NUMA_INTERLEAVE);
+    cllm_kv_cache_destroy(kv);
+  }
+  c.numa = CLLM_KV_NUMA_BIND;
+  c.numa_node = 0;
+  kv = mk(&c);
+  cr_assert_eq(stats(kv).numa_applied, CLLM_KV_NUMA_BIND);
+  cllm_kv_cache_destroy(kv);
+  cllm_monitor_destroy(m);
+}
+
+/* Pages of every pool after a write to every block, per node (move_pages). */
+static void pages_per_node(cllm_kv_cache_t *kv, uint32_t layers, size_t *counts, int max_nodes) {
+  memset(counts, 0, (size_t)max_nodes * sizeof *counts);
+  for (uint32_t l = 0; l < layers; l++) {
+    cllm_kv_layer_view_t v;
+    cr_assert_eq(cllm_kv_layer_view(kv, l, &v), CLLM_OK);
+    size_t bytes = (size_t)v.num_blocks * v.block_stride, absent = 0, other = 0;
+    void *pools[2] = {v.k, v.v};
+    for (int p = 0; p < 2; p++) {
+      memset(pools[p], 1, bytes);
+      for (size_t off = 0; off < bytes; off += 4096) {  // move_pages, query mode
+        void *page = (char *)pools[p] + off;
+        int status = -1;
+        cr_assert_eq(syscall(SYS_move_pages, 0, 1UL, &page, NULL, &status, 0), 0);
+        if (status < 0) absent++;
+        else if (status >= max_nodes) other++;
+        else counts[status]++;
+      }
+      cr_assert_eq(absent + other, 0);
+    }
+  }
+}
+
+Test(kv_runtime, pools_land_where_the_policy_says_move_pages) {
+  const cllm_topology_t *topo = cllm_topology_system();
+  cr_assert_not_null(topo);
+  int nodes = cllm_topology_nodes(topo);
+  if (nodes < 2) cr_skip_test("one NUMA node: placement can only be proved on several (the 2/4-node guests)");
+  cllm_monitor_t *m = mk_monitor(0);
+  enum { MAXN = 64 };
+  size_t counts[MAXN];
+  /* 4 MiB per pool (two 2 MiB pages), 2 layers: 16 MiB */
+  cllm_kv_config_t c = small_cfg(m, 0, 16);
+  c.kv_heads = 8, c.head_dim = 64, c.dtype_bytes = 4;  // 32 KiB a block per pool
+  c.capacity_blocks = 128 * (size_t)nodes;  // 4 MiB x nodes per pool
+  for (int k = 0; k < nodes; k++) {
+    c.numa = CLLM_KV_NUMA_BIND;
+    c.numa_node = k;
+    cllm_kv_cache_t *kv = mk(&c);
+    pages_per_node(kv, 2, counts, MAXN);
+    cllm_numa_node_info_t info;
+    cr_assert_eq(cllm_topology_node_info(topo, k, &info), CLLM_OK);
+    size_t total = 0;
+    for (int n = 0; n < MAXN; n++) total += counts[n];
+    cr_assert_eq(counts[info.os_index], total, "bind %d: every page on OS node %u", k, info.os_index);
+    cllm_kv_cache_destroy(kv);
+  }
+  c.numa = CLLM_KV_NUMA_INTERLEAVE;
+  c.numa_node = -1;
+  cllm_kv_cache_t *kv = mk(&c);
+  cr_assert_eq(stats(kv).numa_applied, CLLM_KV_NUMA_INTERLEAVE);
+  pages_per_node(kv, 2, counts, MAXN);
+  size_t total = 0, lo = SIZE_MAX, hi = 0;
+  for (int k = 0; k < nodes; k++) {
+    cllm_numa_node_info_t info;
+    cr_assert_eq(cllm_topology_node_info(topo, k, &info), CLLM_OK);
+    size_t n = counts[info.os_index];
+    total += n;
+    lo = n < lo ? n : lo;
+    hi = n > hi ? n : hi;
+  }
+  size_t huge = 512;  // 4 KiB pages in a 2 MiB page
+  cr_assert_leq(hi - lo, 2 * huge * 4, "interleave: per-node pages %zu..%zu of %zu", lo, hi, total);
+  cr_assert_gt(lo, 0, "interleave: a node got no page");
+  cllm_kv_cache_destroy(kv);
+  cllm_monitor_destroy(m);
+}

@@ -109,6 +109,17 @@ typedef void (*cllm_kv_evict_fn)(void *user, const char *id, cllm_kv_evict_reaso
 typedef uint64_t (*cllm_kv_hash_fn)(void *user, uint64_t prev_hash, uint64_t salt,
                                     const cllm_kv_token_t *tokens, size_t n);
 
+// Where the pools' pages go; the policy is applied (mbind) before any page is
+// touched. One node, or a topology that is not this machine: the kernel's default.
+typedef enum cllm_kv_numa {
+  CLLM_KV_NUMA_AUTO = 0,       // default: BIND when numa_node >= 0, else INTERLEAVE on
+                               // a machine with several nodes, else nothing
+  CLLM_KV_NUMA_LOCAL = 1,      // the creating thread's node (bound on several nodes)
+  CLLM_KV_NUMA_BIND = 2,       // numa_node (required, >= 0), strict
+  CLLM_KV_NUMA_INTERLEAVE = 3, // every node, page by page (2 MiB pages with populate)
+  CLLM_KV_NUMA_NONE = 4,       // no policy: first touch decides
+} cllm_kv_numa_t;
+
 typedef struct cllm_kv_config {
   size_t struct_size;        // set by cllm_kv_config_default()
   uint32_t layers;           // required, >= 1
@@ -118,7 +129,7 @@ typedef struct cllm_kv_config {
   uint32_t block_tokens;     // power of two; 0 = 16
   size_t capacity_blocks;    // pool size in blocks; 0 = derive from capacity_bytes
   size_t capacity_bytes;     // pool size in bytes of K+V (rounded down to blocks)
-  int numa_node;             // bind the pools to this node; -1 = no binding
+  int numa_node;             // the node of CLLM_KV_NUMA_BIND (and of AUTO when >= 0); -1
   cllm_monitor_t *monitor;   // borrowed; NULL = cllm_monitor_global()
   cllm_kv_evict_fn evict_fn; // optional (set once, here: never changed later)
   void *evict_user;
@@ -131,6 +142,7 @@ typedef struct cllm_kv_config {
   double max_pinned_fraction;// cap on pinned blocks as a fraction of the pool; 0 = 0.5
   cllm_kv_hash_fn hash_fn;   // NULL = the built-in 64-bit hash
   void *hash_user;
+  cllm_kv_numa_t numa;       // placement of the pools (default AUTO)
 } cllm_kv_config_t;
 
 // Defaults: no shape (layers, kv_heads, head_dim, dtype_bytes 0: must be set), block_tokens 16,
@@ -142,9 +154,10 @@ CLLM_API cllm_kv_config_t cllm_kv_config_default(void);
 // Errors: CLLM_EINVAL (NULL, bad struct_size, zero shape, dtype_bytes not 1/2/4
 // (0 included: there is no default; logged),
 // block_tokens not a power of two, capacity 0 or below one block, fraction outside
-// [0,1]), CLLM_EOVERFLOW (sizes overflow, more than 2^32-2 blocks), CLLM_ENOMEM
+// [0,1], unknown numa, BIND without a node), CLLM_EOVERFLOW (sizes overflow, more than 2^32-2 blocks), CLLM_ENOMEM
 // (mapping, metadata, or the system topology could not be loaded),
-// CLLM_ENOTFOUND/CLLM_ENOTSUP/CLLM_ESYS (NUMA binding),
+// CLLM_ENOTFOUND/CLLM_ENOTSUP/CLLM_ESYS (a BIND, or an INTERLEAVE on several
+// nodes, that could not be applied; LOCAL falls back to first touch),
 // CLLM_ENOMEM/CLLM_EBUSY (reclaimer registration). Thread: any.
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_cache_create(const cllm_kv_config_t *cfg,
                                                             cllm_kv_cache_t **out);
@@ -394,6 +407,8 @@ typedef struct cllm_kv_stats {
                                 // (mincore over the pools); SIZE_MAX if unknown
   size_t blocks_given_back;     // FREE blocks whose pages were given back (not charged)
   uint64_t given_back_blocks;   // times a block's pages were given back (reclaimer)
+  cllm_kv_numa_t numa_applied;  // the policy in force (NONE when none was applied)
+  cllm_status_t numa_status;    // why it differs from the one asked for, else CLLM_OK
 } cllm_kv_stats_t;
 
 // Fill *st: O(1) under the lock, then resident_bytes from the kernel (one mincore
