@@ -585,6 +585,9 @@ cllm_status_t cllm_kv_cache_create(const cllm_kv_config_t *cfg, cllm_kv_cache_t 
   if (kv->populate) {
     int e = cllm__prim_advise_huge(base, map_bytes);
     if (e != 0) cllm__info("kv cache: no transparent huge pages for the pools (errno %d)", e);
+  } else {  // pages are charged one by one: a huge page on a fault would pass the charge
+    int e = cllm__prim_advise_nohuge(base, map_bytes);  // EINVAL: a kernel without THP
+    if (e != 0) cllm__info("kv cache: MADV_NOHUGEPAGE refused (errno %d)", e);
   }
   rc = CLLM_ENOMEM;
   kv->blocks = kv_calloc_lines(nblocks, sizeof(kv_block_t));

@@ -48,8 +48,8 @@
  * written. A FREE block keeps its pages and its charge; so the charge is the
  * committed high-water, not the blocks in use (kv_bytes). Stats report the
  * resident bytes read back from the kernel next to the charge: resident <= charge,
- * with no slack (with THP set to "always" and populate off, up to one huge page per
- * pool beyond the charge). cllm_kv_footprint gives the most a cache can charge.
+ * with no slack (without populate the pools are advised MADV_NOHUGEPAGE, so THP set
+ * to "always" cannot fault in a huge page where pages are charged). cllm_kv_footprint gives the most a cache can charge.
  * The cache registers a reclaimer: when another component is refused, it gives
  * back the pages of FREE blocks, then drops CACHED blocks (LRU order) and gives
  * back theirs, releasing their charge; reuse charges them again. Pages are given
@@ -135,8 +135,8 @@ typedef struct cllm_kv_config {
   void *evict_user;
   bool preemption;           // preempt the LRU other sequence when out of blocks
   bool populate;             // default true: commit in 2 MiB (THP-advised) steps and
-                             // pre-fault; false: commit by pages, no THP advice,
-                             // pages fault in on first write (see "Residency")
+                             // pre-fault; false: commit by pages, no huge pages
+                             // (MADV_NOHUGEPAGE), pages fault in on first write
   size_t max_seqs;           // sequence + copy-entry slots; 0 = min(max(blocks,64),65536)
   size_t copy_budget_bytes;  // copy-API budget; 0 = the whole cache
   double max_pinned_fraction;// cap on pinned blocks as a fraction of the pool; 0 = 0.5

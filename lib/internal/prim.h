@@ -31,6 +31,9 @@ int cllm__prim_unmap(void *addr, size_t size);
 /* Ask for transparent huge pages on the range (MADV_HUGEPAGE). EINVAL where the
  * kernel has no THP. Fault: MADVISE. */
 int cllm__prim_advise_huge(void *addr, size_t size);
+/* Ask for no transparent huge pages on the range (MADV_NOHUGEPAGE), so that with
+ * THP set to "always" a fault still commits one base page. Fault: MADVISE. */
+int cllm__prim_advise_nohuge(void *addr, size_t size);
 /* Commit the range now, in one call (MADV_POPULATE_WRITE; where the kernel lacks it,
  * touch one byte per page). Fault: MADVISE. */
 int cllm__prim_populate(void *addr, size_t size);
