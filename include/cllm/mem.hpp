@@ -187,6 +187,7 @@ class KVCacheMemoryManager {
     cfg.head_dim = opt.blockFloats / 16;
     cfg.dtype_bytes = sizeof(float);
     cfg.capacity_bytes = bytes;
+    cfg.populate = false;  // committed (and charged) by pages: close to what is stored
     cfg.monitor = opt.monitor;
     size_t blocks = bytes / (2 * sizeof(float) * static_cast<size_t>(opt.blockFloats));
     cfg.max_seqs = opt.maxEntries != 0 ? opt.maxEntries : (blocks < 65536 ? blocks + 1 : 65536);
