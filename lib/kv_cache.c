@@ -1,30 +1,36 @@
 /* The paged KV cache: storage, the block state machine, LRU eviction, the monitor
- * charge and reclaimer, statistics and the invariant check.
+ * charge and reclaimer, statistics (the invariant check: lib/kv_check.c).
  *
  * Concept
  *   One mapping holds 2 x layers pools (K0, V0, K1, V1, ...), each
  *   [num_blocks][block_tokens][kv_heads][head_dim] of dtype_bytes, every pool 2 MiB
- *   aligned. It is reserved at create (MAP_NORESERVE, THP advised, bound to the NUMA
- *   node first) and committed in steps of max(2 MiB of each pool, 1/16 of the
- *   pool) on a high-water mark of block ids, so a block used before never waits on
- *   a page fault, and a large capacity costs nothing until used.
+ *   aligned. It is reserved at create (MAP_NORESERVE, placed by the NUMA policy
+ *   first) and committed on a high-water mark of block ids: with populate in
+ *   huge-page steps (2 MiB of each pool, or 1/16 of the pool, a step ahead where the
+ *   monitor allows), pre-faulted; without, by pages (MADV_NOHUGEPAGE). A commit is
+ *   charged to the monitor before its pages exist, so a large capacity costs
+ *   nothing until used and resident memory never passes the charge.
  *
  *   Block metadata is one flat array of kv_block_t with 32-bit links:
- *     FREE    refcount 0; either above the high-water mark `hwm` (never used) or in
- *             the recycled stack `free_head` (no reusable content);
+ *     FREE    refcount 0; above the high-water mark `hwm` (never used), or on the
+ *             resident stack `free_head` (recycled, pages and charge kept), or on
+ *             the given-back stack `dfree_head` (its unit's pages returned to the
+ *             kernel by the reclaimer, charge released);
  *     ACTIVE  refcount >= 1 (held by block tables / copy entries);
  *     CACHED  refcount 0, indexed (a full block of a known prefix); unpinned ones
  *             sit in one doubly linked LRU list per priority band (head = least
  *             recently used), pinned ones in no list.
- *   A block is taken from the recycled stack, then above hwm, then from the LRU
- *   head of the lowest non-empty band: O(1) each (the band loop is 4 steps).
+ *   A block is taken from the resident stack, then the given-back stack (its unit
+ *   charged again), then above hwm, then from the LRU head of the lowest non-empty
+ *   band: O(1) each (the band loop is 4 steps).
  *
  * Invariants (cllm_kv_check verifies them all)
- *   - active_count + cached_lru + cached_pinned + free_count + (num_blocks - hwm)
- *     == num_blocks; blocks >= hwm are FREE and untouched.
+ *   - active_count + cached_lru + cached_pinned + free_count + dfree_count +
+ *     (num_blocks - hwm) == num_blocks; blocks >= hwm are FREE and untouched;
+ *     hwm <= committed.
  *   - refcnt(b) == occurrences of b in block tables and copy entries.
- *   - charged_bytes == (ACTIVE + CACHED) x block_bytes, and the monitor holds it,
- *     whenever the lock is free (frees are released in one call at unlock).
+ *   - charged_bytes == 2 x layers x committed_bytes - dfree_count x block_bytes, and
+ *     the monitor holds it; given-back blocks come in whole units.
  *   - tokens_active == sum of fill over ACTIVE blocks.
  *   - indexed blocks are exactly the ones in the hash index; CACHED => indexed.
  *
@@ -696,132 +702,4 @@ cllm_status_t cllm_kv_stats(cllm_kv_cache_t *kv, cllm_kv_stats_t *st) {
   int e = cllm__prim_resident_bytes(kv->base, kv->map_bytes, &st->resident_bytes);
   if (e != 0) st->resident_bytes = SIZE_MAX;
   return CLLM_OK;
-}
-
-/* ---- the invariant check -------------------------------------------------------- */
-
-#define KV_CHECK(cond, ...)              \
-  do {                                   \
-    if (!(cond)) {                       \
-      cllm__error("kv check: " __VA_ARGS__); \
-      rc = CLLM_ECORRUPT;                \
-      goto out;                          \
-    }                                    \
-  } while (0)
-
-static cllm_status_t check_blocks_locked(const cllm_kv_cache_t *kv, const uint32_t *refs) {
-  cllm_status_t rc = CLLM_OK;
-  uint64_t n_free = 0, n_active = 0, n_cached = 0, n_pinned = 0, n_pinned_cached = 0, tokens = 0;
-  for (uint32_t b = 0; b < kv->num_blocks; b++) {
-    const kv_block_t *bl = &kv->blocks[b];
-    KV_CHECK(refs[b] == bl->refcnt, "block %u refcount %u, held %u times", b, bl->refcnt, refs[b]);
-    if (b >= kv->hwm) {
-      KV_CHECK(bl->state == KV_FREE && bl->refcnt == 0 && !bl->indexed && bl->gen == 0,
-               "never-used block %u is not pristine", b);
-      continue;
-    }
-    if (bl->pinned) {
-      n_pinned++;
-      KV_CHECK(bl->indexed, "pinned block %u is not indexed", b);
-    }
-    switch (bl->state) {
-      case KV_FREE:
-        n_free++;
-        KV_CHECK(bl->refcnt == 0 && !bl->indexed && !bl->pinned, "free block %u in use", b);
-        break;
-      case KV_ACTIVE:
-        n_active++;
-        tokens += bl->fill;
-        KV_CHECK(bl->refcnt > 0 && bl->fill <= kv->bt, "active block %u refcount 0", b);
-        break;
-      case KV_CACHED:
-        n_cached++;
-        if (bl->pinned) n_pinned_cached++;
-        KV_CHECK(bl->refcnt == 0 && bl->indexed && bl->fill == kv->bt,
-                 "cached block %u: refcount %u indexed %u fill %u", b, bl->refcnt, bl->indexed,
-                 bl->fill);
-        break;
-      default:
-        KV_CHECK(0, "block %u has state %u", b, bl->state);
-    }
-    KV_CHECK(bl->band < CLLM_KV_BANDS, "block %u band %u", b, bl->band);
-  }
-  KV_CHECK(n_free == (uint64_t)kv->free_count + kv->dfree_count, "free blocks %llu, counters %u+%u",
-           (unsigned long long)n_free, kv->free_count, kv->dfree_count);
-  KV_CHECK(n_active == kv->active_count, "active blocks %llu, counter %u",
-           (unsigned long long)n_active, kv->active_count);
-  KV_CHECK(n_cached == (uint64_t)kv->cached_lru + kv->cached_pinned, "cached blocks %llu, counters %u+%u",
-           (unsigned long long)n_cached, kv->cached_lru, kv->cached_pinned);
-  KV_CHECK(n_pinned == kv->pinned_count && n_pinned_cached == kv->cached_pinned,
-           "pinned counters");
-  KV_CHECK(n_pinned <= kv->pin_cap, "pinned %llu over the cap %u", (unsigned long long)n_pinned,
-           kv->pin_cap);
-  KV_CHECK(tokens == kv->tokens_active, "tokens %llu, counter %zu", (unsigned long long)tokens,
-           kv->tokens_active);
-  KV_CHECK(kv->charged_bytes == 2u * (size_t)kv->layers * kv->committed_bytes -
-                                    (size_t)kv->dfree_count * kv->block_bytes,
-           "charged %zu bytes for %zu committed pool bytes and %u given-back blocks",
-           kv->charged_bytes, kv->committed_bytes, kv->dfree_count);
-  KV_CHECK(cllm_monitor_used(kv->mon, CLLM_CAT_KV) >= kv->charged_bytes,
-           "the monitor holds less than the cache's charge");
-  KV_CHECK(kv->hwm <= kv->committed, "blocks used past the committed mark");
-  /* the free stacks */
-  for (int which = 0; which < 2; which++) {
-    uint32_t head = which ? kv->dfree_head : kv->free_head;
-    uint32_t count = which ? kv->dfree_count : kv->free_count;
-    uint64_t walked = 0;
-    uint32_t prev = KV_NONE;
-    for (uint32_t b = head; b != KV_NONE; prev = b, b = kv->blocks[b].next) {
-      KV_CHECK(b < kv->hwm && kv->blocks[b].state == KV_FREE && kv->blocks[b].gone == which &&
-                   kv->blocks[b].prev == prev,
-               "free stack %d holds block %u", which, b);
-      if (which) {  // given back whole units: every block of b's unit is given back
-        uint32_t first = b - b % kv->unit;
-        for (uint32_t x = first; x < first + kv->unit; x++)
-          KV_CHECK(kv->blocks[x].state == KV_FREE && kv->blocks[x].gone,
-                   "block %u of given-back unit %u is not given back", x, first);
-      }
-      KV_CHECK(++walked <= count, "free stack %d longer than its counter", which);
-    }
-    KV_CHECK(walked == count, "free stack %d: %llu, counter %u", which,
-             (unsigned long long)walked, count);
-  }
-  uint64_t walked;
-  /* the LRU lists */
-  walked = 0;
-  for (uint32_t band = 0; band < CLLM_KV_BANDS; band++) {
-    uint32_t prev = KV_NONE;
-    for (uint32_t b = kv->lru_head[band]; b != KV_NONE; b = kv->blocks[b].next) {
-      const kv_block_t *bl = &kv->blocks[b];
-      KV_CHECK(b < kv->hwm && bl->state == KV_CACHED && !bl->pinned && bl->band == band,
-               "LRU band %u holds block %u (state %u)", band, b, bl->state);
-      KV_CHECK(bl->prev == prev, "LRU back link broken at block %u", b);
-      KV_CHECK(++walked <= kv->cached_lru, "LRU longer than its counter");
-      prev = b;
-    }
-    KV_CHECK(kv->lru_tail[band] == prev, "LRU tail of band %u", band);
-  }
-  KV_CHECK(walked == kv->cached_lru, "LRU holds %llu, counter %u", (unsigned long long)walked,
-           kv->cached_lru);
-out:
-  return rc;
-}
-
-cllm_status_t cllm_kv_check(cllm_kv_cache_t *kv) {
-  if (kv == NULL) return CLLM_EINVAL;
-  uint32_t *refs = kv_calloc(kv->num_blocks, sizeof(uint32_t));
-  uint32_t *ovf = kv_calloc((size_t)kv->idmask + 1, sizeof(uint32_t));
-  if (refs == NULL || ovf == NULL) {
-    free(refs);
-    free(ovf);
-    return CLLM_ENOMEM;
-  }
-  kv__lock(kv);
-  cllm_status_t rc = kv__check_slots_locked(kv, refs, ovf);
-  if (rc == CLLM_OK) rc = check_blocks_locked(kv, refs);
-  if (rc == CLLM_OK) rc = kv__check_index_locked(kv);
-  kv__unlock(kv);
-  free(refs);
-  free(ovf);
-  return rc;
 }
