@@ -491,22 +491,24 @@ cllm_status_t cllm_kv_seq_block_table(cllm_kv_cache_t *kv, cllm_kv_seq_t seq, ui
   return rc;
 }
 
-cllm_status_t cllm_kv_seq_length(cllm_kv_cache_t *kv, cllm_kv_seq_t seq, size_t *length) {
-  if (kv == NULL || length == NULL) return CLLM_EINVAL;
+/* The sequence's length (reserved positions) or committed count. */
+static cllm_status_t seq_count(cllm_kv_cache_t *kv, cllm_kv_seq_t seq, bool committed,
+                               size_t *out) {
+  if (kv == NULL || out == NULL) return CLLM_EINVAL;
   kv__lock(kv);
   cllm_status_t rc = seq_get_locked(kv, seq);
-  if (rc == CLLM_OK) *length = kv->slots[seq.slot].length;
+  if (rc == CLLM_OK)
+    *out = committed ? kv->slots[seq.slot].committed : kv->slots[seq.slot].length;
   kv__unlock(kv);
   return rc;
 }
 
+cllm_status_t cllm_kv_seq_length(cllm_kv_cache_t *kv, cllm_kv_seq_t seq, size_t *length) {
+  return seq_count(kv, seq, false, length);
+}
+
 cllm_status_t cllm_kv_seq_committed(cllm_kv_cache_t *kv, cllm_kv_seq_t seq, size_t *n) {
-  if (kv == NULL || n == NULL) return CLLM_EINVAL;
-  kv__lock(kv);
-  cllm_status_t rc = seq_get_locked(kv, seq);
-  if (rc == CLLM_OK) *n = kv->slots[seq.slot].committed;
-  kv__unlock(kv);
-  return rc;
+  return seq_count(kv, seq, true, n);
 }
 
 cllm_status_t cllm_kv_seq_table_view(cllm_kv_cache_t *kv, cllm_kv_seq_t seq,
