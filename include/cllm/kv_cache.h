@@ -400,7 +400,7 @@ typedef struct cllm_kv_stats {
   uint64_t copy_evictions;      // copy-API entries evicted by LRU
   uint64_t preemptions;
   uint64_t cow_copies;
-  uint64_t refused;             // reserve / put calls refused
+  uint64_t refused;             // reserve / ensure / put calls refused
   uint64_t reclaimed_blocks;    // CACHED blocks dropped by the monitor's reclaimer
   size_t charged_bytes;         // held in the monitor (CLLM_CAT_KV): see "Residency"
   size_t resident_bytes;        // pool bytes resident, read back from the kernel

@@ -27,6 +27,17 @@
  *   current use, never below.
  * - Callbacks (limit callback, reclaimers) never run with a monitor lock held.
  *
+ * Residency (the rule every component follows): a component charges the monitor for
+ * the memory it makes resident (mapped and committed, populated, or held for a
+ * thread) before it makes it resident, and releases the charge only after giving the
+ * memory back; so what the kernel holds for the library stays within the monitor's
+ * total, plus each component's documented, bounded slack. Each component's stats
+ * report its resident bytes read back from the kernel next to its charge; its
+ * header's "Residency" paragraph says how it applies the rule (weights: the whole
+ * region at create; arenas: whole chunks; KV cache: the pools' committed pages;
+ * heaps: heap.h), and cllm_*_footprint() gives what create charges, so a runtime
+ * can size its limit before anything exists.
+ *
  * The global monitor, cllm_monitor_global(), is the process-wide default: components
  * take a `cllm_monitor_t *` in their config and NULL there means the global one.
  * The functions below take the monitor explicitly; NULL there is CLLM_EINVAL.
