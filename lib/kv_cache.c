@@ -476,7 +476,8 @@ static cllm_status_t kv_shape(const cllm_kv_config_t *cfg, kv_shape_t *sh) {
 /* Apply the placement to the whole mapping while no page of it exists. */
 static cllm_status_t place_pools(cllm_kv_cache_t *kv, const cllm_kv_config_t *cfg) {
   cllm_kv_numa_t want = cfg->numa;
-  if (want == CLLM_KV_NUMA_AUTO) want = cfg->numa_node >= 0 ? CLLM_KV_NUMA_BIND : CLLM_KV_NUMA_INTERLEAVE;
+  if (want == CLLM_KV_NUMA_AUTO)
+    want = cfg->numa_node >= 0 ? CLLM_KV_NUMA_BIND : CLLM_KV_NUMA_INTERLEAVE;
   kv->numa_applied = CLLM_KV_NUMA_NONE;
   if (want == CLLM_KV_NUMA_NONE) return CLLM_OK;
   const cllm_topology_t *topo = cllm_topology_system();  // NULL: could not load (memory)

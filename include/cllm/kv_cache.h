@@ -44,20 +44,20 @@
  * prefix of every pool (blocks are committed in the order they are first used),
  * less the blocks whose pages the reclaimer gave back. With populate (default) the
  * prefix grows in huge-page (2 MiB) steps, a step ahead where the monitor allows
- * it, and is pre-faulted; without, it grows by pages and pages fault in when
- * written. A FREE block keeps its pages and its charge; so the charge is the
- * committed high-water, not the blocks in use (kv_bytes). Stats report the
+ * it, and is pre-faulted; without, it grows by pages, the pools are advised
+ * MADV_NOHUGEPAGE (so THP "always" cannot fault in more than is charged) and pages
+ * fault in when written. A FREE block keeps its pages and its charge: the charge
+ * is the committed high-water, not the blocks in use (kv_bytes). Stats report the
  * resident bytes read back from the kernel next to the charge: resident <= charge,
- * with no slack (without populate the pools are advised MADV_NOHUGEPAGE, so THP set
- * to "always" cannot fault in a huge page where pages are charged). cllm_kv_footprint gives the most a cache can charge.
+ * no slack. cllm_kv_footprint gives the most a cache can charge.
  * The cache registers a reclaimer: when another component is refused, it gives
  * back the pages of FREE blocks, then drops CACHED blocks (LRU order) and gives
- * back theirs, releasing their charge; reuse charges them again. Pages are given
- * back in units of the fewest blocks whose share of a pool is whole pages (4096 /
- * gcd(block_tokens x kv_heads x head_dim x dtype_bytes, 4096) blocks, all FREE); a
- * shape needing more than 64 blocks per unit frees nothing. Refusals of the cache's own charges (the
- * cache charges with cllm_monitor_try_reserve) are counted in the monitor's
- * try_refusals and this cache's `refused`; they never run the limit callback.
+ * back theirs, releasing their charge; reuse charges them again. Pages go back in
+ * units of the fewest blocks whose share of a pool is whole pages (4096 / gcd(
+ * block_tokens x kv_heads x head_dim x dtype_bytes, 4096) blocks, all FREE); a
+ * shape needing more than 64 blocks per unit frees nothing. The cache charges with
+ * cllm_monitor_try_reserve: its refusals count in the monitor's try_refusals and in
+ * this cache's `refused`, and never run the limit callback.
  *
  * Sequences are named by a request id (a string, copied) and addressed by a
  * handle (cllm_kv_seq_t, slot + generation: a stale handle is CLLM_ENOTFOUND).
@@ -152,9 +152,9 @@ CLLM_API cllm_kv_config_t cllm_kv_config_default(void);
 
 // Create a cache. *out is NULL on error and nothing is leaked.
 // Errors: CLLM_EINVAL (NULL, bad struct_size, zero shape, dtype_bytes not 1/2/4
-// (0 included: there is no default; logged),
-// block_tokens not a power of two, capacity 0 or below one block, fraction outside
-// [0,1], unknown numa, BIND without a node), CLLM_EOVERFLOW (sizes overflow, more than 2^32-2 blocks), CLLM_ENOMEM
+// (0 included: there is no default; logged), block_tokens not a power of two,
+// capacity 0 or below one block, fraction outside [0,1], unknown numa, BIND without
+// a node), CLLM_EOVERFLOW (sizes overflow, more than 2^32-2 blocks), CLLM_ENOMEM
 // (mapping, metadata, or the system topology could not be loaded),
 // CLLM_ENOTFOUND/CLLM_ENOTSUP/CLLM_ESYS (a BIND, or an INTERLEAVE on several
 // nodes, that could not be applied; LOCAL falls back to first touch),

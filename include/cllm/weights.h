@@ -163,14 +163,14 @@ CLLM_API CLLM_NODISCARD cllm_status_t cllm_weights_alloc(cllm_weights_t *w, size
 CLLM_API size_t cllm_weights_footprint(const cllm_weights_config_t *cfg);
 
 // Read `bytes` (or CLLM_WEIGHTS_TO_EOF: the rest of the file) of the file at `path`
-// from `offset` into a new 64-byte aligned
-// allocation, bit-exact, with pread calls of read_chunk_bytes on reader_threads
-// threads, reporting progress through the configured callback. On success *out is
-// the data; on error *out is NULL and the heap is as it was (nothing allocated,
-// the zeros back). Errors: CLLM_EINVAL (NULL w/path/out, bytes 0), CLLM_ESTATE
-// (sealed), CLLM_ENOMEM (does not fit), CLLM_ENOTFOUND (no such file), CLLM_ERANGE
-// (offset + bytes beyond the end of the file; TO_EOF with nothing left), CLLM_EIO (a read error, or the file
-// got shorter during the load), CLLM_ESYS (open or read failed otherwise, e.g.
+// from `offset` into a new 64-byte aligned allocation, bit-exact, with pread calls
+// of read_chunk_bytes on reader_threads threads, reporting progress through the
+// configured callback. On success *out is the data; on error *out is NULL and the
+// heap is as it was (nothing allocated, the zeros back). Errors: CLLM_EINVAL (NULL
+// w/path/out, bytes 0), CLLM_ESTATE (sealed), CLLM_ENOMEM (does not fit),
+// CLLM_ENOTFOUND (no such file), CLLM_ERANGE (offset + bytes beyond the end of the
+// file; TO_EOF with nothing left), CLLM_EIO (a read error, or the file got shorter
+// during the load), CLLM_ESYS (open or read failed otherwise, e.g.
 // EACCES, EMFILE, EISDIR), CLLM_EPREEMPTED (the progress callback cancelled),
 // CLLM_EOVERFLOW (offset + bytes overflows or passes the largest file offset,
 // 2^63-1). Thread: external-sync.
