@@ -382,7 +382,9 @@ static cllm_status_t reserve_locked(cllm_kv_cache_t *kv, uint32_t s, size_t n_to
   uint32_t fresh = need - nb;
   bool cow = (len & mask) != 0 && kv->blocks[sl->table[nb - 1]].refcnt > 1;
   uint32_t k = fresh + (cow ? 1u : 0u);
-  if (kv__table_reserve(sl, need + 1) != CLLM_OK) {
+  /* the table moves only when this call adds a block or copies the last one (the
+   * copy's id goes in slot need first): cllm_kv_seq_table_view's promise */
+  if (kv__table_reserve(sl, need + (cow ? 1u : 0u)) != CLLM_OK) {
     kv->st_refused++;
     return CLLM_ENOMEM;
   }

@@ -407,3 +407,35 @@ Test(kv_runtime, pools_land_where_the_policy_says_move_pages) {
   cllm_kv_cache_destroy(kv);
   cllm_monitor_destroy(m);
 }
+
+Test(kv_runtime, the_table_view_stays_put_until_a_block_is_added) {
+  cllm_monitor_t *m = mk_monitor(0);
+  cllm_kv_config_t c = small_cfg(m, 64, 4);
+  cllm_kv_cache_t *kv = mk(&c);
+  cllm_kv_seq_t s = open_seq(kv, "a"), ch;
+  const uint32_t *t0 = NULL, *t;
+  size_t nb0 = 0, nb;
+  for (size_t pos = 0; pos < 4 * 40; pos++) {  // the table grows (and moves) several times
+    cllm_kv_loc_t loc;
+    cr_assert_eq(cllm_kv_seq_ensure(kv, s, pos, 1, &loc), CLLM_OK);
+    cr_assert_eq(cllm_kv_seq_table_view(kv, s, &t, &nb), CLLM_OK);
+    if (loc.offset != 0) {  // no block added: the same table, the same entries
+      cr_assert_eq(t, t0, "moved at position %zu", pos);
+      cr_assert_eq(nb, nb0);
+    }
+    cr_assert_eq(t[nb - 1], loc.block);
+    t0 = t, nb0 = nb;
+  }
+  /* after a fork the child's first write copies the shared last block (the table may
+   * move then); later writes in that block do not move it */
+  cr_assert_eq(cllm_kv_seq_ensure(kv, s, 160, 2, NULL), CLLM_OK);  // a partial block
+  cr_assert_eq(cllm_kv_seq_fork(kv, s, "c", &ch), CLLM_OK);
+  cr_assert_eq(cllm_kv_seq_ensure(kv, ch, 162, 1, NULL), CLLM_OK);  // copy on write
+  cr_assert_eq(cllm_kv_seq_table_view(kv, ch, &t0, &nb0), CLLM_OK);
+  cr_assert_eq(cllm_kv_seq_ensure(kv, ch, 163, 1, NULL), CLLM_OK);
+  cr_assert_eq(cllm_kv_seq_table_view(kv, ch, &t, &nb), CLLM_OK);
+  cr_assert_eq(t, t0);
+  check(kv);
+  cllm_kv_cache_destroy(kv);
+  cllm_monitor_destroy(m);
+}

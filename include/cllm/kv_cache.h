@@ -278,10 +278,12 @@ CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_seq_committed(cllm_kv_cache_t *kv,
                                                              cllm_kv_seq_t seq, size_t *n);
 
 // The sequence's own block table (block ids in position order), not a copy:
-// *table stays valid and unchanged until the next call that can change this
-// sequence's blocks: reserve, ensure, close of it, or its preemption (possible only
-// with preemption on, while another thread reserves). So the thread that drives the
-// sequence reads it lock-free between its own calls. Errors: as length.
+// *table stays valid and unchanged until a call adds a block to this sequence or
+// copies its shared last block (a reserve or ensure of it reaching a new block, or
+// the first write after a fork), closes it, or preempts it (possible only with
+// preemption on, while another thread reserves). So the thread that drives the
+// sequence reads it lock-free between its own calls, and a one-token-per-step loop
+// asks again only when ensure returns offset 0. Errors: as length.
 // Thread: any (read the table as stated).
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_seq_table_view(cllm_kv_cache_t *kv,
                                                               cllm_kv_seq_t seq,
