@@ -186,13 +186,13 @@ static bool run_step(worker_t *w, int impl, const size_t *sz) {
     for (int i = 0; i < PER_STEP; i++) {
       void *p = cllm_arena_cursor_alloc(&c, sz[i]);
       if (p == NULL) {
-        (void)cllm_arena_cursor_end(a, &c);
+        CLLM_DISCARD(cllm_arena_cursor_end(a, &c));
         return false;
       }
       touch(p, i);
     }
     if (cllm_arena_cursor_end(a, &c) != CLLM_OK) return false;
-    (void)cllm_arena_reset(a);
+    CLLM_DISCARD(cllm_arena_reset(a));
     return true;
   }
   case I_ARENA_ALLOC: {
@@ -202,7 +202,7 @@ static bool run_step(worker_t *w, int impl, const size_t *sz) {
       if (p == NULL) return false;
       touch(p, i);
     }
-    (void)cllm_arena_reset(a);
+    CLLM_DISCARD(cllm_arena_reset(a));
     return true;
   }
   case I_BUMP:
@@ -375,13 +375,13 @@ static void *worker_main(void *arg) {
       if (p != NULL) sh->thp = thp_fraction(p);
       if (cllm_arena_cursor_end(w->arena, &c) != CLLM_OK) sh->failed = 1;
     }
-    (void)cllm_arena_reset(w->arena);
+    CLLM_DISCARD(cllm_arena_reset(w->arena));
     /* reset cost: a one-allocation step, 1e6 times */
     const long n = 1000000;
     double s = bench_now_ns();
     for (long i = 0; i < n; i++) {
       touch(cllm_arena_alloc(w->arena, 64), (int)i);
-      (void)cllm_arena_reset(w->arena);
+      CLLM_DISCARD(cllm_arena_reset(w->arena));
     }
     sh->reset_ns = (bench_now_ns() - s) / (double)n;
   }

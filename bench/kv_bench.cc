@@ -40,7 +40,21 @@
 //                     callback (no strtol), the same for every implementation.
 //   insert_get_256k   4096 requests of 256 KiB under a 256 MiB budget; ns per request.
 //
-// Flags: --only blocks|seed1k|seed256k|utilisation, --impl NAME (seed rows).
+// The runtime's view (a forward(token, pos) loop; ns per token):
+//   decode_attention  read every K row of a 1024-token sequence (16-token blocks, 4
+//                     layers, rows of 8 heads x 64 fp32 = 2 KiB, the dot product with
+//                     a query row) through the layer views and the block table
+//                     (cllm_kv_view; the sequence's blocks interleaved with 3 others,
+//                     as under continuous batching) vs the same rows in one flat
+//                     array per layer (flat); goal: within 1.1x of flat;
+//   ensure_commit     one token per call for 1024-token sequences: cllm_kv_ensure =
+//                     cllm_kv_seq_ensure + cllm_kv_seq_commit, and
+//                     cllm_kv_seq_table_view when ensure reached a new block (offset
+//                     0: the table may have moved), vs cllm_kv_four_calls = length +
+//                     reserve + block_table (copy) + commit; goal: at least 2x fewer
+//                     ns per token.
+//
+// Flags: --only blocks|seed1k|seed256k|utilisation|decode|ensure, --impl NAME (seed rows).
 //
 // utilisation: continuous batching of a mixed-length workload (prompt 16-4096, output
 // 1-1024 tokens; `dist` = loguniform or uniform) on a fixed budget: each step admits
@@ -495,7 +509,7 @@ struct Driver {
         if (cllm_kv_seq_block_table(blk.kv, s, table, 64, &nb) != CLLM_OK) CHECK(0, "table");
         for (size_t j = 0; j < nb; j++) {
           void *k, *v;
-          (void)cllm_kv_block_layer(blk.kv, table[j], 0, &k, &v);
+          CLLM_DISCARD(cllm_kv_block_layer(blk.kv, table[j], 0, &k, &v));
           bench_sink(k);
           bench_sink(v);
         }
@@ -527,7 +541,7 @@ struct Driver {
     size_t kb = kfloats * sizeof(float), vb = vfloats * sizeof(float);
     for (size_t j = 0, off = 0; off < kb || off < vb; j++, off += chunk) {
       void *k, *v;
-      (void)cllm_kv_block_layer(blk.kv, loc[j * 16].block, 0, &k, &v);
+      CLLM_DISCARD(cllm_kv_block_layer(blk.kv, loc[j * 16].block, 0, &k, &v));
       if (off < kb) std::memcpy(k, (const char *)keys.data() + off, std::min(chunk, kb - off));
       if (off < vb) std::memcpy(v, (const char *)values.data() + off, std::min(chunk, vb - off));
     }
@@ -633,7 +647,7 @@ static void bench_utilisation(bool loguniform) {
         Req &q = sim.reqs[(size_t)queue.front()];
         cllm_kv_stats_t st;
         st.struct_size = sizeof st;
-        (void)cllm_kv_stats(kv, &st);
+        CLLM_DISCARD(cllm_kv_stats(kv, &st));
         size_t need = (size_t)(q.prompt + q.done + 15) / 16;
         if (st.blocks_free + st.blocks_cached < need + blocks / 200) break;
         int n = queue.front();
@@ -685,7 +699,7 @@ static void bench_utilisation(bool loguniform) {
       if (step >= steps / 5) {  // after warm-up
         cllm_kv_stats_t st;
         st.struct_size = sizeof st;
-        (void)cllm_kv_stats(kv, &st);
+        CLLM_DISCARD(cllm_kv_stats(kv, &st));
         util += st.utilisation;
         conc += (double)running.size();
         measured++;
@@ -714,6 +728,120 @@ static void bench_utilisation(bool loguniform) {
   bench_emit(&g_o, &row);
 }
 
+/* ---- the runtime's view -------------------------------------------------------------- */
+
+static constexpr size_t kRowFloats = 8 * 64;  // one token's K: 8 heads x 64, fp32
+
+static inline float dot_row(const float *row, const float *q) {
+  float acc = 0;
+  for (size_t i = 0; i < kRowFloats; i++) acc += row[i] * q[i];
+  return acc;
+}
+
+static void bench_decode_attention() {
+  const uint32_t layers = 4, tokens = 1024, seqs = 4;
+  cllm_kv_cache_t *kv = make_kv(layers, 8, 64, 4, seqs * tokens / 16 + 16, true, false);
+  cllm_kv_seq_t s[seqs];
+  char id[16];
+  for (uint32_t i = 0; i < seqs; i++) {
+    std::snprintf(id, sizeof id, "s%u", i);
+    s[i] = open_or_die(kv, id);
+  }
+  for (uint32_t pos = 0; pos < tokens; pos += 16)  // interleaved blocks
+    for (uint32_t i = 0; i < seqs; i++)
+      CHECK(cllm_kv_seq_ensure(kv, s[i], pos, 16, nullptr) == CLLM_OK, "ensure");
+  std::vector<cllm_kv_layer_view_t> lv(layers);
+  std::vector<std::vector<float>> flat(layers, std::vector<float>(tokens * kRowFloats));
+  std::vector<float> q(kRowFloats);
+  for (size_t i = 0; i < kRowFloats; i++) q[i] = 1.0f / (float)(i + 1);
+  const uint32_t *table;
+  size_t nb;
+  CHECK(cllm_kv_seq_table_view(kv, s[0], &table, &nb) == CLLM_OK && nb == tokens / 16, "table");
+  for (uint32_t l = 0; l < layers; l++) {
+    CHECK(cllm_kv_layer_view(kv, l, &lv[l]) == CLLM_OK, "view");
+    for (uint32_t t = 0; t < tokens; t++) {
+      float *row = (float *)((char *)lv[l].k + table[t / 16] * lv[l].block_stride +
+                             (t % 16) * lv[l].row_bytes);
+      for (size_t i = 0; i < kRowFloats; i++) row[i] = flat[l][t * kRowFloats + i] = (float)((t + i + l) % 7);
+    }
+  }
+  std::vector<double> ns[2];
+  float sums[2] = {0, 0};
+  for (int rep = 0; rep < g_o.reps; rep++) {
+    for (int impl = 0; impl < 2; impl++) {  // alternate, so neither gets a warmer cache
+      double t0 = bench_now_ns();
+      float acc = 0;
+      for (uint32_t l = 0; l < layers; l++) {
+        if (impl == 0) {
+          const char *k = (const char *)lv[l].k;
+          size_t stride = lv[l].block_stride, rb = lv[l].row_bytes;
+          for (uint32_t b = 0; b < tokens / 16; b++) {
+            const char *blk = k + table[b] * stride;
+            for (uint32_t j = 0; j < 16; j++) acc += dot_row((const float *)(blk + j * rb), q.data());
+          }
+        } else {
+          const float *f = flat[l].data();
+          for (uint32_t t = 0; t < tokens; t++) acc += dot_row(f + t * kRowFloats, q.data());
+        }
+      }
+      ns[impl].push_back((bench_now_ns() - t0) / (double)(tokens * layers));
+      sums[impl] += acc;
+    }
+  }
+  CHECK(sums[0] == sums[1], "the two reads differ");
+  emit("decode_attention", "cllm_kv_view", ns[0].data(), g_o.reps, tokens * layers, "tokens", tokens,
+       "layers", layers);
+  emit("decode_attention", "flat", ns[1].data(), g_o.reps, tokens * layers, "tokens", tokens,
+       "layers", layers);
+  cllm_kv_cache_destroy(kv);
+}
+
+static void bench_ensure_commit() {
+  const size_t tokens = 1024, seqs = 64;
+  cllm_kv_cache_t *kv = make_kv(4, 8, 64, 2, tokens / 16 + 16, true, false);
+  std::vector<uint32_t> copy(tokens / 16 + 1);
+  std::vector<double> ns[2];
+  char id[16];
+  uint64_t serial = 0;
+  for (int rep = 0; rep < g_o.reps; rep++) {
+    for (int impl = 0; impl < 2; impl++) {
+      double total = 0;
+      for (size_t q = 0; q < seqs; q++) {
+        std::snprintf(id, sizeof id, "r%llu", (unsigned long long)serial++);
+        cllm_kv_seq_t s = open_or_die(kv, id);
+        double t0 = bench_now_ns();
+        const uint32_t *table = nullptr;
+        size_t nb = 0;
+        for (size_t pos = 0; pos < tokens; pos++) {
+          cllm_kv_token_t tok = (cllm_kv_token_t)(serial * 7 + pos);
+          cllm_kv_loc_t loc;
+          if (impl == 0) {
+            CHECK(cllm_kv_seq_ensure(kv, s, pos, 1, &loc) == CLLM_OK, "ensure");
+            if (loc.offset == 0)
+              CHECK(cllm_kv_seq_table_view(kv, s, &table, &nb) == CLLM_OK, "view");
+            CHECK(table[nb - 1] == loc.block, "the table view is stale");
+            bench_sink((void *)(uintptr_t)table[nb - 1]);
+          } else {
+            size_t len;
+            CHECK(cllm_kv_seq_length(kv, s, &len) == CLLM_OK && len == pos, "length");
+            CHECK(cllm_kv_seq_reserve(kv, s, 1, &loc) == CLLM_OK, "reserve");
+            CHECK(cllm_kv_seq_block_table(kv, s, copy.data(), copy.size(), &nb) == CLLM_OK, "table");
+            bench_sink((void *)(uintptr_t)copy[nb - 1]);
+          }
+          bench_sink((void *)(uintptr_t)loc.block);
+          CHECK(cllm_kv_seq_commit(kv, s, &tok, 1) == CLLM_OK, "commit");
+        }
+        total += bench_now_ns() - t0;
+        CHECK(cllm_kv_seq_close(kv, s) == CLLM_OK, "close");
+      }
+      ns[impl].push_back(total / (double)(tokens * seqs));
+    }
+  }
+  emit("ensure_commit", "cllm_kv_ensure", ns[0].data(), g_o.reps, tokens * seqs, "tokens", tokens);
+  emit("ensure_commit", "cllm_kv_four_calls", ns[1].data(), g_o.reps, tokens * seqs, "tokens", tokens);
+  cllm_kv_cache_destroy(kv);
+}
+
 int main(int argc, char **argv) {
   g_o = bench_parse(argc, argv, "kv_bench", "--only,--impl");
   const char *only = nullptr;
@@ -736,6 +864,8 @@ int main(int argc, char **argv) {
     bench_utilisation(true);
     bench_utilisation(false);
   }
+  if (want("decode")) bench_decode_attention();
+  if (want("ensure")) bench_ensure_commit();
   CHECK(cllm_monitor_used(g_mon, CLLM_CAT_COUNT) == 0, "bytes left in the monitor");
   cllm_monitor_destroy(g_mon);
   return 0;

@@ -74,7 +74,7 @@ static void *run_worker(void *arg) {
       for (long i = 0; i < pairs; i++) {
         size_t b = sz[i & (NSIZES - 1)];
         if (cllm_monitor_reserve(w->mon, CLLM_CAT_HEAP, b) == CLLM_OK)
-          (void)cllm_monitor_release(w->mon, CLLM_CAT_HEAP, b);
+          CLLM_DISCARD(cllm_monitor_release(w->mon, CLLM_CAT_HEAP, b));
         bench_sink(w->mon);
       }
       break;
@@ -83,10 +83,10 @@ static void *run_worker(void *arg) {
       if (cllm_monitor_batch_init(&bt, w->mon, CLLM_CAT_HEAP, 0) != CLLM_OK) abort();
       for (long i = 0; i < pairs; i++) {
         size_t b = sz[i & (NSIZES - 1)];
-        if (cllm_monitor_batch_reserve(&bt, b) == CLLM_OK) (void)cllm_monitor_batch_release(&bt, b);
+        if (cllm_monitor_batch_reserve(&bt, b) == CLLM_OK) CLLM_DISCARD(cllm_monitor_batch_release(&bt, b));
         bench_sink(&bt); /* keep the pair from being folded away */
       }
-      (void)cllm_monitor_batch_flush(&bt);
+      CLLM_DISCARD(cllm_monitor_batch_flush(&bt));
       break;
     }
     default:
@@ -120,13 +120,13 @@ static void *run_overshoot(void *arg) {
     if (n == w->hold || (n > 0 && (s >> 16) % 2)) {
       size_t r = held[--n];
       if (w->impl == IMPL_SEED) seed_deallocate(w->seed, r);
-      else (void)cllm_monitor_release(w->mon, CLLM_CAT_HEAP, r);
+      else CLLM_DISCARD(cllm_monitor_release(w->mon, CLLM_CAT_HEAP, r));
     }
   }
   while (n > 0) {
     size_t r = held[--n];
     if (w->impl == IMPL_SEED) seed_deallocate(w->seed, r);
-    else (void)cllm_monitor_release(w->mon, CLLM_CAT_HEAP, r);
+    else CLLM_DISCARD(cllm_monitor_release(w->mon, CLLM_CAT_HEAP, r));
   }
   return NULL;
 }

@@ -444,18 +444,34 @@ cllm_arena_config_t cllm_arena_config_default(void) {
   return c;
 }
 
+/* Validate a config (NULL = defaults) into *c and the chunk bounds. */
+static cllm_status_t config_check(const cllm_arena_config_t *cfg, cllm_arena_config_t *c,
+                                  size_t *min_chunk, size_t *max_chunk) {
+  *c = cfg != NULL ? *cfg : cllm_arena_config_default();
+  if (c->struct_size < sizeof(cllm_arena_config_t)) return CLLM_EINVAL;
+  if (!(c->shrink_fraction > 0.0 && c->shrink_fraction <= 1.0)) return CLLM_EINVAL;
+  if (c->initial_bytes > CLLM_ARENA_MAX_REQUEST || c->min_chunk_bytes > CLLM_ARENA_MAX_REQUEST ||
+      c->max_chunk_bytes > CLLM_ARENA_MAX_REQUEST)
+    return CLLM_EINVAL;
+  *min_chunk = round_granule(c->min_chunk_bytes != 0 ? c->min_chunk_bytes : GRANULE);
+  *max_chunk = round_granule(c->max_chunk_bytes != 0 ? c->max_chunk_bytes : (size_t)256 << 20);
+  return *max_chunk < *min_chunk ? CLLM_EINVAL : CLLM_OK;
+}
+
+size_t cllm_arena_footprint(const cllm_arena_config_t *cfg) {
+  cllm_arena_config_t c;
+  size_t lo, hi;
+  if (config_check(cfg, &c, &lo, &hi) != CLLM_OK || c.heaps != NULL) return 0;
+  return c.initial_bytes > 0 ? round_granule(c.initial_bytes) : 0;
+}
+
 cllm_status_t cllm_arena_create(const cllm_arena_config_t *cfg, cllm_arena_t **out) {
   if (out == NULL) return CLLM_EINVAL;
   *out = NULL;
-  cllm_arena_config_t c = cfg != NULL ? *cfg : cllm_arena_config_default();
-  if (c.struct_size < sizeof(cllm_arena_config_t)) return CLLM_EINVAL;
-  if (!(c.shrink_fraction > 0.0 && c.shrink_fraction <= 1.0)) return CLLM_EINVAL;
-  if (c.initial_bytes > CLLM_ARENA_MAX_REQUEST || c.min_chunk_bytes > CLLM_ARENA_MAX_REQUEST ||
-      c.max_chunk_bytes > CLLM_ARENA_MAX_REQUEST)
-    return CLLM_EINVAL;
-  size_t min_chunk = round_granule(c.min_chunk_bytes != 0 ? c.min_chunk_bytes : GRANULE);
-  size_t max_chunk = round_granule(c.max_chunk_bytes != 0 ? c.max_chunk_bytes : (size_t)256 << 20);
-  if (max_chunk < min_chunk) return CLLM_EINVAL;
+  cllm_arena_config_t c;
+  size_t min_chunk, max_chunk;
+  cllm_status_t crc = config_check(cfg, &c, &min_chunk, &max_chunk);
+  if (crc != CLLM_OK) return crc;
 
   arena_t *A = CLLM_FAULT(CLLM_FAULT_MALLOC) ? NULL : aligned_alloc(64, sizeof *A);
   if (A == NULL) return CLLM_ENOMEM;
@@ -897,6 +913,13 @@ cllm_status_t cllm_arena_stats(const cllm_arena_t *a, cllm_arena_stats_t *st) {
   s.heap_backed = A->cfg.heaps != NULL;
   s.cursor_out = cursor_out(A);
   s.cursors = A->cursors;
+  for (size_t k = 0; k < A->n_chunks && s.resident_bytes != SIZE_MAX; k++) {
+    size_t r;
+    if (cllm__prim_resident_bytes((const void *)A->chunks[k].base, A->chunks[k].size, &r) != 0)
+      s.resident_bytes = SIZE_MAX;
+    else
+      s.resident_bytes += r;
+  }
   *st = s;
   return CLLM_OK;
 }

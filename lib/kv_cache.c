@@ -1,30 +1,36 @@
 /* The paged KV cache: storage, the block state machine, LRU eviction, the monitor
- * charge and reclaimer, statistics and the invariant check.
+ * charge and reclaimer, statistics (the invariant check: lib/kv_check.c).
  *
  * Concept
  *   One mapping holds 2 x layers pools (K0, V0, K1, V1, ...), each
  *   [num_blocks][block_tokens][kv_heads][head_dim] of dtype_bytes, every pool 2 MiB
- *   aligned. It is reserved at create (MAP_NORESERVE, THP advised, bound to the NUMA
- *   node first) and committed in steps of max(2 MiB of each pool, 1/16 of the
- *   pool) on a high-water mark of block ids, so a block used before never waits on
- *   a page fault, and a large capacity costs nothing until used.
+ *   aligned. It is reserved at create (MAP_NORESERVE, placed by the NUMA policy
+ *   first) and committed on a high-water mark of block ids: with populate in
+ *   huge-page steps (2 MiB of each pool, or 1/16 of the pool, a step ahead where the
+ *   monitor allows), pre-faulted; without, by pages (MADV_NOHUGEPAGE). A commit is
+ *   charged to the monitor before its pages exist, so a large capacity costs
+ *   nothing until used and resident memory never passes the charge.
  *
  *   Block metadata is one flat array of kv_block_t with 32-bit links:
- *     FREE    refcount 0; either above the high-water mark `hwm` (never used) or in
- *             the recycled stack `free_head` (no reusable content);
+ *     FREE    refcount 0; above the high-water mark `hwm` (never used), or on the
+ *             resident stack `free_head` (recycled, pages and charge kept), or on
+ *             the given-back stack `dfree_head` (its unit's pages returned to the
+ *             kernel by the reclaimer, charge released);
  *     ACTIVE  refcount >= 1 (held by block tables / copy entries);
  *     CACHED  refcount 0, indexed (a full block of a known prefix); unpinned ones
  *             sit in one doubly linked LRU list per priority band (head = least
  *             recently used), pinned ones in no list.
- *   A block is taken from the recycled stack, then above hwm, then from the LRU
- *   head of the lowest non-empty band: O(1) each (the band loop is 4 steps).
+ *   A block is taken from the resident stack, then the given-back stack (its unit
+ *   charged again), then above hwm, then from the LRU head of the lowest non-empty
+ *   band: O(1) each (the band loop is 4 steps).
  *
  * Invariants (cllm_kv_check verifies them all)
- *   - active_count + cached_lru + cached_pinned + free_count + (num_blocks - hwm)
- *     == num_blocks; blocks >= hwm are FREE and untouched.
+ *   - active_count + cached_lru + cached_pinned + free_count + dfree_count +
+ *     (num_blocks - hwm) == num_blocks; blocks >= hwm are FREE and untouched;
+ *     hwm <= committed.
  *   - refcnt(b) == occurrences of b in block tables and copy entries.
- *   - charged_bytes == (ACTIVE + CACHED) x block_bytes, and the monitor holds it,
- *     whenever the lock is free (frees are released in one call at unlock).
+ *   - charged_bytes == 2 x layers x committed_bytes - dfree_count x block_bytes, and
+ *     the monitor holds it; given-back blocks come in whole units.
  *   - tokens_active == sum of fill over ACTIVE blocks.
  *   - indexed blocks are exactly the ones in the hash index; CACHED => indexed.
  *
@@ -73,7 +79,6 @@ cllm_kv_config_t cllm_kv_config_default(void) {
   cllm_kv_config_t c;
   memset(&c, 0, sizeof c);
   c.struct_size = sizeof c;
-  c.dtype_bytes = 2;
   c.block_tokens = 16;
   c.numa_node = -1;
   c.populate = true;
@@ -81,61 +86,137 @@ cllm_kv_config_t cllm_kv_config_default(void) {
   return c;
 }
 
-/* ---- commit steps ------------------------------------------------------------- */
+/* ---- commit and charge ----------------------------------------------------------- */
 
-/* Make blocks [0, upto) committed in every pool. Failure changes nothing that
- * matters (pages populated before the failure simply stay). */
+/* The cache charges the monitor for the pages it makes resident, before it makes
+ * them resident: every pool's committed prefix (granule-rounded), less the blocks
+ * whose pages were given back. A FREE block keeps its pages and its charge. */
+
+static size_t pool_round(const cllm_kv_cache_t *kv, size_t bytes) {
+  size_t r = (bytes + kv->granule - 1) & ~(kv->granule - 1);  // bytes <= pool_stride
+  return r < kv->pool_stride ? r : kv->pool_stride;
+}
+
+/* Grow every pool's committed prefix to `want` bytes: charge, then populate. A
+ * failure leaves the prefix, the pages and the charge as they were. */
+static cllm_status_t commit_to_locked(cllm_kv_cache_t *kv, size_t want) {
+  size_t old = kv->committed_bytes, n = want - old, pools = 2u * (size_t)kv->layers;
+  cllm_status_t rc = cllm_monitor_try_reserve(kv->mon, CLLM_CAT_KV, n * pools);
+  if (rc != CLLM_OK) return rc;
+  if (kv->populate) {
+    for (size_t p = 0; p < pools; p++) {
+      if (cllm__prim_populate(kv->base + p * kv->pool_stride + old, n) == 0) continue;
+      for (size_t q = 0; q <= p; q++)  // give back what this call made resident
+        (void)cllm__prim_decommit(kv->base + q * kv->pool_stride + old, n);
+      rc = cllm_monitor_release(kv->mon, CLLM_CAT_KV, n * pools);
+      cllm_assert_internal(rc == CLLM_OK);
+      return CLLM_ENOMEM;
+    }
+  }
+  kv->committed_bytes = want;
+  size_t blocks = want / kv->chunk_bytes;
+  kv->committed = blocks < kv->num_blocks ? (uint32_t)blocks : kv->num_blocks;
+  kv->charged_bytes += n * pools;
+  return CLLM_OK;
+}
+
+/* Make blocks [0, upto) committed: a step ahead where the monitor allows it (so a
+ * block used before never waits on a page fault), else exactly what is needed. */
 static cllm_status_t ensure_committed_locked(cllm_kv_cache_t *kv, uint32_t upto) {
   if (upto <= kv->committed) return CLLM_OK;
-  if (!kv->populate) {
-    kv->committed = upto;
-    return CLLM_OK;
+  size_t need = pool_round(kv, (size_t)upto * kv->chunk_bytes);
+  uint64_t ahead_blocks = (uint64_t)kv->committed + kv->commit_step;
+  if (ahead_blocks > kv->num_blocks) ahead_blocks = kv->num_blocks;
+  size_t ahead = pool_round(kv, (size_t)ahead_blocks * kv->chunk_bytes);
+  if (ahead > need) {
+    cllm_status_t rc = commit_to_locked(kv, ahead);
+    if (rc != CLLM_ELIMIT) return rc;
   }
-  uint64_t target = (uint64_t)kv->committed + kv->commit_step;
-  if (target < upto) target = upto;
-  if (target > kv->num_blocks) target = kv->num_blocks;
-  size_t page = cllm__prim_page_size();
-  size_t start = cllm__align_down((size_t)kv->committed * kv->chunk_bytes, page);
-  size_t end = (size_t)target * kv->chunk_bytes;
-  end = (end + page - 1) & ~(page - 1);
-  if (end > kv->pool_stride) end = kv->pool_stride;
-  for (uint32_t p = 0; p < 2u * kv->layers; p++) {
-    int e = cllm__prim_populate(kv->base + (size_t)p * kv->pool_stride + start, end - start);
-    if (e != 0) return CLLM_ENOMEM;
-  }
-  kv->committed = (uint32_t)target;
-  return CLLM_OK;
+  return commit_to_locked(kv, need);
 }
 
-/* ---- monitor charge ----------------------------------------------------------- */
+/* ---- the free stacks (doubly linked through prev / next) ------------------------ */
 
-/* Blocks freed under the lock are released to the monitor once, when the lock is
- * dropped (kv__unlock); a block taken in the same call reuses such a charge without
- * touching the monitor. Outside the lock the monitor holds exactly charged_bytes. */
-static cllm_status_t charge_locked(cllm_kv_cache_t *kv, size_t blocks) {
-  size_t netted = blocks < kv->uncharge_pending ? blocks : kv->uncharge_pending;
-  blocks -= netted;
-  if (blocks == 0) {
-    kv->uncharge_pending -= netted;
-    return CLLM_OK;
-  }
-  size_t bytes = blocks * kv->block_bytes;  // <= num_blocks x block_bytes: no overflow
-  cllm_status_t rc = cllm_monitor_try_reserve(kv->mon, CLLM_CAT_KV, bytes);
-  if (rc != CLLM_OK) return rc;  // nothing netted either
-  kv->uncharge_pending -= netted;
-  kv->charged_bytes += bytes;
-  return CLLM_OK;
+static void free_push_locked(cllm_kv_cache_t *kv, uint32_t b, bool gone) {
+  uint32_t *head = gone ? &kv->dfree_head : &kv->free_head;
+  kv_block_t *bl = &kv->blocks[b];
+  bl->gone = gone;
+  bl->prev = KV_NONE;
+  bl->next = *head;
+  if (*head != KV_NONE) kv->blocks[*head].prev = b;
+  *head = b;
+  if (gone) kv->dfree_count++;
+  else kv->free_count++;
 }
 
-static void uncharge_locked(cllm_kv_cache_t *kv, size_t blocks) { kv->uncharge_pending += blocks; }
+static void free_remove_locked(cllm_kv_cache_t *kv, uint32_t b) {
+  kv_block_t *bl = &kv->blocks[b];
+  uint32_t *head = bl->gone ? &kv->dfree_head : &kv->free_head;
+  if (bl->prev != KV_NONE) kv->blocks[bl->prev].next = bl->next;
+  else *head = bl->next;
+  if (bl->next != KV_NONE) kv->blocks[bl->next].prev = bl->prev;
+  bl->prev = bl->next = KV_NONE;
+  if (bl->gone) kv->dfree_count--;
+  else kv->free_count--;
+  bl->gone = 0;
+}
 
-void kv__flush_uncharge_locked(cllm_kv_cache_t *kv) {
-  size_t bytes = kv->uncharge_pending * kv->block_bytes;
+/* ---- giving pages back ------------------------------------------------------------- */
+
+/* Units of `unit` blocks own whole pages of every pool. A unit is given back only
+ * when all its blocks are FREE, resident and below hwm, and recharged whole, so
+ * resident never exceeds the charge. */
+
+/* Give back the unit of block b if it qualifies; returns its blocks (0 if not). */
+static uint32_t give_back_unit_locked(cllm_kv_cache_t *kv, uint32_t b) {
+  uint32_t u = kv->unit, first = b - b % u;
+  if ((uint64_t)first + u > kv->hwm) return 0;
+  for (uint32_t x = first; x < first + u; x++)
+    if (kv->blocks[x].state != KV_FREE || kv->blocks[x].gone) return 0;
+  size_t off = (size_t)first * kv->chunk_bytes, len = (size_t)u * kv->chunk_bytes;
+  for (uint32_t p = 0; p < 2u * kv->layers; p++)
+    if (cllm__prim_decommit(kv->base + (size_t)p * kv->pool_stride + off, len) != 0)
+      return 0;  // the unit keeps its charge (some of its pages may be gone)
+  for (uint32_t x = first; x < first + u; x++) {
+    free_remove_locked(kv, x);
+    free_push_locked(kv, x, true);
+  }
+  size_t bytes = (size_t)u * kv->block_bytes;
   cllm_status_t rc = cllm_monitor_release(kv->mon, CLLM_CAT_KV, bytes);
   cllm_assert_internal(rc == CLLM_OK);
   (void)rc;
   kv->charged_bytes -= bytes;
-  kv->uncharge_pending = 0;
+  kv->st_decommitted += u;
+  return u;
+}
+
+/* Give back units of FREE blocks until at least `want` blocks went; returns how many. */
+static uint32_t give_back_locked(cllm_kv_cache_t *kv, uint32_t want) {
+  uint32_t done = 0;
+  if (kv->unit == 0) return 0;
+  for (uint32_t b = kv->free_head, next; b != KV_NONE && done < want; b = next) {
+    uint32_t got = give_back_unit_locked(kv, b);
+    /* the walk goes on from a block still on the resident stack */
+    next = kv->blocks[b].next;
+    if (got > 0) next = kv->free_head;
+    done += got;
+  }
+  return done;
+}
+
+/* Charge the unit at the top of the given-back stack again and put its blocks back
+ * on the resident stack (their pages fault in on first write). */
+static cllm_status_t recharge_unit_locked(cllm_kv_cache_t *kv) {
+  uint32_t u = kv->unit, first = kv->dfree_head - kv->dfree_head % u;
+  size_t bytes = (size_t)u * kv->block_bytes;
+  cllm_status_t rc = cllm_monitor_try_reserve(kv->mon, CLLM_CAT_KV, bytes);
+  if (rc != CLLM_OK) return rc;
+  for (uint32_t x = first; x < first + u; x++) {
+    free_remove_locked(kv, x);
+    free_push_locked(kv, x, false);
+  }
+  kv->charged_bytes += bytes;
+  return CLLM_OK;
 }
 
 /* ---- LRU lists (per band, head = least recently used) --------------------------- */
@@ -186,34 +267,34 @@ static void evict_cached_locked(cllm_kv_cache_t *kv, uint32_t b) {
 cllm_status_t kv__take_blocks_locked(cllm_kv_cache_t *kv, uint32_t k, uint32_t band,
                                      uint32_t *ids) {
   if (k == 0) return CLLM_OK;
+  if (!kv__blocks_available_locked(kv, k)) return CLLM_ENOMEM;
+  /* FREE blocks first: resident ones, then given-back units charged again */
+  uint64_t want_free = (uint64_t)kv->free_count + kv->dfree_count;
+  if (want_free > k) want_free = k;
+  cllm_status_t rc = CLLM_OK;
+  while (kv->free_count < want_free && rc == CLLM_OK) rc = recharge_unit_locked(kv);
+  if (rc != CLLM_OK && rc != CLLM_ELIMIT) return rc;
+  uint32_t a = k < kv->free_count ? k : kv->free_count, rem = k - a;
   uint32_t fresh_left = kv->num_blocks - kv->hwm;
-  uint64_t avail_free = (uint64_t)kv->free_count + fresh_left;
-  if ((uint64_t)k > avail_free + kv->cached_lru) return CLLM_ENOMEM;
-  uint32_t n_new = k < avail_free ? k : (uint32_t)avail_free;
-  uint32_t n_fresh = n_new > kv->free_count ? n_new - kv->free_count : 0;
-  if (n_fresh > 0) {
-    cllm_status_t rc = ensure_committed_locked(kv, kv->hwm + n_fresh);
+  uint32_t f = rem < fresh_left ? rem : fresh_left, c = rem - f;
+  if (c > kv->cached_lru) return CLLM_ELIMIT;  // given-back blocks were needed: refused
+  if (f > 0) {  // never used: commit (and charge) first
+    rc = ensure_committed_locked(kv, kv->hwm + f);
+    if (rc == CLLM_ELIMIT && kv->cached_lru > c) {  // the monitor refused: reuse CACHED
+      uint32_t moved = f < kv->cached_lru - c ? f : kv->cached_lru - c;
+      f -= moved;
+      c += moved;
+      rc = f == 0 ? CLLM_OK : ensure_committed_locked(kv, kv->hwm + f);
+    }
     if (rc != CLLM_OK) return rc;
   }
-  cllm_status_t rc = charge_locked(kv, n_new);
-  if (rc != CLLM_OK) {
-    /* The monitor refused: reuse our own CACHED blocks instead of new ones (no
-     * charge change), then charge only what is left. */
-    uint32_t alt = k > kv->cached_lru ? k - kv->cached_lru : 0;
-    if (alt < n_new && charge_locked(kv, alt) == CLLM_OK) n_new = alt;
-    else return CLLM_ELIMIT;
-  }
-  uint32_t n_old = k - n_new;
   for (uint32_t i = 0; i < k; i++) {
     uint32_t b;
-    if (i < n_new) {
-      if (kv->free_head != KV_NONE) {
-        b = kv->free_head;
-        kv->free_head = kv->blocks[b].next;
-        kv->free_count--;
-      } else {
-        b = kv->hwm++;
-      }
+    if (i < a) {
+      b = kv->free_head;
+      free_remove_locked(kv, b);
+    } else if (i < a + f) {
+      b = kv->hwm++;
     } else {
       b = lru_victim_locked(kv);
       cllm_assert_internal(b != KV_NONE);
@@ -227,7 +308,6 @@ cllm_status_t kv__take_blocks_locked(cllm_kv_cache_t *kv, uint32_t k, uint32_t b
     bl->prev = bl->next = KV_NONE;
     ids[i] = b;
   }
-  (void)n_old;
   kv->active_count += k;
   return CLLM_OK;
 }
@@ -264,11 +344,7 @@ void kv__unref_locked(cllm_kv_cache_t *kv, uint32_t b) {
   bl->gen++;
   bl->fill = 0;
   bl->band = 0;
-  bl->prev = KV_NONE;
-  bl->next = kv->free_head;
-  kv->free_head = b;
-  kv->free_count++;
-  uncharge_locked(kv, 1);
+  free_push_locked(kv, b, false);
 }
 
 uint32_t kv__drop_cached_locked(cllm_kv_cache_t *kv, uint32_t n) {
@@ -279,10 +355,7 @@ uint32_t kv__drop_cached_locked(cllm_kv_cache_t *kv, uint32_t n) {
     evict_cached_locked(kv, b);
     kv_block_t *bl = &kv->blocks[b];
     bl->state = KV_FREE;
-    bl->next = kv->free_head;
-    kv->free_head = b;
-    kv->free_count++;
-    uncharge_locked(kv, 1);
+    free_push_locked(kv, b, false);
     done++;
   }
   return done;
@@ -312,15 +385,23 @@ void kv__unpin_locked(cllm_kv_cache_t *kv, uint32_t b) {
 
 /* ---- the monitor's reclaimer ---------------------------------------------------- */
 
+/* Frees resident memory only: FREE blocks' pages are given back first (whole units),
+ * then CACHED blocks are dropped (LRU order) and theirs given back where their
+ * units are then all FREE. A cache without units (unit 0) frees nothing. */
 static size_t kv_reclaim(void *user, cllm_category_t cat, size_t needed) {
   (void)cat;
   cllm_kv_cache_t *kv = user;
+  if (kv->unit == 0) return 0;
   kv__lock(kv);
   size_t want = needed / kv->block_bytes + (needed % kv->block_bytes != 0);
   if (want == 0) want = 1;
   if (want > kv->num_blocks) want = kv->num_blocks;
-  uint32_t got = kv__drop_cached_locked(kv, (uint32_t)want);
-  kv->st_reclaimed += got;
+  uint32_t got = give_back_locked(kv, (uint32_t)want);
+  for (uint32_t drop = (uint32_t)want - got; got < want && kv->cached_lru > 0; drop = kv->unit) {
+    uint32_t dropped = kv__drop_cached_locked(kv, drop);
+    kv->st_reclaimed += dropped;
+    got += give_back_locked(kv, (uint32_t)want - got);
+  }
   kv__unlock(kv);
   return (size_t)got * kv->block_bytes;
 }
@@ -328,7 +409,6 @@ static size_t kv_reclaim(void *user, cllm_category_t cat, size_t needed) {
 /* ---- create / destroy ------------------------------------------------------------ */
 
 static void kv_free_all(cllm_kv_cache_t *kv) {
-  kv->uncharge_pending = 0;  // still part of charged_bytes, released below
   if (kv->reclaimer_on) {
     cllm_status_t rc = cllm_monitor_remove_reclaimer(kv->mon, kv_reclaim, kv);
     if (rc != CLLM_OK) cllm__warn("kv cache: removing the reclaimer failed: %s", cllm_status_name(rc));
@@ -350,17 +430,27 @@ static void kv_free_all(cllm_kv_cache_t *kv) {
   free(kv);
 }
 
-cllm_status_t cllm_kv_cache_create(const cllm_kv_config_t *cfg, cllm_kv_cache_t **out) {
-  if (out == NULL) return CLLM_EINVAL;
-  *out = NULL;
+/* The sizes create derives from a config (shared with cllm_kv_footprint). */
+typedef struct kv_shape {
+  uint32_t bt;
+  size_t chunk, block_bytes, nblocks, stride, map_bytes, tok_n, huge, granule;
+} kv_shape_t;
+
+static cllm_status_t kv_shape(const cllm_kv_config_t *cfg, kv_shape_t *sh) {
   if (cfg == NULL || cfg->struct_size < sizeof(cllm_kv_config_t)) return CLLM_EINVAL;
   if (cfg->layers == 0 || cfg->kv_heads == 0 || cfg->head_dim == 0) return CLLM_EINVAL;
-  if (cfg->dtype_bytes != 1 && cfg->dtype_bytes != 2 && cfg->dtype_bytes != 4) return CLLM_EINVAL;
+  if (cfg->dtype_bytes != 1 && cfg->dtype_bytes != 2 && cfg->dtype_bytes != 4) {
+    cllm__warn("kv cache: dtype_bytes is %u; set it to the size of one K/V element (1, 2 or 4)",
+               cfg->dtype_bytes);
+    return CLLM_EINVAL;
+  }
   uint32_t bt = cfg->block_tokens == 0 ? 16 : cfg->block_tokens;
   if (!cllm__is_pow2(bt) || bt > 65536) return CLLM_EINVAL;
   if (!(cfg->max_pinned_fraction >= 0.0 && cfg->max_pinned_fraction <= 1.0)) return CLLM_EINVAL;
-  if (cfg->numa_node < -1) return CLLM_EINVAL;
-
+  if (cfg->numa_node < -1 || cfg->max_seqs > ((size_t)1 << 24)) return CLLM_EINVAL;
+  if ((unsigned)cfg->numa > CLLM_KV_NUMA_NONE ||
+      (cfg->numa == CLLM_KV_NUMA_BIND && cfg->numa_node < 0))
+    return CLLM_EINVAL;
   size_t chunk, block_bytes, t;
   if (cllm__mul_overflow(bt, cfg->kv_heads, &t) || cllm__mul_overflow(t, cfg->head_dim, &t) ||
       cllm__mul_overflow(t, cfg->dtype_bytes, &chunk) ||
@@ -377,6 +467,63 @@ cllm_status_t cllm_kv_cache_create(const cllm_kv_config_t *cfg, cllm_kv_cache_t 
       cllm__mul_overflow(stride, 2u * (size_t)cfg->layers, &map_bytes) ||
       cllm__mul_overflow(nblocks, bt, &tok_n) || tok_n > SIZE_MAX / sizeof(cllm_kv_token_t))
     return CLLM_EOVERFLOW;
+  *sh = (kv_shape_t){.bt = bt, .chunk = chunk, .block_bytes = block_bytes, .nblocks = nblocks,
+                     .stride = stride, .map_bytes = map_bytes, .tok_n = tok_n, .huge = huge,
+                     .granule = cfg->populate ? huge : cllm__prim_page_size()};
+  return CLLM_OK;
+}
+
+/* Apply the placement to the whole mapping while no page of it exists. */
+static cllm_status_t place_pools(cllm_kv_cache_t *kv, const cllm_kv_config_t *cfg) {
+  cllm_kv_numa_t want = cfg->numa;
+  if (want == CLLM_KV_NUMA_AUTO)
+    want = cfg->numa_node >= 0 ? CLLM_KV_NUMA_BIND : CLLM_KV_NUMA_INTERLEAVE;
+  kv->numa_applied = CLLM_KV_NUMA_NONE;
+  if (want == CLLM_KV_NUMA_NONE) return CLLM_OK;
+  const cllm_topology_t *topo = cllm_topology_system();  // NULL: could not load (memory)
+  if (topo == NULL) return want == CLLM_KV_NUMA_BIND ? CLLM_ENOMEM : CLLM_OK;
+  int nodes = cllm_topology_nodes(topo);
+  cllm_status_t rc;
+  switch (want) {
+    case CLLM_KV_NUMA_BIND:  // asked for explicitly: applied (and refused) even on one node
+      rc = cllm_topology_bind_area(topo, kv->base, kv->map_bytes, cfg->numa_node);
+      if (rc == CLLM_OK) kv->numa_applied = CLLM_KV_NUMA_BIND;
+      return rc;
+    case CLLM_KV_NUMA_LOCAL: {
+      if (nodes <= 1) return CLLM_OK;  // first touch is exact on one node
+      int node = cllm_topology_current_node(topo);
+      rc = node < 0 ? CLLM_ENOTSUP : cllm_topology_bind_area(topo, kv->base, kv->map_bytes, node);
+      if (rc == CLLM_OK) kv->numa_applied = CLLM_KV_NUMA_LOCAL;
+      else kv->numa_status = rc;  // first touch by the committing thread instead
+      return CLLM_OK;
+    }
+    default:  // INTERLEAVE
+      if (nodes <= 1) return CLLM_OK;
+      rc = cllm_topology_interleave_area(topo, kv->base, kv->map_bytes, NULL, 0);
+      if (rc == CLLM_OK) kv->numa_applied = CLLM_KV_NUMA_INTERLEAVE;
+      else if (cfg->numa == CLLM_KV_NUMA_AUTO) kv->numa_status = rc;  // the default: tolerated
+      else return rc;
+      return CLLM_OK;
+  }
+}
+
+size_t cllm_kv_footprint(const cllm_kv_config_t *cfg) {
+  kv_shape_t sh;
+  if (kv_shape(cfg, &sh) != CLLM_OK) return 0;
+  size_t pool = sh.nblocks * sh.chunk, per = (pool + sh.granule - 1) & ~(sh.granule - 1);
+  if (per > sh.stride) per = sh.stride;
+  return per * 2u * (size_t)cfg->layers;  // <= map_bytes: no overflow
+}
+
+cllm_status_t cllm_kv_cache_create(const cllm_kv_config_t *cfg, cllm_kv_cache_t **out) {
+  if (out == NULL) return CLLM_EINVAL;
+  *out = NULL;
+  kv_shape_t sh;
+  cllm_status_t src = kv_shape(cfg, &sh);
+  if (src != CLLM_OK) return src;
+  uint32_t bt = sh.bt;
+  size_t chunk = sh.chunk, block_bytes = sh.block_bytes, nblocks = sh.nblocks;
+  size_t stride = sh.stride, map_bytes = sh.map_bytes, tok_n = sh.tok_n, huge = sh.huge;
 
   cllm_kv_cache_t *kv = kv_calloc(1, sizeof *kv);
   if (kv == NULL) return CLLM_ENOMEM;
@@ -402,10 +549,20 @@ cllm_status_t cllm_kv_cache_create(const cllm_kv_config_t *cfg, cllm_kv_cache_t 
   kv->evict_user = cfg->evict_user;
   kv->hash_fn = cfg->hash_fn != NULL ? cfg->hash_fn : kv__hash_default;
   kv->hash_user = cfg->hash_user;
-  size_t step = ((size_t)2 << 20) / chunk + 1;
+  kv->granule = sh.granule;
+  size_t page = cllm__prim_page_size(), g = chunk, r = page;
+  while (r != 0) {  // g = gcd(chunk, page)
+    size_t t = g % r;
+    g = r;
+    r = t;
+  }
+  kv->unit = page / g <= 64 && page / g <= nblocks ? (uint32_t)(page / g) : 0;
+  size_t step = sh.granule / chunk;  // one huge page of each pool, or 1/16 of the pool
   if (step < nblocks / 16) step = nblocks / 16;
+  if (step == 0) step = 1;
   if (step > nblocks) step = nblocks;
-  kv->commit_step = (uint32_t)step;
+  kv->commit_step = cfg->populate ? (uint32_t)step : 0;
+  kv->dfree_head = KV_NONE;
   double pin_fraction = cfg->max_pinned_fraction == 0.0 ? 0.5 : cfg->max_pinned_fraction;
   kv->pin_cap = (uint32_t)(pin_fraction * (double)nblocks);
   kv->copy_budget_blocks = kv->num_blocks;
@@ -430,14 +587,14 @@ cllm_status_t cllm_kv_cache_create(const cllm_kv_config_t *cfg, cllm_kv_cache_t 
   void *base = NULL;
   if (cllm__prim_map(map_bytes, huge, &base) != 0) goto fail;
   kv->base = base;
-  if (cfg->numa_node >= 0) {
-    const cllm_topology_t *topo = cllm_topology_system();  // NULL: could not load (memory)
-    rc = topo == NULL ? CLLM_ENOMEM : cllm_topology_bind_area(topo, base, map_bytes, cfg->numa_node);
-    if (rc != CLLM_OK) goto fail;
-  }
+  rc = place_pools(kv, cfg);
+  if (rc != CLLM_OK) goto fail;
   if (kv->populate) {
     int e = cllm__prim_advise_huge(base, map_bytes);
     if (e != 0) cllm__info("kv cache: no transparent huge pages for the pools (errno %d)", e);
+  } else {  // pages are charged one by one: a huge page on a fault would pass the charge
+    int e = cllm__prim_advise_nohuge(base, map_bytes);  // EINVAL: a kernel without THP
+    if (e != 0) cllm__info("kv cache: MADV_NOHUGEPAGE refused (errno %d)", e);
   }
   rc = CLLM_ENOMEM;
   kv->blocks = kv_calloc_lines(nblocks, sizeof(kv_block_t));
@@ -485,6 +642,17 @@ size_t cllm_kv_block_bytes(const cllm_kv_cache_t *kv) { return kv ? kv->block_by
 size_t cllm_kv_num_blocks(const cllm_kv_cache_t *kv) { return kv ? kv->num_blocks : 0; }
 uint32_t cllm_kv_block_tokens(const cllm_kv_cache_t *kv) { return kv ? kv->bt : 0; }
 
+cllm_status_t cllm_kv_layer_view(const cllm_kv_cache_t *kv, uint32_t layer,
+                                 cllm_kv_layer_view_t *out) {
+  if (kv == NULL || out == NULL) return CLLM_EINVAL;
+  if (layer >= kv->layers) return CLLM_ERANGE;
+  *out = (cllm_kv_layer_view_t){.k = kv__k_ptr(kv, 0, layer), .v = kv__v_ptr(kv, 0, layer),
+                                .block_stride = kv->chunk_bytes,
+                                .row_bytes = kv->chunk_bytes >> kv->bt_shift,
+                                .block_tokens = kv->bt, .num_blocks = kv->num_blocks};
+  return CLLM_OK;
+}
+
 cllm_status_t cllm_kv_block_layer(const cllm_kv_cache_t *kv, uint32_t block, uint32_t layer,
                                   void **k, void **v) {
   if (kv == NULL) return CLLM_EINVAL;
@@ -504,16 +672,21 @@ cllm_status_t cllm_kv_stats(cllm_kv_cache_t *kv, cllm_kv_stats_t *st) {
   st->num_blocks = kv->num_blocks;
   st->block_bytes = kv->block_bytes;
   st->block_tokens = kv->bt;
-  st->blocks_free = (size_t)kv->free_count + (kv->num_blocks - kv->hwm);
+  st->blocks_free = (size_t)kv->free_count + kv->dfree_count + (kv->num_blocks - kv->hwm);
   st->blocks_active = kv->active_count;
   st->blocks_cached = (size_t)kv->cached_lru + kv->cached_pinned;
   st->blocks_pinned = kv->pinned_count;
-  st->blocks_committed = kv->populate ? kv->committed : 0;
+  st->blocks_committed = kv->committed;
   st->tokens_stored = kv->tokens_active;
   st->utilisation = kv->active_count == 0
                         ? 1.0
                         : (double)kv->tokens_active / ((double)kv->active_count * kv->bt);
-  st->kv_bytes = kv->charged_bytes;
+  st->kv_bytes = ((size_t)kv->active_count + kv->cached_lru + kv->cached_pinned) * kv->block_bytes;
+  st->charged_bytes = kv->charged_bytes;
+  st->blocks_given_back = kv->dfree_count;
+  st->given_back_blocks = kv->st_decommitted;
+  st->numa_applied = kv->numa_applied;
+  st->numa_status = kv->numa_status;
   st->sequences = kv->seq_count;
   st->copy_entries = kv->copy_count;
   st->copy_used_bytes = (size_t)kv->copy_blocks * kv->block_bytes;
@@ -526,119 +699,8 @@ cllm_status_t cllm_kv_stats(cllm_kv_cache_t *kv, cllm_kv_stats_t *st) {
   st->refused = kv->st_refused;
   st->reclaimed_blocks = kv->st_reclaimed;
   kv__unlock(kv);
+  /* base and map_bytes never change: the kernel is asked without the lock */
+  int e = cllm__prim_resident_bytes(kv->base, kv->map_bytes, &st->resident_bytes);
+  if (e != 0) st->resident_bytes = SIZE_MAX;
   return CLLM_OK;
-}
-
-/* ---- the invariant check -------------------------------------------------------- */
-
-#define KV_CHECK(cond, ...)              \
-  do {                                   \
-    if (!(cond)) {                       \
-      cllm__error("kv check: " __VA_ARGS__); \
-      rc = CLLM_ECORRUPT;                \
-      goto out;                          \
-    }                                    \
-  } while (0)
-
-static cllm_status_t check_blocks_locked(const cllm_kv_cache_t *kv, const uint32_t *refs) {
-  cllm_status_t rc = CLLM_OK;
-  uint64_t n_free = 0, n_active = 0, n_cached = 0, n_pinned = 0, n_pinned_cached = 0, tokens = 0;
-  for (uint32_t b = 0; b < kv->num_blocks; b++) {
-    const kv_block_t *bl = &kv->blocks[b];
-    KV_CHECK(refs[b] == bl->refcnt, "block %u refcount %u, held %u times", b, bl->refcnt, refs[b]);
-    if (b >= kv->hwm) {
-      KV_CHECK(bl->state == KV_FREE && bl->refcnt == 0 && !bl->indexed && bl->gen == 0,
-               "never-used block %u is not pristine", b);
-      continue;
-    }
-    if (bl->pinned) {
-      n_pinned++;
-      KV_CHECK(bl->indexed, "pinned block %u is not indexed", b);
-    }
-    switch (bl->state) {
-      case KV_FREE:
-        n_free++;
-        KV_CHECK(bl->refcnt == 0 && !bl->indexed && !bl->pinned, "free block %u in use", b);
-        break;
-      case KV_ACTIVE:
-        n_active++;
-        tokens += bl->fill;
-        KV_CHECK(bl->refcnt > 0 && bl->fill <= kv->bt, "active block %u refcount 0", b);
-        break;
-      case KV_CACHED:
-        n_cached++;
-        if (bl->pinned) n_pinned_cached++;
-        KV_CHECK(bl->refcnt == 0 && bl->indexed && bl->fill == kv->bt,
-                 "cached block %u: refcount %u indexed %u fill %u", b, bl->refcnt, bl->indexed,
-                 bl->fill);
-        break;
-      default:
-        KV_CHECK(0, "block %u has state %u", b, bl->state);
-    }
-    KV_CHECK(bl->band < CLLM_KV_BANDS, "block %u band %u", b, bl->band);
-  }
-  KV_CHECK(n_free == kv->free_count, "free blocks %llu, counter %u", (unsigned long long)n_free,
-           kv->free_count);
-  KV_CHECK(n_active == kv->active_count, "active blocks %llu, counter %u",
-           (unsigned long long)n_active, kv->active_count);
-  KV_CHECK(n_cached == (uint64_t)kv->cached_lru + kv->cached_pinned, "cached blocks %llu, counters %u+%u",
-           (unsigned long long)n_cached, kv->cached_lru, kv->cached_pinned);
-  KV_CHECK(n_pinned == kv->pinned_count && n_pinned_cached == kv->cached_pinned,
-           "pinned counters");
-  KV_CHECK(n_pinned <= kv->pin_cap, "pinned %llu over the cap %u", (unsigned long long)n_pinned,
-           kv->pin_cap);
-  KV_CHECK(tokens == kv->tokens_active, "tokens %llu, counter %zu", (unsigned long long)tokens,
-           kv->tokens_active);
-  KV_CHECK(kv->uncharge_pending == 0, "uncharged blocks left over: %zu", kv->uncharge_pending);
-  KV_CHECK(kv->charged_bytes == (n_active + n_cached) * kv->block_bytes,
-           "charged %zu bytes for %llu blocks", kv->charged_bytes,
-           (unsigned long long)(n_active + n_cached));
-  KV_CHECK(cllm_monitor_used(kv->mon, CLLM_CAT_KV) >= kv->charged_bytes,
-           "the monitor holds less than the cache's charge");
-  KV_CHECK(kv->hwm <= kv->committed || !kv->populate, "blocks used past the committed mark");
-  /* the free stack */
-  uint64_t walked = 0;
-  for (uint32_t b = kv->free_head; b != KV_NONE; b = kv->blocks[b].next) {
-    KV_CHECK(b < kv->hwm && kv->blocks[b].state == KV_FREE, "free stack holds block %u", b);
-    KV_CHECK(++walked <= kv->free_count, "free stack longer than its counter");
-  }
-  KV_CHECK(walked == kv->free_count, "free stack %llu, counter %u", (unsigned long long)walked,
-           kv->free_count);
-  /* the LRU lists */
-  walked = 0;
-  for (uint32_t band = 0; band < CLLM_KV_BANDS; band++) {
-    uint32_t prev = KV_NONE;
-    for (uint32_t b = kv->lru_head[band]; b != KV_NONE; b = kv->blocks[b].next) {
-      const kv_block_t *bl = &kv->blocks[b];
-      KV_CHECK(b < kv->hwm && bl->state == KV_CACHED && !bl->pinned && bl->band == band,
-               "LRU band %u holds block %u (state %u)", band, b, bl->state);
-      KV_CHECK(bl->prev == prev, "LRU back link broken at block %u", b);
-      KV_CHECK(++walked <= kv->cached_lru, "LRU longer than its counter");
-      prev = b;
-    }
-    KV_CHECK(kv->lru_tail[band] == prev, "LRU tail of band %u", band);
-  }
-  KV_CHECK(walked == kv->cached_lru, "LRU holds %llu, counter %u", (unsigned long long)walked,
-           kv->cached_lru);
-out:
-  return rc;
-}
-
-cllm_status_t cllm_kv_check(cllm_kv_cache_t *kv) {
-  if (kv == NULL) return CLLM_EINVAL;
-  uint32_t *refs = kv_calloc(kv->num_blocks, sizeof(uint32_t));
-  uint32_t *ovf = kv_calloc((size_t)kv->idmask + 1, sizeof(uint32_t));
-  if (refs == NULL || ovf == NULL) {
-    free(refs);
-    free(ovf);
-    return CLLM_ENOMEM;
-  }
-  kv__lock(kv);
-  cllm_status_t rc = kv__check_slots_locked(kv, refs, ovf);
-  if (rc == CLLM_OK) rc = check_blocks_locked(kv, refs);
-  if (rc == CLLM_OK) rc = kv__check_index_locked(kv);
-  kv__unlock(kv);
-  free(refs);
-  free(ovf);
-  return rc;
 }

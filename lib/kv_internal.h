@@ -24,7 +24,7 @@ enum { KV_FREE = 0, KV_ACTIVE = 1, KV_CACHED = 2 };
 
 typedef struct kv_block {
   uint32_t refcnt;
-  uint32_t prev, next;     // FREE: next = free stack link; CACHED (unpinned): LRU links
+  uint32_t prev, next;     // FREE: free stack links; CACHED (unpinned): LRU links
   uint32_t hprev, hnext;   // hash index chain (indexed blocks only)
   uint32_t parent;         // indexed: the block before this one in its chain (NONE: first)
   uint32_t parent_gen;     // the parent's gen when this block was indexed
@@ -32,6 +32,7 @@ typedef struct kv_block {
   uint32_t fill;           // token rows in use (ACTIVE)
   uint8_t state, band, indexed, pinned;
   uint8_t linked;          // in the hash chain of `hash` (indexed, or stale: unlinked lazily)
+  uint8_t gone;            // FREE with its pages given back (on the dfree stack)
   uint64_t hash, salt;     // indexed blocks (hash also while stale-linked)
 } kv_block_t;
 
@@ -111,7 +112,10 @@ struct cllm_kv_cache {
   char *base;           // the one mapping: pools K0, V0, K1, V1, ...
   size_t map_bytes;
   bool populate, preemption;
-  uint32_t commit_step; // blocks per commit step
+  uint32_t unit;        // blocks whose pool bytes are whole pages (page / gcd(chunk,
+                        // page)): given back and recharged together; 0 = never
+  uint32_t commit_step; // blocks per commit step (populate); 0 = commit exactly what is used
+  size_t granule;       // commit granule of a pool: the huge page (populate) or the page
   cllm_monitor_t *mon;
   cllm_kv_evict_fn evict_fn;
   void *evict_user;
@@ -122,9 +126,13 @@ struct cllm_kv_cache {
   /* blocks */
   kv_block_t *blocks;
   cllm_kv_token_t *btok;  // [num_blocks][bt]: token ids of indexed blocks
-  uint32_t committed;     // blocks [0, committed) have committed pages
+  uint32_t committed;     // blocks [0, committed) lie in the committed prefix of every pool
+  size_t committed_bytes; // that prefix, per pool (granule-rounded, at most pool_stride)
   uint32_t hwm;           // blocks [hwm, num_blocks) were never used
-  uint32_t free_head, free_count;  // recycled FREE blocks (a stack)
+  uint32_t free_head, free_count;  // recycled FREE blocks, pages resident (a doubly
+                                   // linked stack: prev/next)
+  uint32_t dfree_head, dfree_count;// FREE blocks whose pages were given back, whole
+                                   // units (a doubly linked stack)
   uint32_t lru_head[CLLM_KV_BANDS], lru_tail[CLLM_KV_BANDS];  // head = least recent
   uint32_t cached_lru;    // CACHED blocks in the LRU lists (evictable)
   uint32_t cached_pinned; // CACHED pinned blocks (not in any list)
@@ -132,8 +140,8 @@ struct cllm_kv_cache {
   uint32_t *hbuckets;
   uint32_t hmask, indexed_count;
   size_t tokens_active;   // sum of fill over ACTIVE blocks
-  size_t charged_bytes;   // what this cache holds in the monitor
-  size_t uncharge_pending;// blocks freed under the lock, released at unlock
+  size_t charged_bytes;   // what this cache holds in the monitor: 2 x layers x
+                          // committed_bytes - dfree_count x block_bytes
 
   /* slots */
   kv_slot_t *slots;
@@ -147,32 +155,33 @@ struct cllm_kv_cache {
 
   /* statistics */
   uint64_t st_prefix_query, st_prefix_hit, st_evictions, st_copy_evictions;
-  uint64_t st_preemptions, st_cow, st_refused, st_reclaimed;
+  uint64_t st_preemptions, st_cow, st_refused, st_reclaimed, st_decommitted;
+  cllm_kv_numa_t numa_applied;
+  cllm_status_t numa_status;
 };
 
 /* ---- lib/kv_cache.c: blocks ---- */
-/* Release the monitor charge of the blocks freed under the lock (kv_cache.c). */
-void kv__flush_uncharge_locked(cllm_kv_cache_t *kv);
 static inline void kv__lock(cllm_kv_cache_t *kv) { (void)pthread_mutex_lock(&kv->lock); }
-static inline void kv__unlock(cllm_kv_cache_t *kv) {
-  if (kv->uncharge_pending != 0) kv__flush_uncharge_locked(kv);
-  (void)pthread_mutex_unlock(&kv->lock);
-}
-/* Take k blocks into ids[] (ACTIVE, refcount 1, fill 0, band `band`): FREE, never
- * used, then LRU CACHED; charges the monitor for the ones not taken from CACHED.
- * All or nothing: CLLM_ENOMEM (not enough FREE + CACHED), CLLM_ELIMIT (monitor). */
+static inline void kv__unlock(cllm_kv_cache_t *kv) { (void)pthread_mutex_unlock(&kv->lock); }
+/* Take k blocks into ids[] (ACTIVE, refcount 1, fill 0, band `band`): recycled FREE
+ * (resident), given-back FREE (charged again), never used (committed and charged
+ * first), then LRU CACHED; when the monitor refuses a charge, CACHED blocks are used
+ * instead where there are enough. Fails with CLLM_ENOMEM (not enough blocks, or a
+ * commit failed), CLLM_ELIMIT (monitor); no block changes state then (a commit step
+ * that succeeded stays committed and charged). */
 cllm_status_t kv__take_blocks_locked(cllm_kv_cache_t *kv, uint32_t k, uint32_t band,
                                      uint32_t *ids);
 /* Could k blocks be taken now without preemption (ignoring the monitor)? When not,
  * kv__take_blocks_locked returns CLLM_ENOMEM and changes nothing. */
 static inline bool kv__blocks_available_locked(const cllm_kv_cache_t *kv, uint32_t k) {
-  uint64_t avail = (uint64_t)kv->free_count + (kv->num_blocks - kv->hwm) + kv->cached_lru;
+  uint64_t avail = (uint64_t)kv->free_count + kv->dfree_count + (kv->num_blocks - kv->hwm) +
+                   kv->cached_lru;
   return k <= avail;
 }
 /* Add a reference to an ACTIVE or CACHED block (CACHED leaves the LRU). */
 void kv__ref_locked(cllm_kv_cache_t *kv, uint32_t b, uint32_t band);
 /* Drop a reference; at 0 an indexed block becomes CACHED (MRU of its band or
- * pinned), any other FREE (monitor released). */
+ * pinned), any other FREE (still resident and charged). */
 void kv__unref_locked(cllm_kv_cache_t *kv, uint32_t b);
 /* Set a block's fill (ACTIVE), keeping tokens_active. */
 static inline void kv__set_fill_locked(cllm_kv_cache_t *kv, uint32_t b, uint32_t fill) {
@@ -217,7 +226,7 @@ uint32_t kv__match_prefix_locked(cllm_kv_cache_t *kv, uint64_t salt,
                                  uint32_t *ids);
 cllm_status_t kv__check_index_locked(const cllm_kv_cache_t *kv);
 
-/* ---- lib/kv_seq.c: slots ---- */
+/* ---- lib/kv_seq.c (slots) and lib/kv_idmap.c (the id map) ---- */
 /* An id map bucket: lanes 0..KV_IDB_N-1 hold entries (tag: the low 32 bits of the id
  * hash with bit 0 set, so never 0; slot: slot index + 1), tag 0 / slot 0 = empty;
  * lane 7 has tag 0 and, as its slot word, the bucket's overflow count. */
@@ -240,6 +249,9 @@ static inline uint32_t kv__id_home(const cllm_kv_cache_t *kv, uint64_t h) {
 static inline void kv__id_prefetch(const cllm_kv_cache_t *kv, uint64_t h) {
   __builtin_prefetch(kv__id_bucket(kv, kv__id_home(kv, h)));
 }
+/* Enter slot s (its id_hash set) in the id map / take it out (lib/kv_idmap.c). */
+void kv__idmap_insert_locked(cllm_kv_cache_t *kv, uint32_t s);
+void kv__idmap_remove_locked(cllm_kv_cache_t *kv, uint32_t s);
 /* Look up `id` (NUL-terminated) whose hash is h; returns the slot or KV_NONE. */
 uint32_t kv__id_lookup_locked(const cllm_kv_cache_t *kv, const char *id, uint64_t h);
 /* The same, hashing first: *h gets the hash, *len strlen(id). */

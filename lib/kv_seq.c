@@ -33,97 +33,10 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
 
 #include "internal/fault.h"
 #include "internal/util.h"
 #include "kv_internal.h"
-
-/* ---- the id map ------------------------------------------------------------------ */
-
-/* Buckets of one cache line (kv_idbucket_t, 64-byte aligned): 7 entries, each a tag
- * (32 bits of the id hash, never 0) and a slot number + 1, and an overflow count:
- * how many entries found this bucket full on their way from their home bucket to a
- * later one (F14's outbound overflow count). A lookup reads its home bucket (the
- * high 32 bits of the hash pick it), compares all 7 tags at once (SSE2) and stops
- * at the first bucket without the id whose count is 0: nearly always one line and
- * no probe loop. A delete clears its entry and decrements the counts on its path:
- * no tombstones, no shifting. */
-
-_Static_assert(sizeof(kv_idbucket_t) == 64, "an id map bucket is one cache line");
-
-/* Bit i (i < 7) set: lanes[i] == v. */
-static inline unsigned idb_match(const uint32_t *lanes, uint32_t v) {
-#if defined(__SSE2__)
-  __m128i x = _mm_set1_epi32((int)v);
-  __m128i a = _mm_load_si128((const __m128i *)(const void *)lanes);
-  __m128i b = _mm_load_si128((const __m128i *)(const void *)(lanes + 4));
-  unsigned m = (unsigned)_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(a, x))) |
-               (unsigned)_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(b, x))) << 4;
-#else
-  unsigned m = 0;
-  for (unsigned i = 0; i < 8; i++) m |= (unsigned)(lanes[i] == v) << i;
-#endif
-  return m & ((1u << KV_IDB_N) - 1u);
-}
-
-uint32_t kv__id_find_locked(const cllm_kv_cache_t *kv, const char *id, uint64_t *h,
-                            size_t *len) {
-  *h = kv__hash_string(id, len);
-  return kv__id_lookup_locked(kv, id, *h);
-}
-
-uint32_t kv__id_lookup_locked(const cllm_kv_cache_t *kv, const char *id, uint64_t h) {
-  uint32_t tag = kv__id_tag(h);
-  uint32_t b = kv__id_home(kv, h);
-  for (uint32_t step = 0; step <= kv->idmask; step++, b = (b + 1) & kv->idmask) {
-    const kv_idbucket_t *bk = kv__id_bucket(kv, b);
-    for (unsigned m = idb_match(bk->tag, tag); m != 0; m &= m - 1) {
-      uint32_t s = bk->slot[__builtin_ctz(m)] - 1u;
-      const kv_slot_t *sl = &kv->slots[s];
-      if (sl->id_hash == h && strcmp(sl->id, id) == 0) return s;
-    }
-    if (KV_IDB_OVF(bk) == 0) return KV_NONE;
-  }
-  return KV_NONE;
-}
-
-/* There is always room: the map has 7/4 x max_slots entries or more. */
-static void idmap_insert_locked(cllm_kv_cache_t *kv, uint32_t s) {
-  uint64_t h = kv->slots[s].id_hash;
-  uint32_t b = kv__id_home(kv, h);
-  for (;;) {
-    kv_idbucket_t *bk = kv__id_bucket(kv, b);
-    unsigned m = idb_match(bk->tag, 0);
-    if (m != 0) {
-      unsigned i = (unsigned)__builtin_ctz(m);
-      bk->tag[i] = kv__id_tag(h);
-      bk->slot[i] = s + 1u;
-      return;
-    }
-    KV_IDB_OVF(bk)++;
-    b = (b + 1) & kv->idmask;
-  }
-}
-
-static void idmap_remove_locked(cllm_kv_cache_t *kv, uint32_t s) {
-  uint32_t b = kv__id_home(kv, kv->slots[s].id_hash);
-  for (;;) {
-    kv_idbucket_t *bk = kv__id_bucket(kv, b);
-    unsigned m = idb_match(bk->slot, s + 1u);
-    if (m != 0) {
-      unsigned i = (unsigned)__builtin_ctz(m);
-      bk->tag[i] = 0;
-      bk->slot[i] = 0;
-      return;
-    }
-    cllm_assert_internal(KV_IDB_OVF(bk) > 0);
-    KV_IDB_OVF(bk)--;  // this entry passed bucket b when it was inserted
-    b = (b + 1) & kv->idmask;
-  }
-}
 
 /* ---- slots ------------------------------------------------------------------------ */
 
@@ -158,7 +71,7 @@ cllm_status_t kv__slot_new_locked(cllm_kv_cache_t *kv, const char *id, uint64_t 
   sl->band = 0;
   sl->in_lru = sl->cb_pending = sl->chain_broken = 0;
   sl->n_keys = sl->n_values = 0;
-  idmap_insert_locked(kv, s);
+  kv__idmap_insert_locked(kv, s);
   kv->slots_used++;
   if (kind == K_SEQ) kv->seq_count++;
   else kv->copy_count++;
@@ -178,7 +91,7 @@ static void slot_free_locked(cllm_kv_cache_t *kv, uint32_t s) {
 void kv__slot_retire_locked(cllm_kv_cache_t *kv, uint32_t s) {
   kv_slot_t *sl = &kv->slots[s];
   cllm_assert_internal(sl->nb == 0 && !sl->in_lru);
-  idmap_remove_locked(kv, s);
+  kv__idmap_remove_locked(kv, s);
   sl->gen++;
   if (sl->gen == 0) sl->gen = 1;
   if (sl->kind == K_SEQ) kv->seq_count--;
@@ -438,25 +351,30 @@ static inline void fill_locs(cllm_kv_loc_t *locs, uint32_t b, uint32_t off, size
 #endif
 }
 
-cllm_status_t cllm_kv_seq_reserve(cllm_kv_cache_t *kv, cllm_kv_seq_t seq, size_t n_tokens,
-                                  cllm_kv_loc_t *locs) {
-  if (kv == NULL || n_tokens == 0) return CLLM_EINVAL;
-  kv_victims_t v;
-  kv__victims_init(&v);
-  kv__lock(kv);
-  cllm_status_t rc = seq_get_locked(kv, seq);
-  if (rc != CLLM_OK) {
-    kv__unlock(kv);
-    return rc;
+/* locs[i] = where position pos + i lies, for positions already reserved. */
+static void locate_locked(const cllm_kv_cache_t *kv, const kv_slot_t *sl, size_t pos, size_t n,
+                          cllm_kv_loc_t *locs) {
+  uint32_t mask = kv->bt - 1;
+  for (size_t i = 0; i < n;) {  // one run per block: rows off, off+1, ... of the same block
+    uint32_t b = sl->table[pos >> kv->bt_shift], off = (uint32_t)(pos & mask);
+    size_t run = kv->bt - off;
+    if (run > n - i) run = n - i;
+    fill_locs(locs + i, b, off, run);
+    i += run;
+    pos += run;
   }
-  uint32_t s = seq.slot;
+}
+
+/* Reserve n_tokens more positions of open slot s (the body of cllm_kv_seq_reserve). */
+static cllm_status_t reserve_locked(cllm_kv_cache_t *kv, uint32_t s, size_t n_tokens,
+                                    cllm_kv_loc_t *locs, kv_victims_t *v) {
+  cllm_status_t rc;
   kv_slot_t *sl = &kv->slots[s];
   size_t len = sl->length, new_len;
   uint32_t mask = kv->bt - 1;
   if (cllm__add_overflow(len, n_tokens, &new_len) || new_len > SIZE_MAX - mask ||
       ((new_len + mask) >> kv->bt_shift) > kv->num_blocks) {
     kv->st_refused++;
-    kv__unlock(kv);
     return CLLM_ERANGE;  // could never fit: nothing was evicted
   }
   uint32_t need = (uint32_t)((new_len + mask) >> kv->bt_shift);
@@ -464,15 +382,15 @@ cllm_status_t cllm_kv_seq_reserve(cllm_kv_cache_t *kv, cllm_kv_seq_t seq, size_t
   uint32_t fresh = need - nb;
   bool cow = (len & mask) != 0 && kv->blocks[sl->table[nb - 1]].refcnt > 1;
   uint32_t k = fresh + (cow ? 1u : 0u);
-  if (kv__table_reserve(sl, need + 1) != CLLM_OK) {
+  /* the table moves only when this call adds a block or copies the last one (the
+   * copy's id goes in slot need first): cllm_kv_seq_table_view's promise */
+  if (kv__table_reserve(sl, need + (cow ? 1u : 0u)) != CLLM_OK) {
     kv->st_refused++;
-    kv__unlock(kv);
     return CLLM_ENOMEM;
   }
-  rc = acquire_locked(kv, s, k, sl->table + nb, &v);
+  rc = acquire_locked(kv, s, k, sl->table + nb, v);
   if (rc != CLLM_OK) {
     kv->st_refused++;
-    kv__unlock_and_call(kv, &v);
     return rc;
   }
   if (cow) {
@@ -497,21 +415,49 @@ cllm_status_t cllm_kv_seq_reserve(cllm_kv_cache_t *kv, cllm_kv_seq_t seq, size_t
     uint32_t fill = i == last ? (uint32_t)(((new_len - 1) & mask) + 1) : kv->bt;
     if (kv->blocks[sl->table[i]].fill < fill) kv__set_fill_locked(kv, sl->table[i], fill);
   }
-  if (locs != NULL) {  // one run per block: rows off, off+1, ... of the same block
-    for (size_t i = 0, pos = len; i < n_tokens;) {
-      uint32_t b = sl->table[pos >> kv->bt_shift], off = (uint32_t)(pos & mask);
-      size_t run = kv->bt - off;
-      if (run > n_tokens - i) run = n_tokens - i;
-      fill_locs(locs + i, b, off, run);
-      i += run;
-      pos += run;
-    }
-  }
   sl->nb = need;
   sl->length = new_len;
+  if (locs != NULL) locate_locked(kv, sl, len, n_tokens, locs);
   seq_lru_touch_locked(kv, s);
-  kv__unlock_and_call(kv, &v);
   return CLLM_OK;
+}
+
+cllm_status_t cllm_kv_seq_reserve(cllm_kv_cache_t *kv, cllm_kv_seq_t seq, size_t n_tokens,
+                                  cllm_kv_loc_t *locs) {
+  if (kv == NULL || n_tokens == 0) return CLLM_EINVAL;
+  kv_victims_t v;
+  kv__victims_init(&v);
+  kv__lock(kv);
+  cllm_status_t rc = seq_get_locked(kv, seq);
+  if (rc == CLLM_OK) rc = reserve_locked(kv, seq.slot, n_tokens, locs, &v);
+  kv__unlock_and_call(kv, &v);
+  return rc;
+}
+
+cllm_status_t cllm_kv_seq_ensure(cllm_kv_cache_t *kv, cllm_kv_seq_t seq, size_t pos, size_t n,
+                                 cllm_kv_loc_t *locs) {
+  if (kv == NULL || n == 0) return CLLM_EINVAL;
+  kv_victims_t v;
+  kv__victims_init(&v);
+  kv__lock(kv);
+  cllm_status_t rc = seq_get_locked(kv, seq);
+  if (rc == CLLM_OK) {
+    kv_slot_t *sl = &kv->slots[seq.slot];
+    size_t len = sl->length, end;
+    if (pos > len || cllm__add_overflow(pos, n, &end)) {
+      kv->st_refused++;
+      rc = CLLM_ERANGE;
+    } else {
+      size_t have = end < len ? n : len - pos;  // positions already reserved
+      if (have < n)
+        rc = reserve_locked(kv, seq.slot, n - have, locs != NULL ? locs + have : NULL, &v);
+      else
+        seq_lru_touch_locked(kv, seq.slot);
+      if (rc == CLLM_OK && locs != NULL && have > 0) locate_locked(kv, sl, pos, have, locs);
+    }
+  }
+  kv__unlock_and_call(kv, &v);
+  return rc;
 }
 
 cllm_status_t cllm_kv_seq_commit(cllm_kv_cache_t *kv, cllm_kv_seq_t seq,
@@ -547,11 +493,35 @@ cllm_status_t cllm_kv_seq_block_table(cllm_kv_cache_t *kv, cllm_kv_seq_t seq, ui
   return rc;
 }
 
-cllm_status_t cllm_kv_seq_length(cllm_kv_cache_t *kv, cllm_kv_seq_t seq, size_t *length) {
-  if (kv == NULL || length == NULL) return CLLM_EINVAL;
+/* The sequence's length (reserved positions) or committed count. */
+static cllm_status_t seq_count(cllm_kv_cache_t *kv, cllm_kv_seq_t seq, bool committed,
+                               size_t *out) {
+  if (kv == NULL || out == NULL) return CLLM_EINVAL;
   kv__lock(kv);
   cllm_status_t rc = seq_get_locked(kv, seq);
-  if (rc == CLLM_OK) *length = kv->slots[seq.slot].length;
+  if (rc == CLLM_OK)
+    *out = committed ? kv->slots[seq.slot].committed : kv->slots[seq.slot].length;
+  kv__unlock(kv);
+  return rc;
+}
+
+cllm_status_t cllm_kv_seq_length(cllm_kv_cache_t *kv, cllm_kv_seq_t seq, size_t *length) {
+  return seq_count(kv, seq, false, length);
+}
+
+cllm_status_t cllm_kv_seq_committed(cllm_kv_cache_t *kv, cllm_kv_seq_t seq, size_t *n) {
+  return seq_count(kv, seq, true, n);
+}
+
+cllm_status_t cllm_kv_seq_table_view(cllm_kv_cache_t *kv, cllm_kv_seq_t seq,
+                                     const uint32_t **table, size_t *n_blocks) {
+  if (kv == NULL || table == NULL || n_blocks == NULL) return CLLM_EINVAL;
+  kv__lock(kv);
+  cllm_status_t rc = seq_get_locked(kv, seq);
+  if (rc == CLLM_OK) {
+    *table = kv->slots[seq.slot].table;
+    *n_blocks = kv->slots[seq.slot].nb;
+  }
   kv__unlock(kv);
   return rc;
 }

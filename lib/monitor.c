@@ -61,6 +61,7 @@ struct cllm_monitor {
   _Atomic uint64_t reclaim_runs;
   _Atomic uint64_t reclaimed_bytes;
   _Atomic uint64_t bad_releases;
+  _Atomic uint64_t try_refusals;
   _Atomic size_t credit;
   _Atomic int n_reclaimers; /* a hint read without the lock */
   pthread_mutex_t lock;
@@ -257,8 +258,12 @@ static size_t run_reclaimers(cllm_monitor_t *m, cllm_category_t cat, size_t need
   return freed;
 }
 
+/* How a reservation treats a refusal: reclaim, then the callback (RESERVE); count it
+ * in try_refusals (TRY); nothing (QUIET: a batch's speculative extra credit). */
+enum { RESERVE, TRY, QUIET };
+
 static cllm_status_t reserve_impl(cllm_monitor_t *m, cllm_category_t cat, size_t bytes,
-                                  bool reclaim) {
+                                  int mode) {
   if (m == NULL || !cat_ok(cat)) return CLLM_EINVAL;
   if (t_in_reclaimer) return CLLM_EBUSY;
   if (bytes == 0) return CLLM_OK;
@@ -271,7 +276,10 @@ static cllm_status_t reserve_impl(cllm_monitor_t *m, cllm_category_t cat, size_t
     if (CLLM_LIKELY(rc == CLLM_OK)) return CLLM_OK;
     if (rc == CLLM_EBUSY) return rc;
   }
-  if (!reclaim) return CLLM_ELIMIT;
+  if (mode != RESERVE) {
+    if (mode == TRY) cllm__atomic_add_relaxed(&m->try_refusals, 1);
+    return CLLM_ELIMIT;
+  }
   if (cllm__atomic_load_relaxed(&m->n_reclaimers) > 0) {
     /* Shortfall = used + bytes - limit, saturating. */
     size_t short_by;
@@ -295,11 +303,11 @@ static cllm_status_t reserve_impl(cllm_monitor_t *m, cllm_category_t cat, size_t
 }
 
 cllm_status_t cllm_monitor_reserve(cllm_monitor_t *m, cllm_category_t cat, size_t bytes) {
-  return reserve_impl(m, cat, bytes, true);
+  return reserve_impl(m, cat, bytes, RESERVE);
 }
 
 cllm_status_t cllm_monitor_try_reserve(cllm_monitor_t *m, cllm_category_t cat, size_t bytes) {
-  return reserve_impl(m, cat, bytes, false);
+  return reserve_impl(m, cat, bytes, TRY);
 }
 
 cllm_status_t cllm_monitor_release(cllm_monitor_t *m, cllm_category_t cat, size_t bytes) {
@@ -445,6 +453,7 @@ cllm_status_t cllm_monitor_stats(const cllm_monitor_t *cm, cllm_monitor_stats_t 
   s.reclaimed_bytes = cllm__atomic_load_relaxed(&m->reclaimed_bytes);
   s.bad_releases = cllm__atomic_load_relaxed(&m->bad_releases);
   s.batch_credit_bytes = cllm__atomic_load_relaxed(&m->credit);
+  s.try_refusals = cllm__atomic_load_relaxed(&m->try_refusals);
   memcpy(st, &s, s.struct_size);
   return CLLM_OK;
 }
@@ -506,7 +515,7 @@ cllm_status_t cllm_monitor_batch_refill_(cllm_monitor_batch_t *b, size_t bytes) 
   size_t need = bytes - b->credit, ask;
   /* Leave batch_bytes of credit after this reservation, when the limit allows. */
   if (!cllm__add_overflow(need, b->batch_bytes, &ask) &&
-      cllm_monitor_try_reserve(m, b->cat, ask) == CLLM_OK) {
+      reserve_impl(m, b->cat, ask, QUIET) == CLLM_OK) {
     b->credit = b->batch_bytes;
     publish(b);
     return CLLM_OK;

@@ -99,6 +99,12 @@ int cllm__prim_advise_huge(void *addr, size_t size) {
   return madvise(addr, size, MADV_HUGEPAGE) == 0 ? 0 : errno;
 }
 
+int cllm__prim_advise_nohuge(void *addr, size_t size) {
+  if (addr == NULL || !page_aligned(addr, size)) return EINVAL;
+  if (CLLM_FAULT(CLLM_FAULT_MADVISE)) return EINVAL;
+  return madvise(addr, size, MADV_NOHUGEPAGE) == 0 ? 0 : errno;
+}
+
 int cllm__prim_populate(void *addr, size_t size) {
   if (addr == NULL || !page_aligned(addr, size)) return EINVAL;
   if (size == 0) return 0;

@@ -138,10 +138,16 @@ static const field_t kv_fields[] = {
     FG(cllm_kv_stats_t, blocks_active, "blocks_active", F_SIZE, "ACTIVE blocks (held by sequences)."),
     FG(cllm_kv_stats_t, blocks_cached, "blocks_cached", F_SIZE, "CACHED blocks (reusable prefixes)."),
     FG(cllm_kv_stats_t, blocks_pinned, "blocks_pinned", F_SIZE, "Pinned blocks (ACTIVE or CACHED)."),
-    FG(cllm_kv_stats_t, blocks_committed, "blocks_committed", F_SIZE, "Blocks whose pages are committed."),
+    FG(cllm_kv_stats_t, blocks_committed, "blocks_committed", F_SIZE, "Blocks inside the committed (charged) pool prefix."),
     FG(cllm_kv_stats_t, tokens_stored, "tokens_stored", F_SIZE, "Token rows in use in ACTIVE blocks."),
     FG(cllm_kv_stats_t, utilisation, "utilisation_ratio", F_DOUBLE, "Tokens stored over slots in ACTIVE blocks."),
-    FG(cllm_kv_stats_t, kv_bytes, "used_bytes", F_SIZE, "Bytes charged to the monitor ((active + cached) x block bytes)."),
+    FG(cllm_kv_stats_t, kv_bytes, "used_bytes", F_SIZE, "Bytes of blocks in use ((active + cached) x block bytes)."),
+    FG(cllm_kv_stats_t, charged_bytes, "charged_bytes", F_SIZE, "Bytes charged to the monitor (committed pool pages)."),
+    FG(cllm_kv_stats_t, resident_bytes, "resident_bytes", F_SIZE, "Pool bytes resident, read back from the kernel."),
+    FG(cllm_kv_stats_t, blocks_given_back, "blocks_given_back", F_SIZE, "FREE blocks whose pages were given back."),
+    FC(cllm_kv_stats_t, given_back_blocks, "given_back_blocks_total", F_U64, "Times a block's pages were given back by the reclaimer."),
+    FG(cllm_kv_stats_t, numa_applied, "numa_applied", F_INT, "Placement of the pools in force (cllm_kv_numa_t: 1 local, 2 bind, 3 interleave, 4 none)."),
+    FG(cllm_kv_stats_t, numa_status, "numa_status", F_INT, "Status of a placement that could not be applied (0 if none)."),
     FG(cllm_kv_stats_t, sequences, "sequences", F_SIZE, "Open and preempted sequences."),
     FG(cllm_kv_stats_t, copy_entries, "copy_entries", F_SIZE, "Copy-API entries."),
     FG(cllm_kv_stats_t, copy_used_bytes, "copy_used_bytes", F_SIZE, "Bytes held by copy-API entries."),
@@ -175,6 +181,7 @@ static const field_t arena_fields[] = {
     FG(cllm_arena_stats_t, heap_backed, "heap_backed", F_BOOL, "1 if chunks come from the NUMA heaps."),
     FG(cllm_arena_stats_t, cursor_out, "cursor_out", F_BOOL, "1 while a cursor is out."),
     FC(cllm_arena_stats_t, cursors, "cursors_total", F_U64, "Cursors begun."),
+    FG(cllm_arena_stats_t, resident_bytes, "resident_bytes", F_SIZE, "Chunk bytes resident, read back from the kernel."),
 };
 
 static const field_t weights_fields[] = {
@@ -196,6 +203,7 @@ static const field_t weights_fields[] = {
     FC(cllm_weights_stats_t, loaded_bytes, "loaded_bytes_total", F_U64, "Bytes read by loads."),
     FC(cllm_weights_stats_t, load_failures, "load_failures_total", F_U64, "Failed loads."),
     FG(cllm_weights_stats_t, last_load_errno, "last_load_errno", F_INT, "errno of the most recent failed open or read."),
+    FG(cllm_weights_stats_t, resident_bytes, "resident_bytes", F_SIZE, "Region bytes resident, read back from the kernel."),
 };
 
 static const field_t heaps_fields[] = {
@@ -408,6 +416,7 @@ static void json_monitor(out_t *o, const cllm_monitor_stats_t *m) {
   json_kv_pair_u64(o, "reclaimed_bytes", m->reclaimed_bytes, true);
   json_kv_pair_u64(o, "bad_releases", m->bad_releases, true);
   json_kv_pair_u64(o, "batch_credit_bytes", m->batch_credit_bytes, true);
+  json_kv_pair_u64(o, "try_refusals", m->try_refusals, true);
   out_write(o, "}", 1);
 }
 
@@ -591,6 +600,9 @@ static void prom_monitor(out_t *o, const cllm_monitor_stats_t *m) {
   prom_u64(o, "cllm_memory_bad_releases_total", NULL, NULL, m->bad_releases);
   prom_family(o, "cllm_memory_batch_credit_bytes", "Credit held by per-thread batches.", false);
   prom_u64(o, "cllm_memory_batch_credit_bytes", NULL, NULL, m->batch_credit_bytes);
+  prom_family(o, "cllm_memory_try_refusals_total",
+              "Reservations refused without reclaim (try_reserve: KV cache, arena growth).", true);
+  prom_u64(o, "cllm_memory_try_refusals_total", NULL, NULL, m->try_refusals);
 }
 
 /* One family per table field, one sample per source (label `label` = its name). */

@@ -196,7 +196,7 @@ static bool job_step(job_t *j) {
 
 static void *worker_main(void *arg) {
   worker_t *wk = arg;
-  if (wk->node >= 0) (void)cllm_thread_bind_node(wk->job->w->topo, wk->node);
+  if (wk->node >= 0) CLLM_DISCARD(cllm_thread_bind_node(wk->job->w->topo, wk->node));
   while (job_step(wk->job)) {
   }
   return NULL;
@@ -399,18 +399,35 @@ static cllm_status_t lock_region(cllm_weights_t *w) {
   return CLLM_OK;
 }
 
+/* Validate *cfg and round its capacity (shared by create and footprint). */
+static cllm_status_t sized_config(const cllm_weights_config_t *cfg, const cllm_topology_t **topo,
+                                  int *n_nodes, size_t *capacity, size_t *granule) {
+  if (cfg == NULL) return CLLM_EINVAL;
+  *topo = cfg->topology != NULL ? cfg->topology : cllm_topology_system();
+  *n_nodes = *topo != NULL ? cllm_topology_nodes(*topo) : 1;
+  cllm_status_t s = check_config(cfg, *n_nodes);
+  if (s != CLLM_OK) return s;
+  bool huge = cfg->huge_pages != CLLM_WEIGHTS_HUGE_OFF;
+  *granule = huge ? cllm__prim_huge_page_size() : cllm__prim_page_size();
+  return cllm__align_up_checked(cfg->capacity_bytes, *granule, capacity) ? CLLM_OK
+                                                                         : CLLM_EOVERFLOW;
+}
+
+size_t cllm_weights_footprint(const cllm_weights_config_t *cfg) {
+  const cllm_topology_t *topo;
+  int n_nodes;
+  size_t capacity, granule;
+  return sized_config(cfg, &topo, &n_nodes, &capacity, &granule) == CLLM_OK ? capacity : 0;
+}
+
 cllm_status_t cllm_weights_create(const cllm_weights_config_t *cfg, cllm_weights_t **out) {
   if (out == NULL) return CLLM_EINVAL;
   *out = NULL;
-  if (cfg == NULL) return CLLM_EINVAL;
-  const cllm_topology_t *topo = cfg->topology != NULL ? cfg->topology : cllm_topology_system();
-  int n_nodes = topo != NULL ? cllm_topology_nodes(topo) : 1;
-  cllm_status_t s = check_config(cfg, n_nodes);
+  const cllm_topology_t *topo;
+  int n_nodes;
+  size_t capacity, granule;
+  cllm_status_t s = sized_config(cfg, &topo, &n_nodes, &capacity, &granule);
   if (s != CLLM_OK) return s;
-
-  bool huge = cfg->huge_pages != CLLM_WEIGHTS_HUGE_OFF;
-  size_t granule = huge ? cllm__prim_huge_page_size() : cllm__prim_page_size(), capacity;
-  if (!cllm__align_up_checked(cfg->capacity_bytes, granule, &capacity)) return CLLM_EOVERFLOW;
 
   cllm_weights_t *w = CLLM_FAULT(CLLM_FAULT_MALLOC) ? NULL : calloc(1, sizeof *w);
   if (w == NULL) return CLLM_ENOMEM;
@@ -454,7 +471,7 @@ cllm_status_t cllm_weights_create(const cllm_weights_config_t *cfg, cllm_weights
 fail_unmap:
   unmap_region(w->base, capacity);
 fail_release:
-  (void)cllm_monitor_release(w->monitor, CLLM_CAT_WEIGHTS, capacity);
+  CLLM_DISCARD(cllm_monitor_release(w->monitor, CLLM_CAT_WEIGHTS, capacity));
 fail_free:
   w->magic = 0;
   free(w);
@@ -465,7 +482,7 @@ void cllm_weights_destroy(cllm_weights_t *w) {
   if (w == NULL) return;
   if (w->magic != WEIGHTS_MAGIC) return;
   unmap_region(w->base, w->capacity); /* also unlocks */
-  (void)cllm_monitor_release(w->monitor, CLLM_CAT_WEIGHTS, w->capacity);
+  CLLM_DISCARD(cllm_monitor_release(w->monitor, CLLM_CAT_WEIGHTS, w->capacity));
   w->magic = 0;
   free(w);
 }
@@ -513,6 +530,10 @@ static cllm_status_t load_into(cllm_weights_t *w, int fd, uint64_t offset, size_
   size_t fsize, end;
   int e = cllm__prim_file_size(fd, &fsize);
   if (e != 0) return e == EBADF ? CLLM_EINVAL : CLLM_ESYS;
+  if (bytes == CLLM_WEIGHTS_TO_EOF) {
+    if (offset >= (uint64_t)fsize) return CLLM_ERANGE;
+    bytes = fsize - (size_t)offset;
+  }
   if (cllm__add_overflow((size_t)offset, bytes, &end) || offset > (uint64_t)INT64_MAX ||
       end > (size_t)INT64_MAX)
     return CLLM_EOVERFLOW;
@@ -636,9 +657,10 @@ cllm_status_t cllm_weights_stats(const cllm_weights_t *w, cllm_weights_stats_t *
   if (e == 0)
     e = cllm__prim_pages_per_node(w->base, w->capacity, st->pages_per_node,
                                   CLLM_WEIGHTS_MAX_NODES, &st->pages_absent, &st->pages_other);
+  if (e == 0) e = cllm__prim_resident_bytes(w->base, w->capacity, &st->resident_bytes);
   if (e != 0) {
     st->readback_status = CLLM_ESYS;
-    st->huge_bytes = 0;
+    st->huge_bytes = st->resident_bytes = 0;
     memset(st->pages_per_node, 0, sizeof st->pages_per_node);
     st->pages_absent = st->pages_other = 0;
   } else {

@@ -93,7 +93,7 @@ static void *own_arena_thread(void *arg) {
   MT_CHECK(st.chunks <= 1 && st.resets == (uint64_t)g_steps, "thread %d: %zu chunks", tid,
            st.chunks);
   cllm_arena_destroy(a);
-  if (g_heaps != NULL) (void)cllm_heap_thread_flush(g_heaps);
+  if (g_heaps != NULL) CLLM_DISCARD(cllm_heap_thread_flush(g_heaps));
   return NULL;
 }
 

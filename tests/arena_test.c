@@ -1291,7 +1291,7 @@ static void cursor_two_threads_one_step(void) {
   if (pthread_create(&t, NULL, cursor_thread, a) != 0 || pthread_join(t, &p) != 0 || p == NULL)
     _exit(4);
   cllm_arena_cursor_t c;
-  (void)cllm_arena_cursor_begin(a, &c); /* same step, another thread: debug assertion */
+  CLLM_DISCARD(cllm_arena_cursor_begin(a, &c)); /* same step, another thread: debug assertion */
   _exit(0);
 }
 
@@ -1552,5 +1552,52 @@ Test(arena, chunks_from_numa_heaps) {
   cr_assert_eq(step_used(mon), 0);
   cr_assert_eq(cllm_heaps_check(heaps), CLLM_OK);
   cllm_heaps_destroy(heaps);
+  cllm_monitor_destroy(mon);
+}
+
+/* ---- residency and footprint ---------------------------------------------------------- */
+
+static cllm_arena_stats_t arena_stats_of(const cllm_arena_t *a) {
+  cllm_arena_stats_t st = {.struct_size = sizeof st};
+  cr_assert_eq(cllm_arena_stats(a, &st), CLLM_OK);
+  return st;
+}
+
+Test(arena, footprint_is_what_create_charges_and_resident_never_passes_the_charge) {
+  cllm_monitor_t *mon = mk_monitor(0);
+  for (int populate = 0; populate < 2; populate++) {
+    cllm_arena_config_t c = cllm_arena_config_default();
+    c.monitor = mon;
+    c.populate = populate;
+    c.initial_bytes = 17 * 1024;  // 17 KiB of scratch: one 2 MiB chunk
+    size_t fp = cllm_arena_footprint(&c);
+    cr_assert_eq(fp, CLLM_ARENA_GRANULE);
+    cllm_arena_t *a = NULL;
+    cr_assert_eq(cllm_arena_create(&c, &a), CLLM_OK);
+    cr_assert_eq(cllm_monitor_used(mon, CLLM_CAT_STEP), fp);
+    cllm_arena_stats_t st = arena_stats_of(a);
+    cr_assert_leq(st.resident_bytes, st.capacity_bytes);
+    if (populate) cr_assert_eq(st.resident_bytes, st.capacity_bytes, "pre-faulted");
+    /* grow past the first chunk, touch everything */
+    for (int i = 0; i < 5; i++) {
+      char *p = cllm_arena_alloc(a, 1500 * 1024);
+      cr_assert_not_null(p);
+      memset(p, 1, 1500 * 1024);
+      st = arena_stats_of(a);
+      cr_assert_leq(st.resident_bytes, st.capacity_bytes);
+      cr_assert_eq(cllm_monitor_used(mon, CLLM_CAT_STEP), st.capacity_bytes);
+    }
+    cr_assert_eq(cllm_arena_reset(a), CLLM_OK);  // coalesces into one chunk
+    st = arena_stats_of(a);
+    cr_assert_leq(st.resident_bytes, st.capacity_bytes);
+    cllm_arena_destroy(a);
+    cr_assert_eq(cllm_monitor_used(mon, CLLM_CAT_STEP), 0);
+  }
+  cllm_arena_config_t c = cllm_arena_config_default();
+  cr_assert_eq(cllm_arena_footprint(&c), 0);  // no initial chunk
+  cr_assert_eq(cllm_arena_footprint(NULL), 0);
+  c.shrink_fraction = 2.0;
+  c.initial_bytes = 1;
+  cr_assert_eq(cllm_arena_footprint(&c), 0);  // create refuses it
   cllm_monitor_destroy(mon);
 }

@@ -51,7 +51,7 @@ static fx_t fx_new(void) {
   wc.monitor = f.mon;
   MT_CHECK(cllm_weights_create(&wc, &f.w) == CLLM_OK, "weights");
   cllm_kv_config_t kc = cllm_kv_config_default();
-  kc.layers = 2, kc.kv_heads = 2, kc.head_dim = 16, kc.capacity_blocks = 16;
+  kc.layers = 2, kc.kv_heads = 2, kc.head_dim = 16, kc.dtype_bytes = 2, kc.capacity_blocks = 16;
   kc.monitor = f.mon;
   MT_CHECK(cllm_kv_cache_create(&kc, &f.kv) == CLLM_OK, "kv");
   MT_CHECK(cllm_kv_seq_open(f.kv, "open-seq", NULL, &f.seq) == CLLM_OK, "seq");
@@ -98,7 +98,7 @@ static void fx_check(fx_t *f) {
 }
 
 static void fx_free(fx_t *f) {
-  (void)cllm_kv_seq_close(f->kv, f->seq);
+  CLLM_DISCARD(cllm_kv_seq_close(f->kv, f->seq));
   cllm_kv_cache_destroy(f->kv);
   cllm_weights_destroy(f->w);
   cllm_arena_destroy(f->arena);
@@ -264,7 +264,15 @@ static cllm_status_t r_w_seal_twice(fx_t *f) {
 
 static cllm_status_t r_kv_create_bt(fx_t *f) {
   cllm_kv_config_t c = cllm_kv_config_default();
-  c.layers = 1, c.kv_heads = 1, c.head_dim = 8, c.capacity_blocks = 4, c.block_tokens = 3;
+  c.layers = 1, c.kv_heads = 1, c.head_dim = 8, c.dtype_bytes = 2, c.capacity_blocks = 4;
+  c.block_tokens = 3;
+  c.monitor = f->mon;
+  cllm_kv_cache_t *kv;
+  return cllm_kv_cache_create(&c, &kv);
+}
+static cllm_status_t r_kv_create_dtype0(fx_t *f) {
+  cllm_kv_config_t c = cllm_kv_config_default();  // dtype_bytes has no default
+  c.layers = 1, c.kv_heads = 1, c.head_dim = 8, c.capacity_blocks = 4;
   c.monitor = f->mon;
   cllm_kv_cache_t *kv;
   return cllm_kv_cache_create(&c, &kv);
@@ -354,6 +362,7 @@ static const row_t ROWS[] = {
     {"cllm_weights_seal", "already sealed", CLLM_OK, r_w_seal_twice},
     {"cllm_kv_cache_create", "zero shape", CLLM_EINVAL, r_kv_create_shape},
     {"cllm_kv_cache_create", "block_tokens 3", CLLM_EINVAL, r_kv_create_bt},
+    {"cllm_kv_cache_create", "dtype_bytes 0 (no default)", CLLM_EINVAL, r_kv_create_dtype0},
     {"cllm_kv_seq_open", "duplicate id", CLLM_EEXIST, r_kv_open_dup},
     {"cllm_kv_seq_open", "empty id", CLLM_EINVAL, r_kv_open_empty},
     {"cllm_kv_seq_find", "unknown id", CLLM_ENOTFOUND, r_kv_find},

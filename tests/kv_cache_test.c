@@ -42,6 +42,10 @@ Test(kv_config, defaults_and_validation) {
   c = small_cfg(m, 8, 4);
   c.dtype_bytes = 3;
   cr_assert_eq(cllm_kv_cache_create(&c, &kv), CLLM_EINVAL);
+  c.dtype_bytes = 0;  // no default: a runtime that forgets it is told
+  cr_assert_eq(cllm_kv_cache_create(&c, &kv), CLLM_EINVAL);
+  cr_assert_eq(d.dtype_bytes, 0);
+  cr_assert_eq(cllm_kv_footprint(&c), 0);
   c = small_cfg(m, 0, 4);
   cr_assert_eq(cllm_kv_cache_create(&c, &kv), CLLM_EINVAL);
   c.capacity_bytes = 100;  // below one block
@@ -75,12 +79,19 @@ Test(kv_config, dtype_2_and_default_block_tokens) {
   c.layers = 3;
   c.kv_heads = 2;
   c.head_dim = 64;
+  c.dtype_bytes = 2;
   c.capacity_blocks = 100;
   cllm_kv_cache_t *kv = mk(&c);  // global monitor
   cr_assert_eq(cllm_kv_block_bytes(kv), 3u * 2 * 16 * 2 * 64 * 2);
   cllm_kv_seq_t s = open_seq(kv, "a");
   cr_assert_eq(cllm_kv_seq_reserve(kv, s, 17, NULL), CLLM_OK);
-  cr_assert_eq(cllm_monitor_used(cllm_monitor_global(), CLLM_CAT_KV), 2 * cllm_kv_block_bytes(kv));
+  /* the whole 100-block pools fit one 2 MiB commit step each: all charged at once */
+  cllm_kv_stats_t st = stats(kv);
+  cr_assert_eq(st.kv_bytes, 2 * cllm_kv_block_bytes(kv));
+  cr_assert_eq(st.charged_bytes, 6 * ((size_t)2 << 20));
+  cr_assert_eq(cllm_kv_footprint(&c), st.charged_bytes);
+  cr_assert_eq(cllm_monitor_used(cllm_monitor_global(), CLLM_CAT_KV), st.charged_bytes);
+  cr_assert_leq(st.resident_bytes, st.charged_bytes);
   check(kv);
   cllm_kv_cache_destroy(kv);
   cr_assert_eq(cllm_monitor_used(cllm_monitor_global(), CLLM_CAT_KV), 0);
@@ -148,7 +159,8 @@ Test(kv_seq, reserve_returns_locations_and_grows_the_table) {
   cr_assert_eq(st.tokens_stored, 8);
   cr_assert_float_eq(st.utilisation, 1.0, 1e-9);
   cr_assert_eq(st.kv_bytes, 2 * cllm_kv_block_bytes(kv));
-  cr_assert_eq(cllm_monitor_used(m, CLLM_CAT_KV), st.kv_bytes);
+  cr_assert_eq(cllm_monitor_used(m, CLLM_CAT_KV), st.charged_bytes);
+  cr_assert_geq(st.charged_bytes, st.kv_bytes);
   cr_assert_eq(cllm_kv_seq_reserve(kv, s, 1, NULL), CLLM_OK);
   st = stats(kv);
   cr_assert_eq(st.blocks_active, 3);
@@ -164,7 +176,8 @@ Test(kv_seq, reserve_returns_locations_and_grows_the_table) {
   st = stats(kv);
   cr_assert_eq(st.blocks_active, 0);
   cr_assert_eq(st.blocks_cached, 0);  // nothing committed: all FREE
-  cr_assert_eq(cllm_monitor_used(m, CLLM_CAT_KV), 0);
+  cr_assert_eq(st.kv_bytes, 0);
+  cr_assert_eq(cllm_monitor_used(m, CLLM_CAT_KV), st.charged_bytes);  // FREE blocks stay resident
   check(kv);
   cllm_kv_cache_destroy(kv);
   cllm_monitor_destroy(m);
@@ -896,7 +909,8 @@ Test(kv_fork, shares_all_blocks_and_copies_the_partial_one_on_first_write) {
   st = stats(kv);
   cr_assert_eq(st.blocks_active, 0);
   cr_assert_eq(st.blocks_cached, 1);  // p's committed block 0
-  cr_assert_eq(cllm_monitor_used(m, CLLM_CAT_KV), cllm_kv_block_bytes(kv));
+  cr_assert_eq(st.kv_bytes, cllm_kv_block_bytes(kv));
+  cr_assert_eq(cllm_monitor_used(m, CLLM_CAT_KV), st.charged_bytes);
   check(kv);
   cllm_kv_cache_destroy(kv);
   cllm_monitor_destroy(m);
@@ -906,7 +920,7 @@ Test(kv_fork, shares_all_blocks_and_copies_the_partial_one_on_first_write) {
 
 Test(kv_monitor, the_reclaimer_drops_cached_blocks_under_a_global_limit) {
   cllm_monitor_t *m = mk_monitor(0);
-  cllm_kv_config_t c = small_cfg(m, 16, 4);
+  cllm_kv_config_t c = page_cfg(m, 16);
   cllm_kv_cache_t *kv = mk(&c);
   size_t bb = cllm_kv_block_bytes(kv);
   cr_assert_eq(cllm_monitor_set_limit(m, 10 * bb), CLLM_OK);
@@ -921,7 +935,10 @@ Test(kv_monitor, the_reclaimer_drops_cached_blocks_under_a_global_limit) {
   cllm_kv_stats_t st = stats(kv);
   cr_assert_eq(st.blocks_cached, 5);
   cr_assert_eq(st.reclaimed_blocks, 3);
+  cr_assert_eq(st.blocks_given_back, 3);  // their pages went back to the kernel
   cr_assert_eq(cllm_monitor_used(m, CLLM_CAT_KV), 5 * bb);
+  cr_assert_eq(st.charged_bytes, 5 * bb);
+  cr_assert_leq(st.resident_bytes, st.charged_bytes);
   check(kv);
   /* the LRU ones went (tail first): the first 5 blocks still hit */
   size_t cached;
@@ -935,7 +952,7 @@ Test(kv_monitor, the_reclaimer_drops_cached_blocks_under_a_global_limit) {
 
 Test(kv_monitor, a_refusal_reuses_cached_blocks_then_fails_unchanged) {
   cllm_monitor_t *m = mk_monitor(0);
-  cllm_kv_config_t c = small_cfg(m, 16, 4);
+  cllm_kv_config_t c = page_cfg(m, 16);
   cllm_kv_cache_t *kv = mk(&c);
   size_t bb = cllm_kv_block_bytes(kv);
   cr_assert_eq(cllm_monitor_set_category_limit(m, CLLM_CAT_KV, 4 * bb), CLLM_OK);
@@ -1082,7 +1099,7 @@ Test(kv_copy, lru_with_get_replace_without_double_count_and_oversize_refused) {
   cllm_kv_stats_t st = stats(kv);
   cr_assert_eq(st.copy_entries, 1);
   cr_assert_eq(st.copy_evictions, 2);
-  cr_assert_eq(cllm_monitor_used(m, CLLM_CAT_KV), st.kv_bytes);
+  cr_assert_eq(cllm_monitor_used(m, CLLM_CAT_KV), st.charged_bytes);
   check(kv);
   cllm_kv_cache_destroy(kv);
   cllm_monitor_destroy(m);
@@ -1211,20 +1228,22 @@ Test(kv_fault, populate_reserve_and_malloc_faults_leave_the_cache_unchanged) {
   st = stats(kv);
   cr_assert_gt(st.blocks_committed, 2);
   cr_assert_lt(st.blocks_committed, 65536);  // committed in a step, not all at once
-  /* the monitor's reservation fails: ELIMIT, unchanged */
-  cllm_fault_arm(CLLM_FAULT_RESERVE, 1);
-  cr_assert_eq(cllm_kv_seq_reserve(kv, s, 4, NULL), CLLM_ELIMIT);
-  cllm_fault_reset();
-  size_t n;
-  cr_assert_eq(cllm_kv_seq_length(kv, s, &n), CLLM_OK);
-  cr_assert_eq(n, 5);
-  check(kv);
   /* the block table cannot grow: ENOMEM, unchanged */
+  size_t n;
   cllm_fault_arm(CLLM_FAULT_MALLOC, 1);
   cr_assert_eq(cllm_kv_seq_reserve(kv, s, 4 * 64, NULL), CLLM_ENOMEM);
   cllm_fault_reset();
   cr_assert_eq(cllm_kv_seq_length(kv, s, &n), CLLM_OK);
   cr_assert_eq(n, 5);
+  /* the monitor refuses the commit of the rest of the pools: ELIMIT, unchanged */
+  size_t charged = st.charged_bytes;
+  cllm_fault_arm(CLLM_FAULT_RESERVE, 1);
+  cr_assert_eq(cllm_kv_seq_reserve(kv, s, 4 * 65536 - 5, NULL), CLLM_ELIMIT);
+  cllm_fault_reset();
+  cr_assert_eq(stats(kv).charged_bytes, charged);
+  cr_assert_eq(cllm_kv_seq_length(kv, s, &n), CLLM_OK);
+  cr_assert_eq(n, 5);
+  check(kv);
   /* the id copy fails (ids longer than 31 bytes need a new buffer) */
   cllm_kv_seq_t x;
   cllm_fault_arm(CLLM_FAULT_MALLOC, 1);

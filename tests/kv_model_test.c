@@ -70,7 +70,7 @@ static size_t mblocks(const model_t *md, size_t len) { return (len + md->bt - 1)
 static void m_verify(model_t *md) {
   cr_assert_eq(cllm_kv_check(md->kv), CLLM_OK);
   cllm_kv_stats_t st = stats(md->kv);
-  cr_assert_eq(cllm_monitor_used(md->mon, CLLM_CAT_KV), st.kv_bytes);
+  cr_assert_eq(cllm_monitor_used(md->mon, CLLM_CAT_KV), st.charged_bytes);
   cr_assert_eq(st.kv_bytes, (st.blocks_active + st.blocks_cached) * st.block_bytes);
   size_t nseq = 0, nent = 0;
   for (int i = 0; i < M_SEQS; i++) {

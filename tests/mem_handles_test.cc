@@ -409,6 +409,7 @@ TEST(KVCache, SequencesAndCopyApi) {
   cfg.layers = 2;
   cfg.kv_heads = 2;
   cfg.head_dim = 8;
+  cfg.dtype_bytes = 2;
   cfg.capacity_blocks = 64;
   KVCache kv(cfg);
   EXPECT_EQ(kv.numBlocks(), 64);

@@ -177,6 +177,33 @@ Test(monitor, limits_total_and_per_category) {
   cllm_monitor_destroy(m);
 }
 
+static int g_try_cb_calls;
+static void count_cb(void *u, cllm_category_t c, size_t used, size_t req, size_t lim) {
+  (void)u, (void)c, (void)used, (void)req, (void)lim;
+  g_try_cb_calls++;
+}
+
+Test(monitor, try_reserve_refusals_are_counted_apart_and_never_reach_the_callback) {
+  cllm_monitor_t *m = mk(100);
+  cr_assert_eq(cllm_monitor_set_limit_callback(m, count_cb, NULL), CLLM_OK);
+  cr_assert_eq(cllm_monitor_try_reserve(m, CLLM_CAT_KV, 101), CLLM_ELIMIT);
+  cr_assert_eq(cllm_monitor_try_reserve(m, CLLM_CAT_KV, 100), CLLM_OK);
+  cr_assert_eq(cllm_monitor_try_reserve(m, CLLM_CAT_KV, 1), CLLM_ELIMIT);
+  cr_assert_eq(cllm_monitor_try_reserve(m, CLLM_CAT_COUNT, 1), CLLM_EINVAL);  // not a refusal
+  cllm_monitor_stats_t st = {.struct_size = sizeof st};
+  cr_assert_eq(cllm_monitor_stats(m, &st), CLLM_OK);
+  cr_assert_eq(st.try_refusals, 2);
+  cr_assert_eq(st.refusals, 0);
+  cr_assert_eq(g_try_cb_calls, 0);
+  cr_assert_eq(cllm_monitor_reserve(m, CLLM_CAT_KV, 1), CLLM_ELIMIT);  // this one does
+  cr_assert_eq(cllm_monitor_stats(m, &st), CLLM_OK);
+  cr_assert_eq(st.refusals, 1);
+  cr_assert_eq(st.try_refusals, 2);
+  cr_assert_eq(g_try_cb_calls, 1);
+  cr_assert_eq(cllm_monitor_release(m, CLLM_CAT_KV, 100), CLLM_OK);
+  cllm_monitor_destroy(m);
+}
+
 Test(monitor, peak_is_installed_value_and_reset_goes_to_current_use) {
   cllm_monitor_t *m = mk(0);
   cr_assert_eq(cllm_monitor_reserve(m, CLLM_CAT_KV, 512), CLLM_OK);

@@ -12,6 +12,11 @@
  *     sequences or overwritten by another is caught;
  *   - heap allocations passed to another worker and freed there;
  *   - a sealed weights heap every worker reads.
+ * What the kernel holds is checked against the charges (resident bytes read back by
+ * each component's stats, no slack): every 32 steps each worker checks its arena and
+ * its own KV cache (only it commits there, so a stats call sees no commit in
+ * flight; the reclaimer only lowers residency before the charge); at the end the
+ * shared cache, the weights, and their sum against the monitor.
  * At the end everything is destroyed: the monitor must read zero in every category,
  * its peak must never have passed the limit, and each component's check must hold.
  * A plain program (own main): it also runs under TSan.
@@ -48,6 +53,7 @@ typedef struct shared {
   void *handoff[4096];
   int n_handoff;
   _Atomic long steps, tokens, preempted, forks, handed, refused_steps, own_evictions;
+  _Atomic long residency_checks;
 } shared_t;
 
 typedef struct seq_state {
@@ -237,8 +243,18 @@ static void *worker_main(void *arg) {
     if (theirs != NULL) atomic_fetch_add(&sh->handed, 1);
     cllm_heap_free(sh->heaps, theirs);
     cllm_heap_free(sh->heaps, mine);
+    if (atomic_fetch_add(&sh->steps, 1) % 32 == 0) {  // the kernel vs the charges
+      cllm_arena_stats_t as = {.struct_size = sizeof as};
+      MT_CHECK(cllm_arena_stats(arena, &as) == CLLM_OK, "arena stats");
+      MT_CHECK(as.resident_bytes <= as.capacity_bytes, "arena resident %zu > charged %zu",
+               as.resident_bytes, as.capacity_bytes);
+      cllm_kv_stats_t os = {.struct_size = sizeof os};
+      MT_CHECK(cllm_kv_stats(own, &os) == CLLM_OK, "own kv stats");
+      MT_CHECK(os.resident_bytes <= os.charged_bytes, "own kv resident %zu > charged %zu",
+               os.resident_bytes, os.charged_bytes);
+      atomic_fetch_add(&sh->residency_checks, 1);
+    }
     MT_CHECK(cllm_arena_reset(arena) == CLLM_OK, "reset");
-    atomic_fetch_add(&sh->steps, 1);
   }
   for (int i = 0; i < 4; i++) close_seq(sh, &seqs[i]);
   MT_CHECK(cllm_kv_check(own) == CLLM_OK, "own kv check");
@@ -315,6 +331,18 @@ int main(int argc, char **argv) {
   MT_CHECK(cllm_kv_stats(sh.kv, &ks) == CLLM_OK, "kv stats");
   cllm_monitor_stats_t ms = {.struct_size = sizeof ms};
   MT_CHECK(cllm_monitor_stats(sh.mon, &ms) == CLLM_OK, "monitor stats");
+  /* quiescent: what the kernel holds for the shared cache and the weights, each and
+   * together, against what the monitor holds for them */
+  cllm_weights_stats_t ws = {.struct_size = sizeof ws};
+  MT_CHECK(cllm_weights_stats(sh.w, &ws) == CLLM_OK, "weights stats");
+  MT_CHECK(ks.resident_bytes <= ks.charged_bytes, "kv resident %zu > charged %zu",
+           ks.resident_bytes, ks.charged_bytes);
+  MT_CHECK(ws.resident_bytes <= ws.capacity_bytes, "weights resident %zu > charged %zu",
+           ws.resident_bytes, ws.capacity_bytes);
+  MT_CHECK(ks.resident_bytes + ws.resident_bytes <=
+               ms.cat[CLLM_CAT_KV].used_bytes + ms.cat[CLLM_CAT_WEIGHTS].used_bytes,
+           "resident %zu > the monitor's KV + WEIGHTS", ks.resident_bytes + ws.resident_bytes);
+  MT_CHECK(atomic_load(&sh.residency_checks) > 0, "no residency check ran");
 
   cllm_kv_cache_destroy(sh.kv);
   cllm_heaps_destroy(sh.heaps);

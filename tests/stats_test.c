@@ -267,6 +267,7 @@ static void world_init(world_t *w) {
   kc.layers = 2;
   kc.kv_heads = 2;
   kc.head_dim = 16;
+  kc.dtype_bytes = 2;
   kc.capacity_blocks = 32;
   kc.monitor = w->mon;
   cr_assert_eq(cllm_kv_cache_create(&kc, &w->kv), CLLM_OK);
@@ -337,11 +338,12 @@ Test(stats_json, valid_and_every_field_present) {
   const char *keys[] = {
       "version", "monitor", "used_bytes", "peak_bytes", "limit_bytes", "categories", "weights",
       "kv", "step", "heap", "refusals", "reclaim_runs", "reclaimed_bytes", "bad_releases",
-      "batch_credit_bytes", "kv_caches", "arenas", "heaps", "name",
+      "batch_credit_bytes", "try_refusals", "kv_caches", "arenas", "heaps", "name",
       /* kv */
       "num_blocks", "block_bytes", "block_tokens", "blocks_free", "blocks_active",
       "blocks_cached", "blocks_pinned", "blocks_committed", "tokens_stored", "utilisation",
-      "kv_bytes", "sequences", "copy_entries", "copy_used_bytes", "prefix_query_tokens",
+      "kv_bytes", "charged_bytes", "resident_bytes", "blocks_given_back", "given_back_blocks",
+      "sequences", "copy_entries", "copy_used_bytes", "prefix_query_tokens",
       "prefix_hit_tokens", "evictions", "copy_evictions", "preemptions", "cow_copies", "refused",
       "reclaimed_blocks",
       /* arena */
@@ -400,6 +402,7 @@ Test(stats_prometheus, valid_and_every_family_present) {
       "cllm_memory_total_limit_bytes", "cllm_memory_refusals_total",
       "cllm_memory_reclaim_runs_total", "cllm_memory_reclaimed_bytes_total",
       "cllm_memory_bad_releases_total", "cllm_memory_batch_credit_bytes",
+      "cllm_memory_try_refusals_total", "cllm_kv_charged_bytes", "cllm_kv_resident_bytes",
       "cllm_kv_capacity_blocks", "cllm_kv_block_bytes", "cllm_kv_blocks_free",
       "cllm_kv_blocks_active", "cllm_kv_blocks_cached", "cllm_kv_blocks_pinned",
       "cllm_kv_blocks_committed", "cllm_kv_tokens_stored", "cllm_kv_utilisation_ratio",
@@ -442,7 +445,7 @@ Test(stats_prometheus, monitor_only) {
   cr_assert_eq(cllm_stats_write_prometheus(&src, sink_fn, &s), CLLM_OK);
   fam_t fams[64];
   int nf = prom_check(s.buf, fams, 64);
-  cr_assert_eq(nf, 12);
+  cr_assert_eq(nf, 13);
   cr_assert_null(strstr(s.buf, "cllm_kv_"));
   free(s.buf);
 }

@@ -327,6 +327,51 @@ Test(weights, capacity_is_rounded_and_charged) {
   cllm_monitor_destroy(m);
 }
 
+Test(weights, footprint_is_what_create_charges_and_resident_never_passes_it) {
+  cllm_monitor_t *m = mk_monitor(0);
+  size_t caps[] = {1, 3 * MiB, 5 * MiB + 7};
+  for (int huge = 0; huge < 2; huge++) {
+    for (size_t i = 0; i < sizeof caps / sizeof caps[0]; i++) {
+      cllm_weights_config_t c = cfg_with(m, caps[i]);
+      c.huge_pages = huge ? CLLM_WEIGHTS_HUGE_TRANSPARENT : CLLM_WEIGHTS_HUGE_OFF;
+      size_t fp = cllm_weights_footprint(&c);
+      cllm_weights_t *w;
+      cr_assert_eq(cllm_weights_create(&c, &w), CLLM_OK);
+      cr_assert_eq(cllm_monitor_used(m, CLLM_CAT_WEIGHTS), fp, "cap %zu huge %d", caps[i], huge);
+      cllm_weights_stats_t st = stats_of(w);
+      cr_assert_eq(st.readback_status, CLLM_OK);
+      cr_assert_leq(st.resident_bytes, fp);
+      cr_assert_eq(st.resident_bytes, st.capacity_bytes, "committed at create");
+      cllm_weights_destroy(w);
+    }
+  }
+  cllm_weights_config_t c = cfg_with(m, 0);
+  cr_assert_eq(cllm_weights_footprint(&c), 0);  // create refuses it
+  cr_assert_eq(cllm_weights_footprint(NULL), 0);
+  cllm_monitor_destroy(m);
+}
+
+Test(weights, load_to_eof_reads_the_rest_of_the_file) {
+  cllm_monitor_t *m = mk_monitor(0);
+  uint64_t csum;
+  const char *path = make_file(3 * MiB, 41, 4096, 3 * MiB - 4096, &csum);
+  cllm_weights_config_t c = cfg_with(m, 4 * MiB);
+  cllm_weights_t *w;
+  cr_assert_eq(cllm_weights_create(&c, &w), CLLM_OK);
+  void *p;
+  cr_assert_eq(cllm_weights_load_path(w, path, 4096, CLLM_WEIGHTS_TO_EOF, &p), CLLM_OK);
+  cr_assert_eq(checksum(p, 3 * MiB - 4096), csum);
+  cr_assert_eq(stats_of(w).loaded_bytes, 3 * MiB - 4096);
+  cr_assert_eq(cllm_weights_load_path(w, path, 3 * MiB, CLLM_WEIGHTS_TO_EOF, &p), CLLM_ERANGE);
+  cr_assert_null(p);
+  cr_assert_eq(cllm_weights_load_path(w, path, 3 * MiB + 1, CLLM_WEIGHTS_TO_EOF, &p), CLLM_ERANGE);
+  cr_assert_eq(cllm_weights_load_path(w, path, 0, CLLM_WEIGHTS_TO_EOF, &p), CLLM_ENOMEM);  // no room
+  cr_assert_eq(stats_of(w).loaded_bytes, 3 * MiB - 4096);
+  unlink(path);
+  cllm_weights_destroy(w);
+  cllm_monitor_destroy(m);
+}
+
 Test(weights, monitor_limit_refuses_and_leaves_nothing) {
   cllm_monitor_t *m = mk_monitor(8 * MiB);
   cllm_weights_config_t c = cfg_with(m, 16 * MiB);

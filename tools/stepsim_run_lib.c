@@ -2,10 +2,11 @@
  *   weights   one cllm_weights_t sized from the preset (or --weights-bytes), filled
  *             (or loaded from --weights-file), sealed; NUMA interleave when there are
  *             several nodes, transparent huge pages, locking as --lock-weights says;
- *   KV        one paged cllm_kv_cache_t: open_with_prompt (prefix sharing), reserve
- *             per prefill chunk and decode token, K/V rows written through
- *             cllm_kv_block_layer, commit, close; preemption on, the eviction
- *             callback re-queues the preempted request;
+ *   KV        one paged cllm_kv_cache_t sized so that its footprint (full charge)
+ *             fits the limit: open_with_prompt (prefix sharing), ensure per prefill
+ *             chunk and decode token, the block table read in place, K/V rows
+ *             addressed through the layer views, commit, close; preemption on, the
+ *             eviction callback re-queues the preempted request;
  *   temps     one cllm_arena_t per worker thread: a mark per layer and per attention
  *             tile, reset at the end of each step;
  *   bookkeeping  request token arrays and block tables from cllm_heaps_t;
@@ -81,6 +82,26 @@ static int setup_weights(ss_sim_t *s) {
   return 0;
 }
 
+/* The largest KV cache whose full charge (cllm_kv_footprint) fits `budget`: with
+ * populate (2 MiB commit steps per pool) while that leaves room for `need_blocks`,
+ * else committed by pages. 0, or -1 when not even need_blocks fit. */
+static int kv_fit_budget(cllm_kv_config_t *kc, size_t budget, size_t need_blocks) {
+  size_t block = 2u * (size_t)kc->layers * kc->block_tokens * kc->kv_heads * kc->head_dim *
+                 kc->dtype_bytes;
+  for (int populate = 1; populate >= 0; populate--) {
+    kc->populate = populate;
+    kc->capacity_blocks = budget / block;
+    for (;;) {
+      size_t fp = kc->capacity_blocks == 0 ? 0 : cllm_kv_footprint(kc);
+      if (fp == 0 || fp <= budget) break;
+      size_t over = (fp - budget + block - 1) / block;
+      kc->capacity_blocks = over < kc->capacity_blocks ? kc->capacity_blocks - over : 0;
+    }
+    if (kc->capacity_blocks >= need_blocks) return 0;
+  }
+  return -1;
+}
+
 static int lib_setup(ss_sim_t *s) {
   const ss_config_t *c = s->cfg;
   if (setup_weights(s) != 0) return -1;
@@ -110,19 +131,19 @@ static int lib_setup(ss_sim_t *s) {
   kc.head_dim = (uint32_t)c->model.head_dim;
   kc.dtype_bytes = (uint32_t)c->model.dtype_bytes;
   kc.block_tokens = (uint32_t)c->block_tokens;
-  kc.capacity_bytes = c->mem_limit - used - book - temps;
   kc.preemption = true;
   kc.evict_fn = on_evict;
   kc.evict_user = s;
   kc.max_seqs = (size_t)c->requests + 64;
-  rc = cllm_kv_cache_create(&kc, &s->kv);
-  if (rc != CLLM_OK) return fail("KV cache", rc);
+  /* the cache charges its committed pages: size it so that its full charge fits */
   size_t need_blocks = ((size_t)c->max_seq_len + c->block_tokens - 1) / c->block_tokens + 1;
-  if (cllm_kv_num_blocks(s->kv) < need_blocks) {
+  if (kv_fit_budget(&kc, c->mem_limit - used - book - temps, need_blocks) != 0) {
     fprintf(stderr, "stepsim: the KV cache (%zu blocks) cannot hold one sequence of --max-seq-len %d; "
-            "raise --mem-limit\n", cllm_kv_num_blocks(s->kv), c->max_seq_len);
+            "raise --mem-limit\n", kc.capacity_blocks, c->max_seq_len);
     return -1;
   }
+  rc = cllm_kv_cache_create(&kc, &s->kv);
+  if (rc != CLLM_OK) return fail("KV cache", rc);
   s->res->kv_num_blocks = cllm_kv_num_blocks(s->kv);
   s->res->kv_block_bytes = cllm_kv_block_bytes(s->kv);
   s->res->kv_capacity_bytes = s->res->kv_num_blocks * s->res->kv_block_bytes;
@@ -286,10 +307,20 @@ static cllm_status_t lib_admit(ss_sim_t *s, ss_req_t *r) {
   return CLLM_OK;
 }
 
+/* Room for positions [kv_reserved, kv_reserved + n) in one call; the block table is
+ * then read in place (no copy under the cache lock) into the request's copy, which
+ * the workers read while the main thread reserves for other requests. */
 static cllm_status_t lib_reserve(ss_sim_t *s, ss_req_t *r, int n) {
-  cllm_status_t rc = cllm_kv_seq_reserve(s->kv, r->seq, (size_t)n, NULL);
+  cllm_status_t rc = cllm_kv_seq_ensure(s->kv, r->seq, (size_t)r->kv_reserved, (size_t)n, NULL);
   if (rc != CLLM_OK) return rc;
-  return cllm_kv_seq_block_table(s->kv, r->seq, r->table, r->table_cap, &r->table_n);
+  const uint32_t *table;
+  size_t nb;
+  rc = cllm_kv_seq_table_view(s->kv, r->seq, &table, &nb);
+  if (rc != CLLM_OK) return rc;
+  if (nb > r->table_cap) return CLLM_ERANGE;
+  memcpy(r->table, table, nb * sizeof *table);
+  r->table_n = nb;
+  return CLLM_OK;
 }
 
 static void lib_commit(ss_sim_t *s, ss_req_t *r, int n) {
@@ -305,7 +336,7 @@ static void lib_release(ss_sim_t *s, ss_req_t *r) {
 }
 
 static void lib_touch(ss_sim_t *s, ss_req_t *r) {
-  if (r->seq_open) (void)cllm_kv_seq_touch(s->kv, r->seq);
+  if (r->seq_open) CLLM_DISCARD(cllm_kv_seq_touch(s->kv, r->seq));
 }
 
 static void lib_snapshot(ss_sim_t *s, ss_row_t *row) {
@@ -344,22 +375,22 @@ static size_t lib_temp_mark(ss_worker_t *w) {
 
 static void lib_temp_rewind(ss_worker_t *w, size_t d) {
   if (d < (size_t)w->n_live) {
-    (void)cllm_arena_rewind(w->arena, w->marks[d]);
+    CLLM_DISCARD(cllm_arena_rewind(w->arena, w->marks[d]));
     w->n_live = (int)d;
   }
 }
 
 static void lib_step_end(ss_worker_t *w) {
   w->n_live = 0;
-  (void)cllm_arena_reset(w->arena);
+  CLLM_DISCARD(cllm_arena_reset(w->arena));
 }
 
 static void lib_kv_block(ss_worker_t *w, ss_req_t *r, int bi, int layer, unsigned char **k,
                          unsigned char **v) {
-  void *kp = NULL, *vp = NULL;
-  (void)cllm_kv_block_layer(w->sim->kv, r->table[bi], (uint32_t)layer, &kp, &vp);
-  *k = kp;
-  *v = vp;
+  cllm_kv_layer_view_t lv;  // the pool layout: no lock, no call per block in a kernel
+  CLLM_DISCARD(cllm_kv_layer_view(w->sim->kv, (uint32_t)layer, &lv));
+  *k = (unsigned char *)lv.k + (size_t)r->table[bi] * lv.block_stride;
+  *v = (unsigned char *)lv.v + (size_t)r->table[bi] * lv.block_stride;
 }
 
 const ss_backend_t ss_backend_library = {

@@ -85,7 +85,7 @@ static int mal_setup(ss_sim_t *s) {
   }
   s->mweights = sys_memalign(64, n);
   if (s->mweights == NULL) {
-    (void)cllm_monitor_release(s->mon, CLLM_CAT_WEIGHTS, n);
+    CLLM_DISCARD(cllm_monitor_release(s->mon, CLLM_CAT_WEIGHTS, n));
     fprintf(stderr, "stepsim: malloc mode: out of memory for the weights\n");
     return -1;
   }
@@ -123,7 +123,7 @@ static void mal_teardown(ss_sim_t *s) {
   if (s->cfg->metrics) res->metrics_text = ss_collect_metrics(s, false);
   sys_free(s->mweights);
   s->mweights = NULL;
-  (void)cllm_monitor_release(s->mon, CLLM_CAT_WEIGHTS, s->mweights_bytes);
+  CLLM_DISCARD(cllm_monitor_release(s->mon, CLLM_CAT_WEIGHTS, s->mweights_bytes));
   if (s->mbook_bytes != 0) fprintf(stderr, "stepsim: malloc mode leaked %zu bookkeeping bytes\n", s->mbook_bytes);
 }
 
@@ -132,7 +132,7 @@ static void *mal_book_alloc(ss_sim_t *s, size_t bytes) {
   if (cllm_monitor_reserve(s->mon, CLLM_CAT_HEAP, bytes + 16) != CLLM_OK) return NULL;
   unsigned char *p = sys_malloc(bytes + 16);
   if (p == NULL) {
-    (void)cllm_monitor_release(s->mon, CLLM_CAT_HEAP, bytes + 16);
+    CLLM_DISCARD(cllm_monitor_release(s->mon, CLLM_CAT_HEAP, bytes + 16));
     return NULL;
   }
   memcpy(p, &bytes, sizeof bytes);
@@ -147,7 +147,7 @@ static void mal_book_free(ss_sim_t *s, void *q) {
   memcpy(&bytes, p, sizeof bytes);
   sys_free(p);
   s->mbook_bytes -= bytes + 16;
-  (void)cllm_monitor_release(s->mon, CLLM_CAT_HEAP, bytes + 16);
+  CLLM_DISCARD(cllm_monitor_release(s->mon, CLLM_CAT_HEAP, bytes + 16));
 }
 
 static bool mal_can_admit(ss_sim_t *s, ss_req_t *r) {
@@ -163,7 +163,7 @@ static cllm_status_t mal_admit(ss_sim_t *s, ss_req_t *r) {
   if (rc != CLLM_OK) return rc;
   r->kvbuf = sys_malloc(n); /* not zeroed: pages are touched as tokens are written */
   if (r->kvbuf == NULL) {
-    (void)cllm_monitor_release(s->mon, CLLM_CAT_KV, n);
+    CLLM_DISCARD(cllm_monitor_release(s->mon, CLLM_CAT_KV, n));
     return CLLM_ENOMEM;
   }
   r->kvbuf_bytes = n;
@@ -182,7 +182,7 @@ static void mal_release(ss_sim_t *s, ss_req_t *r) {
   if (r->kvbuf == NULL) return;
   sys_free(r->kvbuf);
   r->kvbuf = NULL;
-  (void)cllm_monitor_release(s->mon, CLLM_CAT_KV, r->kvbuf_bytes);
+  CLLM_DISCARD(cllm_monitor_release(s->mon, CLLM_CAT_KV, r->kvbuf_bytes));
   r->kvbuf_bytes = 0;
 }
 
@@ -219,7 +219,7 @@ static void *mal_temp_alloc(ss_worker_t *w, size_t bytes) {
   if (cllm_monitor_reserve(s->mon, CLLM_CAT_STEP, n) != CLLM_OK) return NULL;
   void *p = sys_memalign(64, n);
   if (p == NULL) {
-    (void)cllm_monitor_release(s->mon, CLLM_CAT_STEP, n);
+    CLLM_DISCARD(cllm_monitor_release(s->mon, CLLM_CAT_STEP, n));
     return NULL;
   }
   w->live[w->n_live] = p;
@@ -237,7 +237,7 @@ static void mal_temp_rewind(ss_worker_t *w, size_t mark) {
   while ((size_t)w->n_live > mark) {
     w->n_live--;
     sys_free(w->live[w->n_live]);
-    (void)cllm_monitor_release(w->sim->mon, CLLM_CAT_STEP, w->live_bytes[w->n_live]);
+    CLLM_DISCARD(cllm_monitor_release(w->sim->mon, CLLM_CAT_STEP, w->live_bytes[w->n_live]));
     w->temp_in_use -= w->live_bytes[w->n_live];
   }
 }

@@ -47,6 +47,11 @@
  * page on the machines we target, pre-faulting ~0.24 us. Chunk sizes are multiples
  * of CLLM_ARENA_GRANULE (2 MiB).
  *
+ * Residency. A mapped chunk is charged to STEP in full before it is mapped and
+ * pre-faulted, and released after it is unmapped, so the arena's resident bytes
+ * (stats: resident_bytes, read back from the kernel) never exceed its charge
+ * (capacity_bytes); no slack. cllm_arena_footprint gives what create charges.
+ *
  * Sanitizers and debug. Under AddressSanitizer (the library and the caller built
  * with -fsanitize=address), memory past the bump pointer and everything released by
  * reset or rewind is poisoned, so a use after reset is reported; the inline fast
@@ -152,6 +157,12 @@ typedef struct cllm_arena {
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_arena_create(const cllm_arena_config_t *cfg,
                                                          cllm_arena_t **out);
 
+// The bytes cllm_arena_create(cfg) charges the monitor's STEP category: the first
+// chunk (initial_bytes rounded up to CLLM_ARENA_GRANULE), or 0 (no initial chunk,
+// or chunks from cfg->heaps: the heaps charge HEAP). Later chunks are charged as
+// they are obtained. 0 for a config create refuses. Thread: any.
+CLLM_API size_t cllm_arena_footprint(const cllm_arena_config_t *cfg);
+
 // Destroy the arena: every pointer from it (and a cursor that is out) becomes invalid,
 // every chunk is given back and released from the monitor. NULL is a no-op.
 // Thread: external-sync.
@@ -219,7 +230,7 @@ static inline CLLM_MALLOC_ATTR void *cllm_arena_alloc(cllm_arena_t *a, size_t by
 // policy. Nothing is returned to the kernel otherwise. Errors: CLLM_EINVAL (NULL),
 // CLLM_ESTATE (a cursor is out: end it first; nothing changes).
 // Thread: external-sync (any thread may reset between steps).
-CLLM_API cllm_status_t cllm_arena_reset(cllm_arena_t *a);
+CLLM_API CLLM_NODISCARD cllm_status_t cllm_arena_reset(cllm_arena_t *a);
 
 /* ---- cursors: the bump pointer in registers for hot loops ------------------------------
  *
@@ -412,10 +423,12 @@ typedef struct cllm_arena_stats {
   bool cursor_out;                  // a cursor is out (bytes_in_use: up to the position
                                     // the arena last saw)
   uint64_t cursors;                 // cursors begun
+  size_t resident_bytes;            // chunk bytes resident, read back from the kernel
+                                    // (mincore); SIZE_MAX if unknown
 } cllm_arena_stats_t;
 
-// Fill *st (O(1)). Errors: CLLM_EINVAL (NULL, struct_size too small). Thread:
-// external-sync.
+// Fill *st: O(1), then resident_bytes from the kernel (one mincore per 4 MiB of
+// chunks). Errors: CLLM_EINVAL (NULL, struct_size too small). Thread: external-sync.
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_arena_stats(const cllm_arena_t *a,
                                                         cllm_arena_stats_t *st);
 

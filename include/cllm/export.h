@@ -2,15 +2,15 @@
 #ifndef CLLM_EXPORT_H
 #define CLLM_EXPORT_H
 
+/* Every status-returning call is must-use: clang and gcc warn (errors under
+ * -Werror) when a status is dropped, in C11, C2x and C++. To drop one on purpose
+ * write CLLM_DISCARD(f(...)): gcc's warn_unused_result ignores a (void) cast, and
+ * C23's [[nodiscard]] (which honours it) cannot follow CLLM_API in a declaration. */
+#define CLLM_DISCARD(status) ((void)!(status))
+
 #if defined(__GNUC__) || defined(__clang__)
 #define CLLM_API __attribute__((visibility("default")))
-/* gcc's warn_unused_result cannot be silenced with a (void) cast, so only clang
- * (where the cast works) warns about an ignored status. */
-#if defined(__clang__)
 #define CLLM_NODISCARD __attribute__((warn_unused_result))
-#else
-#define CLLM_NODISCARD
-#endif
 #define CLLM_LIKELY(x) __builtin_expect(!!(x), 1)
 #define CLLM_UNLIKELY(x) __builtin_expect(!!(x), 0)
 #define CLLM_MALLOC_ATTR __attribute__((malloc))

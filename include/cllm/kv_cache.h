@@ -8,23 +8,30 @@
  *   cllm_kv_cache_t *kv;
  *   if (cllm_kv_cache_create(&cfg, &kv) < 0) ...;
  *
- *   cllm_kv_seq_t seq; size_t cached;
- *   rc = cllm_kv_seq_open_with_prompt(kv, "req-42", NULL, prompt, n_prompt, &seq, &cached);
- *   // tokens [cached, n_prompt) still need K/V: make room, write, record the ids
- *   cllm_kv_loc_t loc[4096];
- *   rc = cllm_kv_seq_reserve(kv, seq, n_prompt - cached, loc);
- *   for each token i: void *k, *v; cllm_kv_block_layer(kv, loc[i].block, layer, &k, &v);
- *       write K/V of token i at row loc[i].offset (row = kv_heads * head_dim elements)
- *   rc = cllm_kv_seq_commit(kv, seq, prompt + cached, n_prompt - cached);
- *   ... decode: reserve 1, write, commit 1, per step ...
+ *   cllm_kv_layer_view_t lv[32];                 // once: every layer's pool layout
+ *   for (uint32_t l = 0; l < 32; l++) CLLM_DISCARD(cllm_kv_layer_view(kv, l, &lv[l]));
+ *
+ *   cllm_kv_seq_t seq; size_t pos;               // pos: the next position to compute
+ *   rc = cllm_kv_seq_open_with_prompt(kv, "req-42", NULL, prompt, n_prompt, &seq, &pos);
+ *   for (;;) {                                   // forward(token, pos), one token a step
+ *     cllm_kv_loc_t loc;
+ *     rc = cllm_kv_seq_ensure(kv, seq, pos, 1, &loc);     // one lock: slot for `pos`
+ *     for each layer l: write K/V of the token at
+ *         (char *)lv[l].k + loc.block * lv[l].block_stride + loc.offset * lv[l].row_bytes
+ *     const uint32_t *table; size_t nb;                   // attention over [0, pos]
+ *     rc = cllm_kv_seq_table_view(kv, seq, &table, &nb);  // no copy
+ *     for t in [0, pos]: row t is in block table[t / block_tokens], slot t % block_tokens
+ *     rc = cllm_kv_seq_commit(kv, seq, &token, 1);        // its id, for prefix reuse
+ *     pos++;
+ *   }
  *   rc = cllm_kv_seq_close(kv, seq);            // full blocks stay CACHED for reuse
  *   cllm_kv_cache_destroy(kv);
  *
  * Storage: for every layer one K pool and one V pool, each
  * [num_blocks][block_tokens][kv_heads][head_dim] elements of dtype_bytes, 64-byte
  * aligned (2 MiB aligned in practice); a block id indexes every layer. Pointers
- * are stable for the cache's life. Pools are reserved up front and committed in
- * large steps as blocks are first used (THP + MADV_POPULATE_WRITE).
+ * are stable for the cache's life (cllm_kv_layer_view gives a layer's bases and
+ * strides). Pools are reserved up front and committed as blocks are first used.
  *
  * Block states: FREE (no reusable content), ACTIVE (refcount >= 1: held by block
  * tables), CACHED (refcount 0, a full block of a known prefix, kept in LRU order
@@ -32,9 +39,25 @@
  * then the least recently used CACHED block of the lowest band, then (preemption
  * on) the least recently used other sequence of the lowest band is preempted.
  *
- * The monitor (config; NULL = global) is charged CLLM_CAT_KV = (ACTIVE + CACHED)
- * blocks x block_bytes, always; the cache registers a reclaimer that drops CACHED
- * blocks when another component hits a limit.
+ * Residency. The monitor (config; NULL = global) is charged CLLM_CAT_KV for the
+ * pool memory the cache makes resident, before it is made resident: the committed
+ * prefix of every pool (blocks are committed in the order they are first used),
+ * less the blocks whose pages the reclaimer gave back. With populate (default) the
+ * prefix grows in huge-page (2 MiB) steps, a step ahead where the monitor allows
+ * it, and is pre-faulted; without, it grows by pages, the pools are advised
+ * MADV_NOHUGEPAGE (so THP "always" cannot fault in more than is charged) and pages
+ * fault in when written. A FREE block keeps its pages and its charge: the charge
+ * is the committed high-water, not the blocks in use (kv_bytes). Stats report the
+ * resident bytes read back from the kernel next to the charge: resident <= charge,
+ * no slack. cllm_kv_footprint gives the most a cache can charge.
+ * The cache registers a reclaimer: when another component is refused, it gives
+ * back the pages of FREE blocks, then drops CACHED blocks (LRU order) and gives
+ * back theirs, releasing their charge; reuse charges them again. Pages go back in
+ * units of the fewest blocks whose share of a pool is whole pages (4096 / gcd(
+ * block_tokens x kv_heads x head_dim x dtype_bytes, 4096) blocks, all FREE); a
+ * shape needing more than 64 blocks per unit frees nothing. The cache charges with
+ * cllm_monitor_try_reserve: its refusals count in the monitor's try_refusals and in
+ * this cache's `refused`, and never run the limit callback.
  *
  * Sequences are named by a request id (a string, copied) and addressed by a
  * handle (cllm_kv_seq_t, slot + generation: a stale handle is CLLM_ENOTFOUND).
@@ -86,43 +109,64 @@ typedef void (*cllm_kv_evict_fn)(void *user, const char *id, cllm_kv_evict_reaso
 typedef uint64_t (*cllm_kv_hash_fn)(void *user, uint64_t prev_hash, uint64_t salt,
                                     const cllm_kv_token_t *tokens, size_t n);
 
+// Where the pools' pages go; the policy is applied (mbind) before any page is
+// touched. One node, or a topology that is not this machine: the kernel's default.
+typedef enum cllm_kv_numa {
+  CLLM_KV_NUMA_AUTO = 0,       // default: BIND when numa_node >= 0, else INTERLEAVE on
+                               // a machine with several nodes, else nothing
+  CLLM_KV_NUMA_LOCAL = 1,      // the creating thread's node (bound on several nodes)
+  CLLM_KV_NUMA_BIND = 2,       // numa_node (required, >= 0), strict
+  CLLM_KV_NUMA_INTERLEAVE = 3, // every node, page by page (2 MiB pages with populate)
+  CLLM_KV_NUMA_NONE = 4,       // no policy: first touch decides
+} cllm_kv_numa_t;
+
 typedef struct cllm_kv_config {
   size_t struct_size;        // set by cllm_kv_config_default()
   uint32_t layers;           // required, >= 1
   uint32_t kv_heads;         // required, >= 1
   uint32_t head_dim;         // required, >= 1
-  uint32_t dtype_bytes;      // 1, 2 or 4 (default 2)
+  uint32_t dtype_bytes;      // required: bytes of one K/V element, 1, 2 or 4
   uint32_t block_tokens;     // power of two; 0 = 16
   size_t capacity_blocks;    // pool size in blocks; 0 = derive from capacity_bytes
   size_t capacity_bytes;     // pool size in bytes of K+V (rounded down to blocks)
-  int numa_node;             // bind the pools to this node; -1 = no binding
+  int numa_node;             // the node of CLLM_KV_NUMA_BIND (and of AUTO when >= 0); -1
   cllm_monitor_t *monitor;   // borrowed; NULL = cllm_monitor_global()
   cllm_kv_evict_fn evict_fn; // optional (set once, here: never changed later)
   void *evict_user;
   bool preemption;           // preempt the LRU other sequence when out of blocks
-  bool populate;             // commit pools in steps as used (default true); false =
-                             // reserve only, pages fault in on first touch
+  bool populate;             // default true: commit in 2 MiB (THP-advised) steps and
+                             // pre-fault; false: commit by pages, no huge pages
+                             // (MADV_NOHUGEPAGE), pages fault in on first write
   size_t max_seqs;           // sequence + copy-entry slots; 0 = min(max(blocks,64),65536)
   size_t copy_budget_bytes;  // copy-API budget; 0 = the whole cache
   double max_pinned_fraction;// cap on pinned blocks as a fraction of the pool; 0 = 0.5
   cllm_kv_hash_fn hash_fn;   // NULL = the built-in 64-bit hash
   void *hash_user;
+  cllm_kv_numa_t numa;       // placement of the pools (default AUTO)
 } cllm_kv_config_t;
 
-// Defaults: no shape (layers etc. 0: must be set), dtype 2, block_tokens 16,
+// Defaults: no shape (layers, kv_heads, head_dim, dtype_bytes 0: must be set), block_tokens 16,
 // numa_node -1, global monitor, no callback, preemption off, populate on.
 // Thread: any.
 CLLM_API cllm_kv_config_t cllm_kv_config_default(void);
 
 // Create a cache. *out is NULL on error and nothing is leaked.
-// Errors: CLLM_EINVAL (NULL, bad struct_size, zero shape, dtype not 1/2/4,
-// block_tokens not a power of two, capacity 0 or below one block, fraction outside
-// [0,1]), CLLM_EOVERFLOW (sizes overflow, more than 2^32-2 blocks), CLLM_ENOMEM
+// Errors: CLLM_EINVAL (NULL, bad struct_size, zero shape, dtype_bytes not 1/2/4
+// (0 included: there is no default; logged), block_tokens not a power of two,
+// capacity 0 or below one block, fraction outside [0,1], unknown numa, BIND without
+// a node), CLLM_EOVERFLOW (sizes overflow, more than 2^32-2 blocks), CLLM_ENOMEM
 // (mapping, metadata, or the system topology could not be loaded),
-// CLLM_ENOTFOUND/CLLM_ENOTSUP/CLLM_ESYS (NUMA binding),
+// CLLM_ENOTFOUND/CLLM_ENOTSUP/CLLM_ESYS (a BIND, or an INTERLEAVE on several
+// nodes, that could not be applied; LOCAL falls back to first touch),
 // CLLM_ENOMEM/CLLM_EBUSY (reclaimer registration). Thread: any.
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_cache_create(const cllm_kv_config_t *cfg,
                                                             cllm_kv_cache_t **out);
+
+// The most a cache created from *cfg charges the monitor: every pool committed
+// (2 x layers x the pool rounded up to the commit granule). A new cache charges 0;
+// the charge reaches this once every block has been used. 0 for a config that
+// create refuses. Thread: any.
+CLLM_API size_t cllm_kv_footprint(const cllm_kv_config_t *cfg);
 
 // Destroy: unregisters the reclaimer, releases the monitor charge, unmaps the
 // pools. NULL is a no-op. No other thread may use the cache. Thread: external-sync.
@@ -141,6 +185,20 @@ CLLM_API uint32_t cllm_kv_block_tokens(const cllm_kv_cache_t *kv);
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_block_layer(const cllm_kv_cache_t *kv,
                                                            uint32_t block, uint32_t layer,
                                                            void **k, void **v);
+
+// The layout of one layer's pools: K of token slot s of block b lies at
+// (char *)k + b * block_stride + s * row_bytes (V likewise from v). Valid for the
+// cache's life. Errors: CLLM_EINVAL (NULL), CLLM_ERANGE (layer). Thread: any.
+typedef struct cllm_kv_layer_view {
+  void *k, *v;          // block 0, slot 0 of the layer's K and V pools
+  size_t block_stride;  // bytes from one block to the next (block_tokens x row_bytes)
+  size_t row_bytes;     // one token: kv_heads x head_dim x dtype_bytes
+  uint32_t block_tokens;
+  uint32_t num_blocks;
+} cllm_kv_layer_view_t;
+CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_layer_view(const cllm_kv_cache_t *kv,
+                                                          uint32_t layer,
+                                                          cllm_kv_layer_view_t *out);
 
 /* ---- Sequences ------------------------------------------------------------------ */
 
@@ -201,6 +259,36 @@ CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_seq_find(cllm_kv_cache_t *kv, cons
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_seq_reserve(cllm_kv_cache_t *kv, cllm_kv_seq_t seq,
                                                            size_t n_tokens,
                                                            cllm_kv_loc_t *locs);
+
+// Make positions [pos, pos + n) writable in one call (one lock): positions below the
+// length are already reserved and only located; the rest are reserved as by
+// cllm_kv_seq_reserve (copy-on-write of a shared partial last block included).
+// pos must not lie past the length (no gaps). If `locs` is not NULL it receives n
+// entries, locs[i] for position pos + i. A block already reserved is not copied
+// for a write: after a fork, rewrite only positions at or past the fork's length.
+// Errors: CLLM_EINVAL (kv NULL, n 0), CLLM_ERANGE (pos > length: a gap; or past the
+// whole cache), and as cllm_kv_seq_reserve. On error the sequence is unchanged.
+// Thread: any (one caller per sequence).
+CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_seq_ensure(cllm_kv_cache_t *kv, cllm_kv_seq_t seq,
+                                                          size_t pos, size_t n,
+                                                          cllm_kv_loc_t *locs);
+
+// Token ids recorded so far (commit's next position). Errors as length. Thread: any.
+CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_seq_committed(cllm_kv_cache_t *kv,
+                                                             cllm_kv_seq_t seq, size_t *n);
+
+// The sequence's own block table (block ids in position order), not a copy:
+// *table stays valid and unchanged until a call adds a block to this sequence or
+// copies its shared last block (a reserve or ensure of it reaching a new block, or
+// the first write after a fork), closes it, or preempts it (possible only with
+// preemption on, while another thread reserves). So the thread that drives the
+// sequence reads it lock-free between its own calls, and a one-token-per-step loop
+// asks again only when ensure returns offset 0. Errors: as length.
+// Thread: any (read the table as stated).
+CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_seq_table_view(cllm_kv_cache_t *kv,
+                                                              cllm_kv_seq_t seq,
+                                                              const uint32_t **table,
+                                                              size_t *n_blocks);
 
 // Record the ids of the next n tokens written (positions [committed, committed+n),
 // all reserved). Each block that becomes full is entered in the prefix index.
@@ -301,10 +389,10 @@ typedef struct cllm_kv_stats {
   size_t blocks_active;
   size_t blocks_cached;
   size_t blocks_pinned;     // pinned (ACTIVE or CACHED)
-  size_t blocks_committed;  // blocks whose pages are committed (populated)
+  size_t blocks_committed;  // blocks inside every pool's committed (charged) prefix
   size_t tokens_stored;     // token rows in use in ACTIVE blocks (shared counted once)
   double utilisation;       // tokens_stored / (blocks_active x block_tokens); 1 if none
-  size_t kv_bytes;          // charged to the monitor: (active + cached) x block_bytes
+  size_t kv_bytes;          // blocks in use: (active + cached) x block_bytes
   size_t sequences;         // open + preempted sequences
   size_t copy_entries;
   size_t copy_used_bytes;
@@ -314,11 +402,20 @@ typedef struct cllm_kv_stats {
   uint64_t copy_evictions;      // copy-API entries evicted by LRU
   uint64_t preemptions;
   uint64_t cow_copies;
-  uint64_t refused;             // reserve / put calls refused
+  uint64_t refused;             // reserve / ensure / put calls refused
   uint64_t reclaimed_blocks;    // CACHED blocks dropped by the monitor's reclaimer
+  size_t charged_bytes;         // held in the monitor (CLLM_CAT_KV): see "Residency"
+  size_t resident_bytes;        // pool bytes resident, read back from the kernel
+                                // (mincore over the pools); SIZE_MAX if unknown
+  size_t blocks_given_back;     // FREE blocks whose pages were given back (not charged)
+  uint64_t given_back_blocks;   // times a block's pages were given back (reclaimer)
+  cllm_kv_numa_t numa_applied;  // the policy in force (NONE when none was applied)
+  cllm_status_t numa_status;    // why it differs from the one asked for, else CLLM_OK
 } cllm_kv_stats_t;
 
-// Fill *st (O(1)). Errors: CLLM_EINVAL (NULL, struct_size too small). Thread: any.
+// Fill *st: O(1) under the lock, then resident_bytes from the kernel (one mincore
+// per 4 MiB of pools, no lock). Errors: CLLM_EINVAL (NULL, struct_size too small).
+// Thread: any.
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_stats(cllm_kv_cache_t *kv, cllm_kv_stats_t *st);
 
 // Verify every invariant (O(blocks + sequences), under the lock): block states and

@@ -172,7 +172,7 @@ inline void monitorReserve(cllm_monitor_t* m, cllm_category_t cat, size_t bytes,
   CaptureScope scope;
   cllm_status_t rc = cllm_monitor_reserve(m, cat, bytes);
   if (rc == CLLM_OK && scope.pending()) {
-    (void)cllm_monitor_release(m, cat, bytes);  // a reclaimer-path callback threw: undo
+    CLLM_DISCARD(cllm_monitor_release(m, cat, bytes));  // a reclaimer-path callback threw: undo
   }
   scope.rethrowPending();
   checkStatus(rc, context);

@@ -106,7 +106,7 @@ class Arena {
   class Scope {
    public:
     explicit Scope(Arena& a) : a_(a.get()), m_(a.mark()) {}
-    ~Scope() { (void)cllm_arena_rewind(a_, m_); }
+    ~Scope() { CLLM_DISCARD(cllm_arena_rewind(a_, m_)); }
     Scope(const Scope&) = delete;
     Scope& operator=(const Scope&) = delete;
 
@@ -128,7 +128,7 @@ class Arena {
       open_ = true;
     }
     ~Cursor() {
-      if (open_) (void)cllm_arena_cursor_end(a_, &c_);
+      if (open_) CLLM_DISCARD(cllm_arena_cursor_end(a_, &c_));
     }
     Cursor(const Cursor&) = delete;
     Cursor& operator=(const Cursor&) = delete;

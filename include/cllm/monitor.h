@@ -7,7 +7,7 @@
  *
  *   if (cllm_monitor_reserve(priv, CLLM_CAT_KV, 1 << 20) == CLLM_OK) {
  *     ... use the megabyte ...
- *     (void)cllm_monitor_release(priv, CLLM_CAT_KV, 1 << 20);
+ *     CLLM_DISCARD(cllm_monitor_release(priv, CLLM_CAT_KV, 1 << 20));
  *   }
  *   cllm_monitor_destroy(priv);
  *
@@ -26,6 +26,17 @@
  * - peak is the maximum of values actually installed; reset_peak lowers it to the
  *   current use, never below.
  * - Callbacks (limit callback, reclaimers) never run with a monitor lock held.
+ *
+ * Residency (the rule every component follows): a component charges the monitor for
+ * the memory it makes resident (mapped and committed, populated, or held for a
+ * thread) before it makes it resident, and releases the charge only after giving the
+ * memory back; so what the kernel holds for the library stays within the monitor's
+ * total, plus each component's documented, bounded slack. Each component's stats
+ * report its resident bytes read back from the kernel next to its charge; its
+ * header's "Residency" paragraph says how it applies the rule (weights: the whole
+ * region at create; arenas: whole chunks; KV cache: the pools' committed pages;
+ * heaps: heap.h), and cllm_*_footprint() gives what create charges, so a runtime
+ * can size its limit before anything exists.
  *
  * The global monitor, cllm_monitor_global(), is the process-wide default: components
  * take a `cllm_monitor_t *` in their config and NULL there means the global one.
@@ -59,8 +70,12 @@ CLLM_API const char *cllm_category_name(cllm_category_t cat);
 
 typedef struct cllm_monitor cllm_monitor_t;
 
-// Called when a reservation is refused (after the reclaimers had their chance),
-// outside any lock: the category, what was in use (in total when the total limit
+// Called for exactly the refusals counted in `refusals`: a cllm_monitor_reserve or
+// a batch refill (cllm_monitor_batch_*) refused by a limit after the reclaimers had
+// their chance. Never for a cllm_monitor_try_reserve refusal (counted in
+// `try_refusals`; the components that use it, e.g. the KV cache, count their own
+// refusals in their stats too), nor for CLLM_EINVAL / CLLM_EBUSY. It runs outside
+// any lock, with the category, what was in use (in total when the total limit
 // refused, in the category when its own limit refused), the bytes requested and the
 // limit that refused. It may call release; it must not call reserve on the same
 // monitor (that reservation would not reclaim and may be refused again).
@@ -110,7 +125,8 @@ CLLM_API CLLM_NODISCARD cllm_status_t cllm_monitor_reserve(cllm_monitor_t *m, cl
                                                             size_t bytes);
 
 // As reserve, but never runs reclaimers or the limit callback: for components that
-// hold their own lock while reserving (a reclaimer could need that lock).
+// hold their own lock while reserving (a reclaimer could need that lock). A
+// refusal by a limit counts in try_refusals.
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_monitor_try_reserve(cllm_monitor_t *m,
                                                                 cllm_category_t cat, size_t bytes);
 
@@ -172,11 +188,12 @@ typedef struct cllm_monitor_stats {
   size_t peak_bytes;
   size_t limit_bytes;  // 0 = unlimited
   cllm_monitor_cat_stats_t cat[CLLM_CAT_COUNT];
-  uint64_t refusals;         // reservations refused (after reclaim)
+  uint64_t refusals;         // reserve / batch refusals (after reclaim; the limit callback ran)
   uint64_t reclaim_runs;     // times the reclaimers were asked
   uint64_t reclaimed_bytes;  // bytes they reported freeing
   uint64_t bad_releases;     // releases refused as larger than the reservation
   size_t batch_credit_bytes; // held by batches, not handed out (as of each batch's last refill/spill)
+  uint64_t try_refusals;     // cllm_monitor_try_reserve refusals (no reclaim, no callback)
 } cllm_monitor_stats_t;
 
 // Fill *st (O(1): a fixed number of atomic loads). st->struct_size must be set to

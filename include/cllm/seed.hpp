@@ -286,6 +286,7 @@ class KVCacheMemoryManager {
     cfg.head_dim = opt.blockFloats / 16;
     cfg.dtype_bytes = sizeof(float);
     cfg.capacity_bytes = bytes;
+    cfg.populate = false;  // committed (and charged) by pages: close to what is stored
     cfg.monitor = opt.monitor;
     size_t blocks = bytes / (2 * sizeof(float) * static_cast<size_t>(opt.blockFloats));
     cfg.max_seqs = opt.maxEntries != 0 ? opt.maxEntries : (blocks < 65536 ? blocks + 1 : 65536);
@@ -375,7 +376,7 @@ class ModelExecutorMemoryManager {
     while (j > 0 && !temp_[j - 1].live) --j;
     if (j == temp_.size()) return;  // a live buffer above it: reclaimed later
     if (j == 0) {
-      (void)cllm_arena_reset(arena_.get());  // O(1); every mark is dropped
+      CLLM_DISCARD(cllm_arena_reset(arena_.get()));  // O(1); every mark is dropped
       haveSpare_ = false;
     } else {
       unwind(temp_[j].mark);  // valid: nothing was rewound past it
@@ -393,14 +394,14 @@ class ModelExecutorMemoryManager {
     cllm_float_array_t block = cllm_heap_floats(nullptr, floats);
     void* p = block.data;
     if (p == nullptr) {
-      (void)cllm_monitor_release(monitor_, CLLM_CAT_WEIGHTS, size);
+      CLLM_DISCARD(cllm_monitor_release(monitor_, CLLM_CAT_WEIGHTS, size));
       throw Error(CLLM_ENOMEM, "Failed to allocate memory");
     }
     try {
       weights_.emplace(p, Block{block, size});
     } catch (...) {
       cllm_float_array_free(&block);
-      (void)cllm_monitor_release(monitor_, CLLM_CAT_WEIGHTS, size);
+      CLLM_DISCARD(cllm_monitor_release(monitor_, CLLM_CAT_WEIGHTS, size));
       throw;
     }
     weightsUsed_ += size;
@@ -415,7 +416,7 @@ class ModelExecutorMemoryManager {
     size_t size = b.size;
     weights_.erase(it);
     cllm_float_array_free(&b.block);
-    (void)cllm_monitor_release(monitor_, CLLM_CAT_WEIGHTS, size);
+    CLLM_DISCARD(cllm_monitor_release(monitor_, CLLM_CAT_WEIGHTS, size));
     weightsUsed_ -= size;
   }
 
@@ -430,7 +431,7 @@ class ModelExecutorMemoryManager {
   // Free everything: every pointer handed out becomes invalid.
   void clearAll() noexcept {
     freeWeights();
-    (void)cllm_arena_reset(arena_.get());
+    CLLM_DISCARD(cllm_arena_reset(arena_.get()));
     haveSpare_ = false;
     temp_.clear();
     tempIndex_.clear();
@@ -468,7 +469,7 @@ class ModelExecutorMemoryManager {
   void freeWeights() noexcept {
     for (auto& w : weights_) {
       cllm_float_array_free(&w.second.block);
-      (void)cllm_monitor_release(monitor_, CLLM_CAT_WEIGHTS, w.second.size);
+      CLLM_DISCARD(cllm_monitor_release(monitor_, CLLM_CAT_WEIGHTS, w.second.size));
     }
     weights_.clear();
     weightsUsed_ = 0;

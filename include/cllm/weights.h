@@ -30,7 +30,12 @@
  * what create returns is all the memory the model will use, charged to the
  * monitor's WEIGHTS category, and loads never fault). capacity_bytes is rounded
  * up to the page size (to 2 MiB with huge pages); the rounded size is what is
- * charged and what stats report as capacity.
+ * charged and what stats report as capacity (cllm_weights_footprint gives it
+ * before create).
+ *
+ * Residency: the region is charged before it is mapped, so its resident bytes
+ * (stats: resident_bytes, read back from the kernel) never exceed the charge; no
+ * slack.
  *
  * Placement that cannot be applied (the topology is not this machine, or mbind
  * fails): LOCAL proceeds with the kernel's default policy (first touch, by the
@@ -150,14 +155,22 @@ CLLM_API void cllm_weights_destroy(cllm_weights_t *w);
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_weights_alloc(cllm_weights_t *w, size_t bytes,
                                                           size_t align, void **out);
 
-// Read `bytes` of the file at `path` from `offset` into a new 64-byte aligned
-// allocation, bit-exact, with pread calls of read_chunk_bytes on reader_threads
-// threads, reporting progress through the configured callback. On success *out is
-// the data; on error *out is NULL and the heap is as it was (nothing allocated,
-// the zeros back). Errors: CLLM_EINVAL (NULL w/path/out, bytes 0), CLLM_ESTATE
-// (sealed), CLLM_ENOMEM (does not fit), CLLM_ENOTFOUND (no such file), CLLM_ERANGE
-// (offset + bytes beyond the end of the file), CLLM_EIO (a read error, or the file
-// got shorter during the load), CLLM_ESYS (open or read failed otherwise, e.g.
+// `bytes` for a load: the rest of the file from `offset`.
+#define CLLM_WEIGHTS_TO_EOF SIZE_MAX
+
+// The bytes cllm_weights_create(cfg) charges the monitor (capacity_bytes rounded
+// as documented above); 0 for a config create refuses. Thread: any.
+CLLM_API size_t cllm_weights_footprint(const cllm_weights_config_t *cfg);
+
+// Read `bytes` (or CLLM_WEIGHTS_TO_EOF: the rest of the file) of the file at `path`
+// from `offset` into a new 64-byte aligned allocation, bit-exact, with pread calls
+// of read_chunk_bytes on reader_threads threads, reporting progress through the
+// configured callback. On success *out is the data; on error *out is NULL and the
+// heap is as it was (nothing allocated, the zeros back). Errors: CLLM_EINVAL (NULL
+// w/path/out, bytes 0), CLLM_ESTATE (sealed), CLLM_ENOMEM (does not fit),
+// CLLM_ENOTFOUND (no such file), CLLM_ERANGE (offset + bytes beyond the end of the
+// file; TO_EOF with nothing left), CLLM_EIO (a read error, or the file got shorter
+// during the load), CLLM_ESYS (open or read failed otherwise, e.g.
 // EACCES, EMFILE, EISDIR), CLLM_EPREEMPTED (the progress callback cancelled),
 // CLLM_EOVERFLOW (offset + bytes overflows or passes the largest file offset,
 // 2^63-1). Thread: external-sync.
@@ -216,6 +229,8 @@ typedef struct cllm_weights_stats {
   uint64_t load_failures;         // loads that failed (heap left as it was)
   int last_load_errno;            // errno of the most recent open or read that failed
                                   // (0 if none has)
+  size_t resident_bytes;          // region bytes resident, read back from the kernel
+                                  // (mincore); 0 when readback_status is not CLLM_OK
 } cllm_weights_stats_t;
 
 // Fill *st. Reads the page placement and huge pages back from the kernel: O(pages)

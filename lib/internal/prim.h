@@ -31,6 +31,9 @@ int cllm__prim_unmap(void *addr, size_t size);
 /* Ask for transparent huge pages on the range (MADV_HUGEPAGE). EINVAL where the
  * kernel has no THP. Fault: MADVISE. */
 int cllm__prim_advise_huge(void *addr, size_t size);
+/* Ask for no transparent huge pages on the range (MADV_NOHUGEPAGE), so that with
+ * THP set to "always" a fault still commits one base page. Fault: MADVISE. */
+int cllm__prim_advise_nohuge(void *addr, size_t size);
 /* Commit the range now, in one call (MADV_POPULATE_WRITE; where the kernel lacks it,
  * touch one byte per page). Fault: MADVISE. */
 int cllm__prim_populate(void *addr, size_t size);
@@ -49,7 +52,8 @@ int cllm__prim_protect(void *addr, size_t size, bool writable);
 /* Bytes of the range backed by transparent huge pages, from /proc/self/smaps
  * (AnonHugePages of the mappings that intersect the range, clipped to it). */
 int cllm__prim_huge_bytes(const void *addr, size_t size, size_t *out);
-/* Bytes of the range (page aligned start) whose pages are resident (mincore). */
+/* Bytes of the range (page aligned) whose pages are resident, from mincore(2): exact
+ * for the range itself, whatever the kernel merged it with (smaps is per mapping). */
 int cllm__prim_resident_bytes(const void *addr, size_t size, size_t *out);
 /* For each page of the range (page aligned), the NUMA node it is on, via
  * move_pages(2) in query mode: counts[node] += 1 for nodes < max_nodes; pages not

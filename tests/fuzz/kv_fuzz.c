@@ -250,8 +250,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     FUZZ_CHECK(cllm_kv_check(kv) == CLLM_OK, "check after op %d", op);
     cllm_kv_stats_t st = {.struct_size = sizeof st};
     FUZZ_CHECK(cllm_kv_stats(kv, &st) == CLLM_OK, "stats");
-    FUZZ_CHECK(st.kv_bytes == cllm_monitor_used(mon, CLLM_CAT_KV), "monitor %zu vs kv %zu",
-               cllm_monitor_used(mon, CLLM_CAT_KV), st.kv_bytes);
+    FUZZ_CHECK(st.charged_bytes == cllm_monitor_used(mon, CLLM_CAT_KV), "monitor %zu vs kv %zu",
+               cllm_monitor_used(mon, CLLM_CAT_KV), st.charged_bytes);
+    FUZZ_CHECK(st.resident_bytes <= st.charged_bytes && st.kv_bytes <= st.charged_bytes,
+               "resident %zu, in use %zu, charged %zu", st.resident_bytes, st.kv_bytes,
+               st.charged_bytes);
     FUZZ_CHECK(!cfg.preemption ? md.preempt_calls == 0 : true, "preempted with preemption off");
   }
   for (int i = 0; i < N_IDS; i++)

@@ -159,7 +159,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     FUZZ_CHECK(cllm_monitor_used(m, CLLM_CAT_COUNT) == md.total, "total");
     FUZZ_CHECK(cllm_monitor_peak(m, CLLM_CAT_COUNT) >= md.total, "peak");
   }
-  if (have_rec) (void)cllm_monitor_remove_reclaimer(m, reclaimer, &rc);
+  if (have_rec) CLLM_DISCARD(cllm_monitor_remove_reclaimer(m, reclaimer, &rc));
   cllm_monitor_destroy(m);
   return 0;
 }

@@ -5,6 +5,7 @@
 
 #include <criterion/criterion.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -31,6 +32,16 @@ static cllm_kv_config_t small_cfg(cllm_monitor_t *m, size_t blocks, uint32_t bt)
   c.block_tokens = bt;
   c.capacity_blocks = blocks;
   c.monitor = m;
+  return c;
+}
+
+/* Blocks that own whole pages (a chunk is 4096 bytes), committed page by page
+ * (populate off): the cache's charge is then exactly blocks ever used x block bytes
+ * (less the blocks the reclaimer gave back). */
+static cllm_kv_config_t page_cfg(cllm_monitor_t *m, size_t blocks) {
+  cllm_kv_config_t c = small_cfg(m, blocks, 4);
+  c.head_dim = 256;  // a row is 1 KiB, a chunk 4 rows
+  c.populate = false;
   return c;
 }
 
