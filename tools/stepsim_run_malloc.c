@@ -71,8 +71,7 @@ static size_t kvbuf_bytes(const ss_sim_t *s) {
 }
 
 static size_t temp_margin(const ss_sim_t *s) {
-  const ss_config_t *c = s->cfg;
-  return (size_t)c->threads * ss_step_temp_estimate(c, c->max_step_tokens / c->threads + 1);
+  return (size_t)s->cfg->threads * ss_step_temps_full(s->cfg);
 }
 
 static int mal_setup(ss_sim_t *s) {
@@ -80,7 +79,9 @@ static int mal_setup(ss_sim_t *s) {
   size_t n = round64(c->weights_bytes);
   cllm_status_t rc = cllm_monitor_reserve(s->mon, CLLM_CAT_WEIGHTS, n);
   if (rc != CLLM_OK) {
-    fprintf(stderr, "stepsim: malloc mode: the weights (%zu bytes) do not fit the limit\n", n);
+    char t[32];
+    ss_fmt_bytes(t, sizeof t, n);
+    fprintf(stderr, "stepsim: malloc mode: the weights (%s) do not fit the limit\n", t);
     return -1;
   }
   s->mweights = sys_memalign(64, n);
