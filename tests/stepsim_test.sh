@@ -184,8 +184,12 @@ grep -q -- "--kv-budget 1K .*raise --kv-budget to at least" "$TMP/small.err" ||
   die "--kv-budget 1K: the message must name --kv-budget: $(cat "$TMP/small.err")"
 # RLIMIT_AS below what the run needs
 (ulimit -v 262144; "$STEPSIM" --quiet > /dev/null 2> "$TMP/as.err"; echo $? > "$TMP/as.rc")
-[ "$(cat "$TMP/as.rc")" = 2 ] && grep -q "RLIMIT_AS" "$TMP/as.err" ||
-  die "ulimit -v 256 MiB: exit $(cat "$TMP/as.rc"): $(cat "$TMP/as.err")"
+if grep -q "Sanitizer" "$TMP/as.err"; then
+  echo "RLIMIT_AS case skipped: a sanitizer's shadow memory does not start under ulimit -v"
+else
+  [ "$(cat "$TMP/as.rc")" = 2 ] && grep -q "RLIMIT_AS" "$TMP/as.err" ||
+    die "ulimit -v 256 MiB: exit $(cat "$TMP/as.rc"): $(cat "$TMP/as.err")"
+fi
 
 # ---- prompts longer than --max-seq-len are rejected, counted, reported; the rest run ----
 "$STEPSIM" --model tiny --requests 30 --prompt-dist uniform:8:120 --output-dist fixed:8 \
@@ -217,6 +221,13 @@ if command -v gnuplot > /dev/null; then
   (PATH=/nonexistent; "$STEPSIM" --plot "$TMP/x.png" --quiet 2> "$TMP/o.err"; echo $? > "$TMP/o.rc")
   [ "$(cat "$TMP/o.rc")" = 2 ] && grep -q "gnuplot not found" "$TMP/o.err" || die "no gnuplot: $(cat "$TMP/o.err")"
   [ ! -e "$TMP/x.png" ] || die "no gnuplot: the PNG was created"
+  # a gnuplot that fails: its own words are shown, before the run
+  mkdir -p "$TMP/fakebin"
+  printf '#!/bin/sh\ncat > /dev/null\necho "line 1: fake terminal error" >&2\nexit 1\n' > "$TMP/fakebin/gnuplot"
+  chmod +x "$TMP/fakebin/gnuplot"
+  (PATH="$TMP/fakebin:$PATH"; "$STEPSIM" --plot "$TMP/x.png" --quiet 2> "$TMP/o.err"; echo $? > "$TMP/o.rc")
+  [ "$(cat "$TMP/o.rc")" = 2 ] && grep -q "line 1: fake terminal error" "$TMP/o.err" ||
+    die "a failing gnuplot: exit $(cat "$TMP/o.rc"), its text not shown: $(cat "$TMP/o.err")"
   TINY=(--model tiny --requests 20 --prompt-dist fixed:40 --output-dist fixed:8 --shared-prefix-tokens 16 --progress off)
   "$STEPSIM" "${TINY[@]}" --compare --plot "$TMP/p.png" > "$TMP/p.out" 2>&1 || die "--plot run failed: $(tail -5 "$TMP/p.out")"
   grep -q "^wrote $TMP/p.png (plot" "$TMP/p.out" || die "--plot: the PNG is not named"
