@@ -598,9 +598,10 @@ static void report(const ss_config_t *c, const ss_result_t *a, const ss_result_t
          c->requests, c->prompt.text, c->output.text, c->shared_fraction * 100, c->shared_prefix_tokens,
          (unsigned long long)c->seed);
   ss_fmt_bytes(t4, sizeof t4, c->mem_limit);
-  P("  %d worker threads, max batch %d, prefill chunk %d, %d tokens/step, max seq len %d, "
+  P("  %d worker thread%s, max batch %d, prefill chunk %d, %d tokens/step, max seq len %d, "
          "memory limit %s%s\n\n",
-         c->threads, c->max_batch, c->prefill_chunk, c->max_step_tokens, c->max_seq_len, t4,
+         c->threads, c->threads == 1 ? "" : "s", c->max_batch, c->prefill_chunk, c->max_step_tokens,
+         c->max_seq_len, t4,
          c->mem_limit_given ? "" : " (weights + temps + KV budget)");
   row_head("");
   for (int i = 0; i < g_ncols; i++) P(" %14s", g_cols[i]->mode);

@@ -55,6 +55,7 @@ if [ -z "${STEPSIM:-}" ]; then
   tools/bazel build -c opt //tools:stepsim
   STEPSIM=bazel-bin/tools/stepsim
 fi
+load=$(cut -d' ' -f1-3 /proc/loadavg)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -69,7 +70,7 @@ for w in "${WORKLOADS[@]}"; do
   args=${w#*|}
   echo "stepsim ${COMMON[*]} $args" >&2
   # shellcheck disable=SC2086
-  "$STEPSIM" "${COMMON[@]}" $args --json "$work/$i.json" > "$work/$i.txt"
+  "$STEPSIM" "${COMMON[@]}" $args --json "$work/$i.json" | grep -v '^wrote ' > "$work/$i.txt"
   i=$((i + 1))
 done
 
@@ -100,8 +101,9 @@ mem=$(awk '/^MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)
   echo "## stepsim"
   echo
   echo "Produced by \`tools/stepsim_table.sh\` on $(date -u '+%Y-%m-%d %H:%M UTC'); commit $commit;"
-  echo "machine: $cpu, $(nproc) CPUs, $mem, $(uname -sr). README's table is copied from here"
-  echo "(\`tools/stepsim_table.sh --check\` compares them)."
+  echo "machine: $cpu, $(nproc) CPUs, $mem, $(uname -sr); load average before the runs: $load"
+  echo "(throughput is this machine's at that load; the memory figures do not depend on it)."
+  echo "README's table is copied from here (\`tools/stepsim_table.sh --check\` compares them)."
   echo
   echo "<!-- stepsim-table -->"
   cat "$work/table.md"
