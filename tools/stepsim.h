@@ -245,7 +245,7 @@ struct ss_worker {
   void *live[64];
   size_t live_bytes[64];
   int n_live;
-  size_t temp_in_use, temp_high_water;
+  size_t temp_in_use, temp_high_water, step_temp_high; /* step_temp_high: this step's */
   uint64_t temp_allocs;
   /* per-step */
   bool failed;

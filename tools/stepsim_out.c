@@ -210,7 +210,9 @@ static void csv_rows(FILE *f, const ss_result_t *r) {
 
 static int write_timeline(FILE *f, const ss_result_t *lib, const ss_result_t *mal) {
   /* malloc mode: kv_blocks_active = stored tokens in block-equivalents, kv_blocks_free =
-   * reserved but unused block-equivalents of the running requests, nothing cached. */
+   * reserved but unused block-equivalents of the running requests, nothing cached;
+   * mem_step_bytes = the step's temp high-water (its temps are freed by its end, and
+   * mem_total_bytes is the monitor's total after the step). */
   fprintf(f, "mode,step,step_ms,batch,tokens,prefill_tokens,decode_tokens,running,waiting,"
              "mem_weights_bytes,mem_kv_bytes,mem_step_bytes,mem_heap_bytes,mem_total_bytes,"
              "kv_blocks_active,kv_blocks_cached,kv_blocks_free,kv_utilisation\n");
@@ -288,7 +290,7 @@ static void plot_script(FILE *g, const ss_config_t *c, const ss_result_t *lib, c
     series(&p, m, "$10/1048576", "x1y1", 2, C_WEIGHTS, t);
     snprintf(t, sizeof t, "%s kv", m);
     series(&p, m, "$11/1048576", "x1y1", 2, C_KV, t);
-    snprintf(t, sizeof t, "%s step temps", m);
+    snprintf(t, sizeof t, "%s temps%s", m, strcmp(m, "malloc") == 0 ? " (step peak)" : "");
     series(&p, m, "$12/1048576", "x1y1", 2, C_STEP, t);
     snprintf(t, sizeof t, "%s heap (right)", m);
     series(&p, m, "$13/1048576", "x1y2", 2, C_HEAP, t);
@@ -315,7 +317,13 @@ static void plot_script(FILE *g, const ss_config_t *c, const ss_result_t *lib, c
   fputc('\n', g);
   /* 3: running sequences and step time, both modes */
   fprintf(g, "set title 'Running sequences (left) and step time (right)'\n");
-  fprintf(g, "set ylabel 'sequences'\nset y2label 'step ms'\nset y2range [0:*]\nset y2tics\nset ytics nomirror\n");
+  /* the first steps fault pages in: the right axis stops at twice the slowest p99 */
+  double p99 = 0;
+  for (int i = 0; i < 2; i++)
+    if (runs[i] != NULL && runs[i]->step_ms_p99 > p99) p99 = runs[i]->step_ms_p99;
+  fprintf(g, "set ylabel 'sequences'\nset y2label 'step ms'\nset y2tics\nset ytics nomirror\n");
+  if (p99 > 0) fprintf(g, "set y2range [0:%.3f]\n", 2 * p99);
+  else fprintf(g, "set y2range [0:*]\n");
   p.n = 0;
   for (int i = 0; i < 2; i++) {
     const ss_result_t *r = runs[i];

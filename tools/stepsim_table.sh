@@ -51,13 +51,14 @@ if [ "${1:-}" = "--check" ]; then
   exit 0
 fi
 
-if [ -z "${STEPSIM:-}" ]; then
-  tools/bazel build -c opt //tools:stepsim
-  STEPSIM=bazel-bin/tools/stepsim
-fi
-load=$(cut -d' ' -f1-3 /proc/loadavg)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+if [ -z "${STEPSIM:-}" ]; then
+  tools/bazel build -c opt //tools:stepsim
+  cp bazel-bin/tools/stepsim "$work/stepsim" # a later build may repoint bazel-bin
+  STEPSIM=$work/stepsim
+fi
+load=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # name | arguments (after --compare --threads 1 --seed 42 --progress off)
 WORKLOADS=(
