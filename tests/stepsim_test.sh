@@ -3,6 +3,11 @@
 # --metrics; checks the JSON report (KV accounting balances, peak <= limit, every
 # request finished and every preempted one was re-run, both sides present), the
 # timeline, the Prometheus text, bad arguments (exit status 2) and --help.
+# Sizes: huge ones exit 2 within 2 s under 200 MiB RSS (measured here), a limit too
+# small for one request says what it needs, prompts longer than --max-seq-len are
+# rejected and the run goes on. Outputs: unwritable paths fail before any work,
+# "-" is stdout, a failed run writes no report. Reproducibility: --threads 1 gives
+# the same memory figures for the same seed.
 # Usage: stepsim_test.sh [path/to/stepsim]   (Bazel: data = //tools:stepsim)
 set -u
 STEPSIM="${1:-tools/stepsim}"
@@ -125,17 +130,148 @@ EOF
 # ---- bad arguments: a message and exit status 2 ----
 for bad in "--threads 0" "--threads x" "--model nope" "--bogus" "--block-tokens 3" \
            "--prompt-dist weird:1" "--mem-limit 12Q" "--heads 5 --kv-heads 2" \
-           "--allocator jemalloc" "--requests" "--shared-fraction 2" "--dtype-bytes 3"; do
+           "--allocator jemalloc" "--requests" "--shared-fraction 2" "--dtype-bytes 3" \
+           "--kv-budget 0" "--mem-limit 0" "--json --compare" "--timeline --quiet"; do
   # shellcheck disable=SC2086
   "$STEPSIM" $bad > "$TMP/bad.out" 2> "$TMP/bad.err"
   rc=$?
   [ $rc -eq 2 ] || die "'$bad' exited with $rc, expected 2"
   [ -s "$TMP/bad.err" ] || die "'$bad' printed no message"
 done
-# a limit too small for the weights is a run failure (1), not a usage error
-"$STEPSIM" --model tiny --requests 2 --mem-limit 1M --quiet > /dev/null 2>&1
+# ---- sizes the machine cannot hold: exit 2 at once, nothing mapped ----
+# (one line per case: exit status, seconds, peak RSS MiB of the child, stderr)
+measure() {
+  "$PY" - "$STEPSIM" "$@" <<'EOF'
+import resource, subprocess, sys, time
+t = time.monotonic()
+p = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+el = time.monotonic() - t
+rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+print(p.returncode, "%.3f" % el, "%.1f" % rss, " | ".join(p.stderr.strip().splitlines()))
+EOF
+}
+for huge in "--weights-bytes 64T" "--kv-budget 64T" "--mem-limit 64T" "--weights-bytes 1T --compare" \
+            "--model llama-3.1-8b --weights-bytes 16T" \
+            "--layers 1024 --hidden 65536 --heads 1024 --kv-heads 1024 --head-dim 1024 --max-seq-len 1048576" \
+            "--model llama-3.1-8b --max-seq-len 1048576 --kv-budget 1G"; do
+  # shellcheck disable=SC2086
+  read -r rc secs rss msg < <(measure $huge --requests 4)
+  echo "huge '$huge': exit $rc in ${secs}s, ${rss} MiB RSS: $msg"
+  [ "$rc" = 2 ] || die "'$huge' exited with $rc, expected 2"
+  "$PY" -c "import sys; sys.exit(0 if $secs < 2.0 and $rss < 200 else 1)" ||
+    die "'$huge' took ${secs}s and ${rss} MiB (must be under 2 s and 200 MiB)"
+  case "$msg" in *"more than"*|*"cannot hold"*) ;; *) die "'$huge': message does not say what is available: $msg" ;; esac
+done
+# the value is echoed as typed, not in bytes
+"$STEPSIM" --weights-bytes 64T --quiet 2> "$TMP/huge.err"
+grep -q -- "--weights-bytes 64T: 64.0 TiB is more than the .* available" "$TMP/huge.err" ||
+  die "--weights-bytes 64T: message: $(cat "$TMP/huge.err")"
+
+# ---- a limit that cannot hold weights + temps + one sequence: the breakdown, exit 2 ----
+"$STEPSIM" --model tiny --requests 2 --mem-limit 1M --quiet > /dev/null 2> "$TMP/small.err"
 rc=$?
-[ $rc -eq 1 ] || die "--mem-limit 1M exited with $rc, expected 1"
+[ $rc -eq 2 ] || die "--mem-limit 1M exited with $rc, expected 2"
+grep -q -- "--mem-limit 1M cannot hold one request in library mode: weights [0-9.]* MiB + temps [0-9.]* MiB (2 workers) + bookkeeping [0-9.]* MiB + one sequence of --max-seq-len [0-9]* [0-9.]* MiB = [0-9.]* MiB > 1.0 MiB; raise --mem-limit to at least [0-9]*M" "$TMP/small.err" ||
+  die "--mem-limit 1M: no breakdown: $(cat "$TMP/small.err")"
+[ "$(wc -l < "$TMP/small.err")" -eq 1 ] || die "--mem-limit 1M: more than one line: $(cat "$TMP/small.err")"
+"$STEPSIM" --mem-limit 118M --quiet > /dev/null 2> "$TMP/small.err"
+[ $? -eq 2 ] || die "--mem-limit 118M (small model) should be refused"
+grep -q "> 118.0 MiB" "$TMP/small.err" && ! grep -q "123731968" "$TMP/small.err" ||
+  die "--mem-limit 118M: not in the units typed: $(cat "$TMP/small.err")"
+"$STEPSIM" --kv-budget 1K --quiet > /dev/null 2> "$TMP/small.err"
+[ $? -eq 2 ] || die "--kv-budget 1K should be refused"
+grep -q -- "--kv-budget 1K .*raise --kv-budget to at least" "$TMP/small.err" ||
+  die "--kv-budget 1K: the message must name --kv-budget: $(cat "$TMP/small.err")"
+# RLIMIT_AS below what the run needs
+(ulimit -v 262144; "$STEPSIM" --quiet > /dev/null 2> "$TMP/as.err"; echo $? > "$TMP/as.rc")
+if grep -q "Sanitizer" "$TMP/as.err"; then
+  echo "RLIMIT_AS case skipped: a sanitizer's shadow memory does not start under ulimit -v"
+else
+  [ "$(cat "$TMP/as.rc")" = 2 ] && grep -q "RLIMIT_AS" "$TMP/as.err" ||
+    die "ulimit -v 256 MiB: exit $(cat "$TMP/as.rc"): $(cat "$TMP/as.err")"
+fi
+
+# ---- prompts longer than --max-seq-len are rejected, counted, reported; the rest run ----
+"$STEPSIM" --model tiny --requests 30 --prompt-dist uniform:8:120 --output-dist fixed:8 \
+  --shared-prefix-tokens 0 --max-seq-len 64 --progress off --json "$TMP/rej.json" > "$TMP/rej.out" 2>&1 ||
+  die "a run with too-long prompts failed: $(tail -3 "$TMP/rej.out")"
+grep -q "rejected: prompt > --max-seq-len" "$TMP/rej.out" || die "the report does not show rejected requests"
+"$PY" - "$TMP/rej.json" <<'EOF' || fail=1
+import json, sys
+q = json.load(open(sys.argv[1]))["library"]
+r = q["requests"]
+ok = r["rejected_too_long"] > 0 and r["finished"] > 0 and r["finished"] + r["rejected"] == r["total"]
+ok = ok and q["tokens_generated"] == q["expected_tokens"] and q["ok"]
+if not ok: print("rejections not accounted:", r); sys.exit(1)
+EOF
+
+# ---- outputs: checked before the run, "-" is stdout, each file named ----
+for out in "--json $TMP/no/such/dir/x.json" "--timeline $TMP/no/such/dir/t.csv" "--plot $TMP/no/such/x.png"; do
+  start=$(date +%s%N)
+  # shellcheck disable=SC2086
+  "$STEPSIM" --requests 360 $out > "$TMP/o.out" 2> "$TMP/o.err"
+  rc=$?
+  ms=$(( ($(date +%s%N) - start) / 1000000 ))
+  [ $rc -eq 2 ] || die "'$out' exited with $rc, expected 2"
+  [ $ms -lt 2000 ] || die "'$out' failed only after ${ms} ms (the run must not start)"
+  grep -q -- "${out%% *} " "$TMP/o.err" || die "'$out': message does not name the option: $(cat "$TMP/o.err")"
+  [ ! -s "$TMP/o.out" ] || die "'$out' printed a report"
+done
+if command -v gnuplot > /dev/null; then
+  (PATH=/nonexistent; "$STEPSIM" --plot "$TMP/x.png" --quiet 2> "$TMP/o.err"; echo $? > "$TMP/o.rc")
+  [ "$(cat "$TMP/o.rc")" = 2 ] && grep -q "gnuplot not found" "$TMP/o.err" || die "no gnuplot: $(cat "$TMP/o.err")"
+  [ ! -e "$TMP/x.png" ] || die "no gnuplot: the PNG was created"
+  # a gnuplot that fails: its own words are shown, before the run
+  mkdir -p "$TMP/fakebin"
+  printf '#!/bin/sh\ncat > /dev/null\necho "line 1: fake terminal error" >&2\nexit 1\n' > "$TMP/fakebin/gnuplot"
+  chmod +x "$TMP/fakebin/gnuplot"
+  (PATH="$TMP/fakebin:$PATH"; "$STEPSIM" --plot "$TMP/x.png" --quiet 2> "$TMP/o.err"; echo $? > "$TMP/o.rc")
+  [ "$(cat "$TMP/o.rc")" = 2 ] && grep -q "line 1: fake terminal error" "$TMP/o.err" ||
+    die "a failing gnuplot: exit $(cat "$TMP/o.rc"), its text not shown: $(cat "$TMP/o.err")"
+  TINY=(--model tiny --requests 20 --prompt-dist fixed:40 --output-dist fixed:8 --shared-prefix-tokens 16 --progress off)
+  "$STEPSIM" "${TINY[@]}" --compare --plot "$TMP/p.png" > "$TMP/p.out" 2>&1 || die "--plot run failed: $(tail -5 "$TMP/p.out")"
+  grep -q "^wrote $TMP/p.png (plot" "$TMP/p.out" || die "--plot: the PNG is not named"
+  [ "$(head -c 4 "$TMP/p.png" | od -An -c | tr -d ' ')" = "211PNG" ] || die "--plot did not write a PNG"
+fi
+TINY=(--model tiny --requests 20 --prompt-dist fixed:40 --output-dist fixed:8 --shared-prefix-tokens 16 --progress off)
+"$STEPSIM" "${TINY[@]}" --json - > "$TMP/js.out" 2> "$TMP/js.err" || die "--json - failed"
+"$PY" -c "import json,sys; json.load(open(sys.argv[1]))" "$TMP/js.out" || die "--json -: stdout is not JSON"
+[ ! -e ./- ] || die "--json - wrote a file named -"
+grep -q "throughput" "$TMP/js.err" || die "--json -: the text report should go to stderr"
+"$STEPSIM" "${TINY[@]}" --timeline - --json "$TMP/j2.json" > "$TMP/tl.out" 2> "$TMP/tl.err" || die "--timeline - failed"
+head -1 "$TMP/tl.out" | grep -q "^mode,step,step_ms," || die "--timeline -: no CSV on stdout"
+grep -q "^wrote $TMP/j2.json (JSON report)" "$TMP/tl.err" || die "the JSON file is not named"
+"$STEPSIM" "${TINY[@]}" --json - --metrics > /dev/null 2>&1
+[ $? -eq 2 ] || die "--json - --metrics must be refused (both on stdout)"
+
+# ---- a failed run: exit 1, no report, no "(null)", no output file left ----
+mkdir -p "$TMP/adir"
+"$STEPSIM" --model tiny --requests 4 --weights-file "$TMP/adir" --json "$TMP/fail.json" > "$TMP/f.out" 2> "$TMP/f.err"
+rc=$?
+[ $rc -eq 1 ] || die "a failing run (--weights-file a directory) exited with $rc, expected 1"
+[ ! -s "$TMP/f.out" ] || die "a failed run printed a report: $(head -3 "$TMP/f.out")"
+! grep -q "(null)" "$TMP/f.out" "$TMP/f.err" || die "a failed run printed (null)"
+[ ! -e "$TMP/fail.json" ] || die "a failed run left its --json file"
+
+# ---- reproducible: --threads 1, same seed, a tight limit: the same memory figures ----
+for i in 1 2; do
+  "$STEPSIM" "${ARGS[@]}" --threads 1 --compare --quiet --json "$TMP/rep$i.json" || die "--threads 1 run $i failed"
+done
+"$PY" - "$TMP/rep1.json" "$TMP/rep2.json" <<'EOF' || fail=1
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+bad = []
+for side in ("library", "malloc"):
+    x, y = a[side], b[side]
+    for k in ("max_concurrent_seqs", "kv_utilisation_mean", "prefix_hit_rate", "peak_bytes",
+              "peak_bytes_by_category", "preemptions", "steps", "prompt_tokens_cached", "requests"):
+        if x[k] != y[k]: bad.append(f"{side} {k}: {x[k]} vs {y[k]}")
+    for k in ("evictions", "prefix_hit_tokens"):
+        if x["kv"][k] != y["kv"][k]: bad.append(f"{side} kv.{k}: {x['kv'][k]} vs {y['kv'][k]}")
+if a["library"]["preemptions"]["step_retries"] == 0:
+    bad.append("the tight limit should make steps retry (else this checks little)")
+if bad: print("--threads 1 is not reproducible:", *bad, sep="\n  "); sys.exit(1)
+EOF
 
 # ---- what the kernel holds: the process's peak RSS stays within the limit, plus the
 # process's own base (binary and shared libraries: the peak RSS of --help), plus a

@@ -9,6 +9,8 @@
  *                         arenas, NUMA heaps, global monitor)
  *   stepsim_run_malloc.c  the malloc backend (malloc/free temps, contiguous max-length
  *                         KV per request)
+ *   stepsim_need.c        the least memory each backend needs for one request (the
+ *                         up-front size checks), overflow-safe size arithmetic
  *   stepsim_out.c         --json, --timeline, --plot, --metrics
  */
 #ifndef STEPSIM_H
@@ -30,6 +32,8 @@
 
 #define SS_MIB ((size_t)1 << 20)
 #define SS_MAX_THREADS 64
+#define SS_BOOK_BYTES SS_MIB /* what the library mode's KV pool leaves for bookkeeping */
+#define SS_BOOK_ONE ((size_t)260 << 10) /* what the heaps charge for one request: a 256 KiB page */
 
 /* ---- model shapes (stepsim_model.c) ------------------------------------------- */
 
@@ -88,6 +92,8 @@ typedef struct ss_config {
   bool mem_limit_given;
   size_t kv_budget;      /* what the default limit leaves for KV */
   size_t weights_bytes;  /* effective */
+  /* sizes as typed (NULL when not given), for messages in the user's units */
+  const char *mem_limit_text, *kv_budget_text, *weights_bytes_text;
   bool weights_capped;   /* weights_bytes < the model's real size */
   uint64_t weights_real_bytes;
   const char *weights_file;
@@ -101,7 +107,7 @@ typedef struct ss_config {
 
 /* ---- requests ---------------------------------------------------------------------- */
 
-typedef enum { SS_REQ_WAITING, SS_REQ_RUNNING, SS_REQ_DONE } ss_req_state_t;
+typedef enum { SS_REQ_WAITING, SS_REQ_RUNNING, SS_REQ_DONE, SS_REQ_REJECTED } ss_req_state_t;
 
 typedef struct ss_req {
   int id;
@@ -113,6 +119,7 @@ typedef struct ss_req {
   int prefilled;          /* prompt tokens with K/V (cached prefix included) */
   int generated;          /* output tokens produced */
   int runs;               /* starts (1 + re-runs after preemption) */
+  int alone_failures;     /* consecutive failures with nothing else running */
   uint64_t admit_order;   /* admission serial (preemption picks the youngest) */
   bool preempt_pending;   /* the KV cache preempted it during this step */
   uint64_t planned;       /* step number + 1 of the plan it is in */
@@ -167,6 +174,8 @@ typedef struct ss_result {
   bool kv_check_ok;
   /* requests */
   int requests, finished, reruns, preempted_requests;
+  int rejected_too_long; /* prompt longer than --max-seq-len: never queued */
+  int rejected_no_room;  /* failed twice with nothing else running: cannot fit */
   uint64_t expected_tokens;
   /* per-thread temp memory high-water */
   int threads;
@@ -236,7 +245,7 @@ struct ss_worker {
   void *live[64];
   size_t live_bytes[64];
   int n_live;
-  size_t temp_in_use, temp_high_water;
+  size_t temp_in_use, temp_high_water, step_temp_high; /* step_temp_high: this step's */
   uint64_t temp_allocs;
   /* per-step */
   bool failed;
@@ -291,12 +300,47 @@ size_t ss_step_temp_estimate(const ss_config_t *cfg, int tokens);
 extern const ss_backend_t ss_backend_library;
 extern const ss_backend_t ss_backend_malloc;
 
+/* stepsim_need.c: overflow-safe sizes (SIZE_MAX when the true value does not fit) */
+size_t ss_add_sat(size_t a, size_t b);
+size_t ss_mul_sat(size_t a, size_t b);
+size_t ss_round_up_sat(size_t n, size_t granule); /* granule: a power of two */
+
+/* The least the monitor must allow for the run to serve one request of
+ * --max-seq-len with nothing else running. total = the sum (SIZE_MAX on overflow). */
+typedef struct ss_need {
+  size_t weights; /* the weights as charged */
+  size_t temps;   /* every worker's step temps at the full step budget */
+  size_t book;    /* bookkeeping */
+  size_t seq;     /* KV of one sequence of --max-seq-len */
+  size_t total;
+} ss_need_t;
+/* Library mode: what cllm-mem charges today (weights rounded to the 2 MiB THP
+ * granule, arena chunks of at least 2 MiB, KV blocks of the whole sequence + 1). */
+void ss_lib_required_bytes(const ss_config_t *cfg, ss_need_t *n);
+/* Malloc mode: 64-byte rounded weights, malloc'd temps, one max-length KV buffer. */
+void ss_malloc_required_bytes(const ss_config_t *cfg, ss_need_t *n);
+/* Per-worker temps of a full step (max_step_tokens spread over the workers). */
+size_t ss_step_temps_full(const ss_config_t *cfg);
+
 /* stepsim_out.c */
-int ss_write_json(const ss_config_t *cfg, const ss_result_t *lib, const ss_result_t *mal,
-                  const char *path);
-int ss_write_timeline(const ss_result_t *lib, const ss_result_t *mal, const char *path);
-int ss_write_plot(const ss_config_t *cfg, const ss_result_t *lib, const ss_result_t *mal,
-                  const char *csv_path, const char *png_path);
+typedef struct ss_output {
+  const char *opt;  /* "--json", "--timeline", "--plot" */
+  const char *path; /* as given; "-" = stdout (--json, --timeline) */
+  FILE *f;          /* opened before the run (NULL for --plot: gnuplot writes it) */
+  bool created;     /* the file did not exist: removed again when the run fails */
+} ss_output_t;
+typedef struct ss_outputs {
+  ss_output_t json, timeline, plot;
+  bool stdout_taken; /* --json - or --timeline -: the text report goes to stderr */
+} ss_outputs_t;
+/* Open every output file and find gnuplot before the run; exits 2 with a message
+ * naming the option when one cannot be written. */
+void ss_outputs_open(const ss_config_t *cfg, ss_outputs_t *o);
+/* The run failed: close and remove the files created by ss_outputs_open. */
+void ss_outputs_discard(ss_outputs_t *o);
+/* Write the outputs; each file written is named on `note`. 0 or -1 (message printed). */
+int ss_outputs_write(const ss_config_t *cfg, ss_outputs_t *o, const ss_result_t *lib,
+                     const ss_result_t *mal, FILE *note);
 char *ss_collect_metrics(ss_sim_t *s, bool json); /* Prometheus or JSON text, malloc'd */
 
 /* small helpers (stepsim_main.c) */

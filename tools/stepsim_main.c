@@ -17,6 +17,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdarg.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -32,7 +34,8 @@ double ss_now_s(void) {
 }
 
 void ss_fmt_bytes(char *buf, size_t n, size_t bytes) {
-  if (bytes >= ((size_t)1 << 30)) snprintf(buf, n, "%.2f GiB", (double)bytes / (double)(1ull << 30));
+  if (bytes >= ((size_t)1 << 40)) snprintf(buf, n, "%.2f TiB", (double)bytes / (double)(1ull << 40));
+  else if (bytes >= ((size_t)1 << 30)) snprintf(buf, n, "%.2f GiB", (double)bytes / (double)(1ull << 30));
   else if (bytes >= SS_MIB) snprintf(buf, n, "%.1f MiB", (double)bytes / (double)SS_MIB);
   else if (bytes >= 1024) snprintf(buf, n, "%.1f KiB", (double)bytes / 1024.0);
   else snprintf(buf, n, "%zu B", bytes);
@@ -58,7 +61,8 @@ static void usage(FILE *f) {
 "  --mem-limit SIZE        global monitor limit (default: weights + worker temps +\n"
 "                          1 MiB bookkeeping + --kv-budget)\n"
 "  --kv-budget SIZE        what the default limit leaves for KV (default: 16384\n"
-"                          tokens of KV, e.g. 32M for small, 512M for llama-3.2-1b)\n"
+"                          tokens of KV, e.g. 32M for small, 512M for llama-3.2-1b;\n"
+"                          0 is refused: omit it for the default)\n"
 "  --weights-bytes SIZE    weights heap size (default: the model's real size, capped\n"
 "                          at 256M so presets of big models stay quick)\n"
 "  --weights-file PATH     load the weights heap from this file (up to its size)\n"
@@ -82,20 +86,28 @@ static void usage(FILE *f) {
 "  --max-step-tokens N     token budget of one step (default 512)\n"
 "  --max-seq-len N         context limit; malloc mode reserves this much KV per\n"
 "                          request (default: longest prompt + system prompt + longest\n"
-"                          output)\n"
+"                          output). Longer prompts are rejected (counted, reported),\n"
+"                          outputs stop at it\n"
 "\n"
 "Modes and output:\n"
 "  --allocator A           library (default) | malloc (glibc malloc/free for temps,\n"
 "                          one max-length KV buffer per request)\n"
 "  --compare               run both allocators and print their ratios\n"
-"  --json FILE             every figure and the config as JSON\n"
+"  --json FILE             every figure and the config as JSON (- = stdout; the text\n"
+"                          report then goes to stderr)\n"
 "  --timeline FILE.csv     one row per step (memory by category, KV blocks, batch,\n"
-"                          step time)\n"
+"                          step time; - = stdout)\n"
 "  --plot FILE.png         plot the timeline with gnuplot\n"
 "  --metrics               print the library's stats in Prometheus text format\n"
 "  --progress MODE         auto (default: a bar when stderr is a terminal, else a\n"
 "                          line every 2 s) | on | off\n"
 "  --quiet                 no progress, no report (only what --metrics/--json ask)\n"
+"\n"
+"Sizes are checked before anything is mapped: against each other (the limit must hold\n"
+"the weights, every worker's temps and one sequence of --max-seq-len), against the\n"
+"memory this machine has available and RLIMIT_AS. Output files are opened and gnuplot\n"
+"found before the run. Exit status: 0 done, 1 the run failed, 2 bad arguments or\n"
+"sizes that cannot work.\n"
 "  --help                  this text\n",
           ss_model_preset_list());
 }
@@ -141,6 +153,20 @@ static size_t parse_size(const char *opt, const char *v) {
   double r = x * mul;
   if (r >= 1.8e19) bad("%s '%s': too large", opt, v);
   return (size_t)r;
+}
+
+/* Options that take a value: `--json --compare` must not take --compare as a file. */
+static bool takes_value(const char *name) {
+  static const char *const names[] = {
+      "--model", "--layers", "--hidden", "--heads", "--kv-heads", "--head-dim", "--intermediate",
+      "--dtype-bytes", "--vocab", "--mem-limit", "--kv-budget", "--weights-bytes", "--weights-file",
+      "--lock-weights", "--block-tokens", "--requests", "--prompt-dist", "--output-dist",
+      "--shared-prefix-tokens", "--shared-fraction", "--seed", "--threads", "--max-batch",
+      "--prefill-chunk", "--max-step-tokens", "--max-seq-len", "--allocator", "--json",
+      "--timeline", "--plot", "--progress"};
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+    if (!strcmp(name, names[i])) return true;
+  return false;
 }
 
 typedef struct opts {
@@ -193,6 +219,8 @@ static void parse(int argc, char **argv, opts_t *o) {
       snprintf(name, sizeof name, "%s", a);
       if (i + 1 >= argc) bad("%s needs a value%s", a, "");
       v = argv[++i];
+      if (v[0] == '-' && v[1] == '-' && takes_value(name))
+        bad("%s needs a value, got the option '%s'", name, v);
     }
 #define IS(x) (!strcmp(name, x))
     if (IS("--model")) model = v;
@@ -206,9 +234,21 @@ static void parse(int argc, char **argv, opts_t *o) {
       o->dtype = (int)parse_int(name, v, 1, 4);
       if (o->dtype == 3) bad("%s '%s': must be 1, 2 or 4", name, v);
     } else if (IS("--vocab")) o->vocab = (int)parse_int(name, v, 2, 1 << 24);
-    else if (IS("--mem-limit")) { c->mem_limit = parse_size(name, v); c->mem_limit_given = true; }
-    else if (IS("--kv-budget")) o->kv_budget = parse_size(name, v);
-    else if (IS("--weights-bytes")) { o->weights_bytes = parse_size(name, v); o->weights_given = true; }
+    else if (IS("--mem-limit")) {
+      c->mem_limit = parse_size(name, v);
+      c->mem_limit_given = true;
+      c->mem_limit_text = v;
+      if (c->mem_limit == 0) bad("%s '%s': must be above 0", name, v);
+    } else if (IS("--kv-budget")) {
+      o->kv_budget = parse_size(name, v);
+      c->kv_budget_text = v;
+      if (o->kv_budget == 0) bad("%s '%s': must be above 0 (omit it for the default)", name, v);
+    } else if (IS("--weights-bytes")) {
+      o->weights_bytes = parse_size(name, v);
+      o->weights_given = true;
+      c->weights_bytes_text = v;
+      if (o->weights_bytes == 0) bad("%s '%s': must be above 0", name, v);
+    }
     else if (IS("--weights-file")) c->weights_file = v;
     else if (IS("--lock-weights")) {
       if (!strcmp(v, "off")) c->lock = CLLM_WEIGHTS_LOCK_OFF;
@@ -289,33 +329,232 @@ static void derive(opts_t *o) {
   size_t min_w = (size_t)c->model.layers * (size_t)c->threads * 4096 * 2;
   if (c->weights_bytes < min_w) c->weights_bytes = min_w;
   c->weights_capped = c->weights_bytes < c->weights_real_bytes;
-  c->kv_budget = o->kv_budget ? o->kv_budget : 16384 * ss_model_kv_token_bytes(&c->model);
-  if (!c->mem_limit_given) {
-    size_t w = (c->weights_bytes + 2 * SS_MIB - 1) & ~(2 * SS_MIB - 1);
-    size_t temps = (size_t)c->threads * ss_step_temp_estimate(c, c->max_step_tokens / c->threads + 1);
-    c->mem_limit = w + temps + 1 * SS_MIB + c->kv_budget;
+  c->kv_budget = o->kv_budget ? o->kv_budget : ss_mul_sat(16384, ss_model_kv_token_bytes(&c->model));
+  if (!c->mem_limit_given) { /* what the library charges for one request, KV budget for KV */
+    ss_need_t n;
+    ss_lib_required_bytes(c, &n);
+    c->mem_limit = ss_add_sat(ss_add_sat(n.weights, n.temps), ss_add_sat(SS_BOOK_BYTES, c->kv_budget));
   }
 }
+
+/* ---- sizes that cannot work: refused (exit 2) before anything is mapped ----------------- */
+
+static void refuse(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+static void refuse(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fputs("stepsim: ", stderr);
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+  va_end(ap);
+  exit(2);
+}
+
+/* The unit letter typed in a size ("118M" -> 'M'); 0 for plain bytes or none. */
+static char typed_unit(const char *text) {
+  if (text == NULL) return 0;
+  char *end;
+  (void)strtod(text, &end);
+  char u = (char)toupper((unsigned char)*end);
+  return u == 'K' || u == 'M' || u == 'G' || u == 'T' ? u : 0;
+}
+
+static double unit_bytes(char u) {
+  return u == 'K' ? 0x1p10 : u == 'M' ? 0x1p20 : u == 'G' ? 0x1p30 : u == 'T' ? 0x1p40 : 1;
+}
+
+/* `bytes` in the unit typed in `text` (118M -> "115.3 MiB"), else the natural unit. */
+typedef struct { char s[64]; } sz_t;
+static sz_t in_units(size_t bytes, const char *text) {
+  sz_t r;
+  char u = typed_unit(text);
+  if (bytes == SIZE_MAX) snprintf(r.s, sizeof r.s, "more than 16 EiB");
+  else if (u == 0) ss_fmt_bytes(r.s, sizeof r.s, bytes);
+  else {
+    double v = (double)bytes / unit_bytes(u);
+    char nat[32];
+    ss_fmt_bytes(nat, sizeof nat, bytes);
+    if (v >= 10000) snprintf(r.s, sizeof r.s, "%s", nat); /* 1K typed, 3 MiB meant */
+    else if (v >= 0.1 || bytes == 0) snprintf(r.s, sizeof r.s, "%.1f %ciB", v, u);
+    else if (v >= 0.001) snprintf(r.s, sizeof r.s, "%.3g %ciB (%s)", v, u, nat);
+    else snprintf(r.s, sizeof r.s, "%s", nat);
+  }
+  return r;
+}
+
+/* `bytes` rounded up to a whole number of the typed unit, as an option value ("142M"). */
+static sz_t as_option(size_t bytes, const char *text) {
+  sz_t r;
+  char u = typed_unit(text);
+  if (u == 0) u = bytes >= ((size_t)1 << 30) ? 'G' : 'M';
+  snprintf(r.s, sizeof r.s, "%.0f%c", ceil((double)bytes / unit_bytes(u)), u);
+  return r;
+}
+
+typedef struct machine {
+  size_t avail;           /* MemAvailable, or what a cgroup v2 memory.max leaves if less */
+  const char *avail_src;
+  size_t as_limit;        /* RLIMIT_AS, SIZE_MAX when unlimited */
+} machine_t;
+
+static size_t read_ull(const char *path) {
+  FILE *f = fopen(path, "r");
+  unsigned long long v = 0;
+  bool ok = f != NULL && fscanf(f, "%llu", &v) == 1;
+  if (f != NULL) fclose(f);
+  return ok ? (size_t)v : SIZE_MAX;
+}
+
+static void machine_memory(machine_t *m) {
+  m->avail = SIZE_MAX;
+  m->avail_src = "MemAvailable";
+  FILE *f = fopen("/proc/meminfo", "r");
+  char line[128];
+  unsigned long long kb;
+  while (f != NULL && fgets(line, sizeof line, f) != NULL)
+    if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) m->avail = ss_mul_sat((size_t)kb, 1024);
+  if (f != NULL) fclose(f);
+  size_t max = read_ull("/sys/fs/cgroup/memory.max"); /* "max" reads as SIZE_MAX */
+  if (max != SIZE_MAX) {
+    size_t cur = read_ull("/sys/fs/cgroup/memory.current");
+    size_t left = cur != SIZE_MAX && max > cur ? max - cur : 0;
+    if (left < m->avail) {
+      m->avail = left;
+      m->avail_src = "what the cgroup's memory.max leaves";
+    }
+  }
+  struct rlimit rl;
+  m->as_limit = getrlimit(RLIMIT_AS, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY ? (size_t)rl.rlim_cur
+                                                                               : SIZE_MAX;
+}
+
+/* Address space beyond the limit: worker stacks and malloc arenas, libraries,
+ * mimalloc's reservations, the KV pools' per-layer 2 MiB rounding. */
+static size_t address_overhead(const ss_config_t *c) {
+  return 128 * SS_MIB + (size_t)(c->threads + 1) * 72 * SS_MIB + (size_t)c->model.layers * 4 * SS_MIB;
+}
+
+/* What to lower when one request alone needs too much: the largest part. */
+static const char *need_hint(const ss_config_t *c, const ss_need_t *n) {
+  if (n->seq >= n->weights && n->seq >= n->temps)
+    return c->model.layers > 0 ? "lower --max-seq-len, or the KV size of the model shape "
+                                 "(--layers x --kv-heads x --head-dim x --dtype-bytes)"
+                               : "lower --max-seq-len";
+  if (n->temps >= n->weights) return "lower --max-step-tokens, --prefill-chunk or --threads";
+  return "lower --weights-bytes";
+}
+
+typedef struct { char s[512]; } line_t;
+static line_t breakdown(const ss_config_t *c, const ss_need_t *n, const char *units) {
+  line_t r;
+  sz_t w = in_units(n->weights, units), t = in_units(n->temps, units), b = in_units(n->book, units),
+       q = in_units(n->seq, units), s = in_units(n->total, units);
+  snprintf(r.s, sizeof r.s, "weights %s + temps %s (%d worker%s) + bookkeeping %s + one sequence of "
+           "--max-seq-len %d %s = %s", w.s, t.s, c->threads, c->threads == 1 ? "" : "s", b.s, c->max_seq_len,
+           q.s, s.s);
+  return r;
+}
+
+static void check_sizes(const opts_t *o) {
+  const ss_config_t *c = &o->c;
+  machine_t mm;
+  machine_memory(&mm);
+  sz_t as = in_units(mm.as_limit, NULL);
+  /* 1. each size typed, on its own */
+  struct {
+    const char *opt, *text, *units, *what;
+    size_t bytes;
+  } typed[] = {
+      {"--mem-limit", c->mem_limit_text, c->mem_limit_text,
+       "the run fills the limit (the KV cache takes what the rest leaves)", c->mem_limit_given ? c->mem_limit : 0},
+      {"--kv-budget", c->kv_budget_text, c->kv_budget_text, "the default --mem-limit adds it whole", o->kv_budget},
+      {"--weights-bytes", c->weights_bytes_text, c->weights_bytes_text, "the weights are mapped and filled",
+       o->weights_given ? o->weights_bytes : 0},
+      {"--weights-file", c->weights_file, NULL, "the weights heap takes the file's size",
+       !o->weights_given && c->weights_file != NULL ? c->weights_bytes : 0},
+  };
+  for (size_t i = 0; i < sizeof typed / sizeof typed[0]; i++) {
+    const char *u = typed[i].units;
+    sz_t v = in_units(typed[i].bytes, u), a = in_units(mm.avail, u), l = in_units(mm.as_limit, u);
+    if (typed[i].bytes > mm.avail)
+      refuse("%s %s: %s is more than the %s this machine has available (%s); %s", typed[i].opt,
+             typed[i].text, v.s, a.s, mm.avail_src, typed[i].what);
+    if (typed[i].bytes > mm.as_limit)
+      refuse("%s %s: %s is more than RLIMIT_AS (ulimit -v) allows: %s", typed[i].opt, typed[i].text,
+             v.s, l.s);
+  }
+  /* 2. one request alone, in each mode that runs: against the machine, then the limit */
+  for (int mode = 0; mode < 2; mode++) {
+    ss_alloc_t a = mode == 0 ? SS_ALLOC_LIBRARY : SS_ALLOC_MALLOC;
+    if (!c->compare && c->allocator != a) continue;
+    const char *name = mode == 0 ? "library" : "malloc";
+    ss_need_t n;
+    if (mode == 0) ss_lib_required_bytes(c, &n);
+    else ss_malloc_required_bytes(c, &n);
+    const char *units = c->mem_limit_given ? c->mem_limit_text : c->kv_budget_text;
+    size_t machine = mm.avail < mm.as_limit ? mm.avail : mm.as_limit;
+    if (n.total > machine)
+      refuse("one request alone needs, in %s mode, %s: more than the %s %s; %s", name,
+             breakdown(c, &n, units).s, in_units(machine, units).s,
+             mm.avail <= mm.as_limit ? "this machine has available" : "RLIMIT_AS (ulimit -v) allows",
+             need_hint(c, &n));
+    if (n.total > c->mem_limit) {
+      if (c->mem_limit_given)
+        refuse("--mem-limit %s cannot hold one request in %s mode: %s > %s; raise --mem-limit to at least "
+               "%s or %s", c->mem_limit_text, name, breakdown(c, &n, units).s,
+               in_units(c->mem_limit, units).s, as_option(n.total, units).s, need_hint(c, &n));
+      size_t more = n.total - c->mem_limit;
+      refuse("--kv-budget %s (what the default limit leaves for KV) cannot hold one request in %s mode: "
+             "%s > limit %s; raise --kv-budget to at least %s or give --mem-limit",
+             c->kv_budget_text ? c->kv_budget_text : in_units(c->kv_budget, NULL).s, name,
+             breakdown(c, &n, units).s,
+             in_units(c->mem_limit, units).s, as_option(ss_add_sat(c->kv_budget, more), units).s);
+    }
+  }
+  /* 3. the default limit (weights + temps + bookkeeping + KV budget) */
+  if (!c->mem_limit_given && c->mem_limit > mm.avail) {
+    const char *u = c->kv_budget_text;
+    char kv[192];
+    if (u != NULL) snprintf(kv, sizeof kv, "--kv-budget %s", u);
+    else snprintf(kv, sizeof kv, "KV budget %s (default: 16384 tokens of %s)",
+                  in_units(c->kv_budget, NULL).s, in_units(ss_model_kv_token_bytes(&c->model), NULL).s);
+    refuse("the default --mem-limit (weights + temps + bookkeeping + %s) is %s, more than the %s this "
+           "machine has available (%s); lower --kv-budget or give --mem-limit", kv,
+           in_units(c->mem_limit, u).s, in_units(mm.avail, u).s, mm.avail_src);
+  }
+  /* 4. address space: the limit and what a process of these threads maps besides */
+  size_t vm = ss_add_sat(c->mem_limit, address_overhead(c));
+  if (vm > mm.as_limit) {
+    const char *u = c->mem_limit_text;
+    refuse("RLIMIT_AS (ulimit -v) is %s; a run under the limit %s needs about %s of address space (the "
+           "limit + %s for %d worker threads, libraries and allocator reservations); raise ulimit -v or "
+           "lower %s", as.s, in_units(c->mem_limit, u).s, in_units(vm, u).s,
+           in_units(address_overhead(c), u).s, c->threads, c->mem_limit_given ? "--mem-limit" : "--kv-budget");
+  }
+}
+
 
 /* ---- the text report ------------------------------------------------------------------------ */
 
 static const ss_result_t *g_cols[2];
 static int g_ncols;
+static FILE *g_rep; /* stdout, or stderr when --json - / --timeline - take stdout */
+#define P(...) fprintf(g_rep, __VA_ARGS__)
 
-static void row_head(const char *label) { printf("  %-34s", label); }
+static void row_head(const char *label) { P("  %-34s", label); }
 
 static void row_num(const char *label, double a, double b, const char *fmt, bool ratio) {
   row_head(label);
   char t[48];
   for (int i = 0; i < g_ncols; i++) {
     snprintf(t, sizeof t, fmt, i == 0 ? a : b);
-    printf(" %14s", t);
+    P(" %14s", t);
   }
   if (ratio && g_ncols == 2) {
-    if (b > 0) printf(" %9.2fx", a / b);
-    else printf(" %10s", "-");
+    if (b > 0) P(" %9.2fx", a / b);
+    else P(" %10s", "-");
   }
-  printf("\n");
+  P("\n");
 }
 
 static void row_bytes(const char *label, size_t a, size_t b, bool ratio) {
@@ -323,18 +562,19 @@ static void row_bytes(const char *label, size_t a, size_t b, bool ratio) {
   char t[32];
   for (int i = 0; i < g_ncols; i++) {
     ss_fmt_bytes(t, sizeof t, i == 0 ? a : b);
-    printf(" %14s", t);
+    P(" %14s", t);
   }
-  if (ratio && g_ncols == 2 && b > 0) printf(" %9.2fx", (double)a / (double)b);
-  printf("\n");
+  if (ratio && g_ncols == 2 && b > 0) P(" %9.2fx", (double)a / (double)b);
+  P("\n");
 }
 
 static void row_str(const char *label, const char *a, const char *b) {
   row_head(label);
-  for (int i = 0; i < g_ncols; i++) printf(" %14s", i == 0 ? a : b);
-  printf("\n");
+  for (int i = 0; i < g_ncols; i++) P(" %14s", i == 0 ? a : b);
+  P("\n");
 }
 
+#define NA(str) ((str) != NULL ? (str) : "n/a")
 #define COL(field) g_cols[0]->field, (g_ncols > 1 ? g_cols[1]->field : 0)
 
 static void report(const ss_config_t *c, const ss_result_t *a, const ss_result_t *b) {
@@ -343,29 +583,30 @@ static void report(const ss_config_t *c, const ss_result_t *a, const ss_result_t
   g_ncols = b ? 2 : 1;
   const ss_model_t *m = &c->model;
   char t1[32], t2[32], t3[32], t4[32];
-  printf("\nstepsim (cllm-mem %s): model %s: %d layers, hidden %d, %d heads, %d kv heads, head_dim %d, "
+  P("\nstepsim (cllm-mem %s): model %s: %d layers, hidden %d, %d heads, %d kv heads, head_dim %d, "
          "intermediate %d, %d-byte dtype\n",
          cllm_version_string(), m->name, m->layers, m->hidden, m->heads, m->kv_heads, m->head_dim,
          m->intermediate, m->dtype_bytes);
   ss_fmt_bytes(t1, sizeof t1, c->weights_bytes);
   ss_fmt_bytes(t2, sizeof t2, (size_t)c->weights_real_bytes);
   ss_fmt_bytes(t3, sizeof t3, ss_model_kv_token_bytes(m));
-  printf("  weights %s%s (the model's real size is %s%s); KV %s per token\n", t1,
+  P("  weights %s%s (the model's real size is %s%s); KV %s per token\n", t1,
          c->weights_file ? " from --weights-file" : "", t2,
          c->weights_capped ? ": capped so the run stays quick, every step still reads all of it" : "",
          t3);
-  printf("  %d requests: prompt %s, output %s; %.0f%% start with a %d-token system prompt; seed %llu\n",
+  P("  %d requests: prompt %s, output %s; %.0f%% start with a %d-token system prompt; seed %llu\n",
          c->requests, c->prompt.text, c->output.text, c->shared_fraction * 100, c->shared_prefix_tokens,
          (unsigned long long)c->seed);
   ss_fmt_bytes(t4, sizeof t4, c->mem_limit);
-  printf("  %d worker threads, max batch %d, prefill chunk %d, %d tokens/step, max seq len %d, "
+  P("  %d worker thread%s, max batch %d, prefill chunk %d, %d tokens/step, max seq len %d, "
          "memory limit %s%s\n\n",
-         c->threads, c->max_batch, c->prefill_chunk, c->max_step_tokens, c->max_seq_len, t4,
+         c->threads, c->threads == 1 ? "" : "s", c->max_batch, c->prefill_chunk, c->max_step_tokens,
+         c->max_seq_len, t4,
          c->mem_limit_given ? "" : " (weights + temps + KV budget)");
   row_head("");
-  for (int i = 0; i < g_ncols; i++) printf(" %14s", g_cols[i]->mode);
-  if (g_ncols == 2) printf(" %10s", "lib/malloc");
-  printf("\n");
+  for (int i = 0; i < g_ncols; i++) P(" %14s", g_cols[i]->mode);
+  if (g_ncols == 2) P(" %10s", "lib/malloc");
+  P("\n");
   row_num("throughput (generated tok/s)", COL(tokens_per_s), "%.0f", true);
   row_num("steps/s", COL(steps_per_s), "%.1f", true);
   row_num("step time median (ms)", COL(step_ms_median), "%.2f", false);
@@ -396,13 +637,19 @@ static void report(const ss_config_t *c, const ss_result_t *a, const ss_result_t
   row_num("preemptions by the scheduler", (double)a->sched_preemptions, b ? (double)b->sched_preemptions : 0, "%.0f", false);
   row_num("prefill chunks deferred (temps)", (double)a->deferred_chunks, b ? (double)b->deferred_chunks : 0, "%.0f", false);
   row_num("requests finished", (double)a->finished, b ? (double)b->finished : 0, "%.0f", false);
+  if (a->rejected_too_long + a->rejected_no_room + (b ? b->rejected_too_long + b->rejected_no_room : 0) > 0) {
+    row_num("  rejected: prompt > --max-seq-len", (double)a->rejected_too_long,
+            b ? (double)b->rejected_too_long : 0, "%.0f", false);
+    row_num("  rejected: do not fit alone", (double)a->rejected_no_room, b ? (double)b->rejected_no_room : 0,
+            "%.0f", false);
+  }
   row_num("re-runs after preemption", (double)a->reruns, b ? (double)b->reruns : 0, "%.0f", false);
   for (int i = 0; i < c->threads && i < 8; i++) {
     char lab[48];
     snprintf(lab, sizeof lab, "temp high-water, worker %d", i);
     row_bytes(lab, a->arena_high_water[i], b ? b->arena_high_water[i] : 0, false);
   }
-  if (c->threads > 8) printf("  (%d more workers in --json)\n", c->threads - 8);
+  if (c->threads > 8) P("  (%d more workers in --json)\n", c->threads - 8);
   row_num("temp malloc calls", (double)a->temp_allocs, b ? (double)b->temp_allocs : 0, "%.0f", false);
   /* weights and heaps of the library run */
   const ss_result_t *lib = !strcmp(a->mode, "library") ? a : (b && !strcmp(b->mode, "library") ? b : NULL);
@@ -414,27 +661,27 @@ static void report(const ss_config_t *c, const ss_result_t *a, const ss_result_t
                               lib->weights_pages_per_node[n]);
     ss_fmt_bytes(t1, sizeof t1, lib->weights_locked);
     ss_fmt_bytes(t2, sizeof t2, lib->weights_huge);
-    printf("\n  library weights: placement %s (pages per node: %s), lock %s: %s locked%s%s, huge pages %s "
+    P("\n  library weights: placement %s (pages per node: %s), lock %s: %s locked%s%s, huge pages %s "
            "(%s), %s\n",
-           lib->weights_numa, pages[0] ? pages : "n/a", lib->weights_lock, t1,
+           NA(lib->weights_numa), pages[0] ? pages : "n/a", NA(lib->weights_lock), t1,
            lib->weights_lock_errno ? ", errno " : "", lib->weights_lock_errno ? strerror(lib->weights_lock_errno) : "",
-           lib->weights_huge_mode, t2, lib->weights_sealed ? "sealed read-only" : "not sealed");
+           NA(lib->weights_huge_mode), t2, lib->weights_sealed ? "sealed read-only" : "not sealed");
     ss_fmt_bytes(t1, sizeof t1, lib->kv_capacity_bytes);
     ss_fmt_bytes(t2, sizeof t2, lib->kv_block_bytes);
-    printf("  library KV: %zu blocks of %s (%s pool); heaps mode %s; %d NUMA node(s); arenas: ",
-           lib->kv_num_blocks, t2, t1, lib->heap_mode ? lib->heap_mode : "?", lib->numa_nodes);
+    P("  library KV: %zu blocks of %s (%s pool); heaps mode %s; %d NUMA node(s); arenas: ",
+           lib->kv_num_blocks, t2, t1, NA(lib->heap_mode), lib->numa_nodes);
     for (int i = 0; i < c->threads && i < 8; i++)
-      printf("%sworker %d %llu resets, %llu spilled", i ? "; " : "", i,
+      P("%sworker %d %llu resets, %llu spilled", i ? "; " : "", i,
              (unsigned long long)lib->arena_resets[i], (unsigned long long)lib->arena_spills[i]);
-    printf("\n");
+    P("\n");
   }
   if (b != NULL) {
-    printf("\n  library vs malloc: throughput %.2fx, peak memory %.2fx, max concurrent sequences %.2fx\n",
+    P("\n  library vs malloc: throughput %.2fx, peak memory %.2fx, max concurrent sequences %.2fx\n",
            b->tokens_per_s > 0 ? a->tokens_per_s / b->tokens_per_s : 0,
            b->peak_bytes > 0 ? (double)a->peak_bytes / (double)b->peak_bytes : 0,
            b->max_concurrent_seqs > 0 ? (double)a->max_concurrent_seqs / b->max_concurrent_seqs : 0);
   }
-  printf("\n");
+  P("\n");
 }
 
 int main(int argc, char **argv) {
@@ -445,7 +692,11 @@ int main(int argc, char **argv) {
   opts_t o;
   parse(argc, argv, &o);
   derive(&o);
+  check_sizes(&o); /* exits 2 before anything is mapped */
   ss_config_t *c = &o.c;
+  ss_outputs_t out;
+  ss_outputs_open(c, &out); /* exits 2 when one cannot be written */
+  g_rep = out.stdout_taken ? stderr : stdout;
   if (c->quiet) cllm_set_log_fn(cllm_log_discard, NULL);
 
   ss_result_t r[2];
@@ -453,32 +704,23 @@ int main(int argc, char **argv) {
   int n = 0, rc = 0;
   if (c->compare) {
     rc |= ss_run(c, SS_ALLOC_LIBRARY, &r[0]);
-    rc |= ss_run(c, SS_ALLOC_MALLOC, &r[1]);
+    if (rc == 0) rc |= ss_run(c, SS_ALLOC_MALLOC, &r[1]);
     n = 2;
   } else {
     rc |= ss_run(c, c->allocator, &r[0]);
     n = 1;
   }
+  if (rc != 0) { /* no report of a run that did not happen, no empty files */
+    ss_outputs_discard(&out);
+    const ss_result_t *bad_run = n == 2 && r[0].ok ? &r[1] : &r[0];
+    fprintf(stderr, "stepsim: the %s run failed (the reason is above); no report\n", bad_run->mode);
+    for (int i = 0; i < n; i++) ss_result_free(&r[i]);
+    return 1;
+  }
   if (!c->quiet) report(c, &r[0], n == 2 ? &r[1] : NULL);
   const ss_result_t *lib = c->compare || c->allocator == SS_ALLOC_LIBRARY ? &r[0] : NULL;
   const ss_result_t *mal = c->compare ? &r[1] : (c->allocator == SS_ALLOC_MALLOC ? &r[0] : NULL);
-  if (c->json_path && ss_write_json(c, lib, mal, c->json_path) != 0) rc = -1;
-  if (c->timeline_path && ss_write_timeline(lib, mal, c->timeline_path) != 0) rc = -1;
-  if (c->plot_path) {
-    const char *csv = c->timeline_path;
-    char tmp[] = "/tmp/stepsim_timeline_XXXXXX";
-    if (csv == NULL) {
-      int fd = mkstemp(tmp);
-      if (fd >= 0) {
-        FILE *f = fdopen(fd, "w");
-        if (f) fclose(f);
-        csv = tmp;
-        if (ss_write_timeline(lib, mal, csv) != 0) rc = -1;
-      }
-    }
-    if (csv && ss_write_plot(c, lib, mal, csv, c->plot_path) != 0) rc = -1;
-    if (csv == tmp) remove(tmp);
-  }
+  if (ss_outputs_write(c, &out, lib, mal, c->quiet ? NULL : g_rep) != 0) rc = -1;
   if (c->metrics) { /* the library run's components; a malloc-only run has just the monitor */
     const ss_result_t *m = lib ? lib : mal;
     if (m && m->metrics_text) fputs(m->metrics_text, stdout);

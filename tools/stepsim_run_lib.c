@@ -119,10 +119,14 @@ static int lib_setup(ss_sim_t *s) {
    * preempts the youngest request. */
   size_t used = cllm_monitor_used(s->mon, CLLM_CAT_COUNT);
   size_t temps = (size_t)c->threads * ss_step_temp_estimate(c, c->max_batch / c->threads + 1);
-  size_t book = 1 * SS_MIB; /* request token arrays and block tables, heap batches */
-  if (c->mem_limit <= used + temps + book) {
-    fprintf(stderr, "stepsim: --mem-limit %zu leaves no room for the KV cache (weights %zu, temps %zu)\n",
-            c->mem_limit, used, temps);
+  size_t book = SS_BOOK_BYTES; /* request token arrays and block tables, heap batches */
+  if (c->mem_limit <= used + temps + book) { /* main.c's up-front check should prevent it */
+    char t[3][32];
+    ss_fmt_bytes(t[0], sizeof t[0], c->mem_limit);
+    ss_fmt_bytes(t[1], sizeof t[1], used);
+    ss_fmt_bytes(t[2], sizeof t[2], temps);
+    fprintf(stderr, "stepsim: the limit %s leaves no room for the KV cache (weights %s, temps %s)\n",
+            t[0], t[1], t[2]);
     return -1;
   }
   cllm_kv_config_t kc = cllm_kv_config_default();
@@ -139,7 +143,9 @@ static int lib_setup(ss_sim_t *s) {
   size_t need_blocks = ((size_t)c->max_seq_len + c->block_tokens - 1) / c->block_tokens + 1;
   if (kv_fit_budget(&kc, c->mem_limit - used - book - temps, need_blocks) != 0) {
     fprintf(stderr, "stepsim: the KV cache (%zu blocks) cannot hold one sequence of --max-seq-len %d; "
-            "raise --mem-limit\n", kc.capacity_blocks, c->max_seq_len);
+            "raise %s
+", kc.capacity_blocks, c->max_seq_len,
+            c->mem_limit_given ? "--mem-limit" : "--kv-budget");
     return -1;
   }
   rc = cllm_kv_cache_create(&kc, &s->kv);

@@ -71,8 +71,7 @@ static size_t kvbuf_bytes(const ss_sim_t *s) {
 }
 
 static size_t temp_margin(const ss_sim_t *s) {
-  const ss_config_t *c = s->cfg;
-  return (size_t)c->threads * ss_step_temp_estimate(c, c->max_step_tokens / c->threads + 1);
+  return (size_t)s->cfg->threads * ss_step_temps_full(s->cfg);
 }
 
 static int mal_setup(ss_sim_t *s) {
@@ -80,7 +79,9 @@ static int mal_setup(ss_sim_t *s) {
   size_t n = round64(c->weights_bytes);
   cllm_status_t rc = cllm_monitor_reserve(s->mon, CLLM_CAT_WEIGHTS, n);
   if (rc != CLLM_OK) {
-    fprintf(stderr, "stepsim: malloc mode: the weights (%zu bytes) do not fit the limit\n", n);
+    char t[32];
+    ss_fmt_bytes(t, sizeof t, n);
+    fprintf(stderr, "stepsim: malloc mode: the weights (%s) do not fit the limit\n", t);
     return -1;
   }
   s->mweights = sys_memalign(64, n);
@@ -187,8 +188,16 @@ static void mal_release(ss_sim_t *s, ss_req_t *r) {
 }
 
 /* KV columns for malloc mode: tokens stored (in block-equivalents) as "active",
- * reserved but unused slots as "free", nothing cached. */
+ * reserved but unused slots as "free", nothing cached. Step temps: malloc'd temps are
+ * all freed by the end of a step, so the row holds the step's high-water over the
+ * workers instead (the library's arenas hold theirs between steps). */
 static void mal_snapshot(ss_sim_t *s, ss_row_t *row) {
+  size_t temps = 0;
+  for (int i = 0; i < s->cfg->threads; i++) { /* the workers wait at the barrier */
+    temps += s->workers[i].step_temp_high;
+    s->workers[i].step_temp_high = 0;
+  }
+  row->mem[CLLM_CAT_STEP] = temps;
   int bt = s->cfg->block_tokens;
   size_t used = 0, reserved = 0, tokens = 0;
   for (int i = 0; i < s->n_running; i++) {
@@ -228,6 +237,7 @@ static void *mal_temp_alloc(ss_worker_t *w, size_t bytes) {
   w->temp_allocs++;
   w->temp_in_use += n;
   if (w->temp_in_use > w->temp_high_water) w->temp_high_water = w->temp_in_use;
+  if (w->temp_in_use > w->step_temp_high) w->step_temp_high = w->temp_in_use;
   return p;
 }
 

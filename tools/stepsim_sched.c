@@ -38,8 +38,8 @@
 size_t ss_step_temp_estimate(const ss_config_t *cfg, int tokens) {
   const ss_model_t *m = &cfg->model;
   size_t per_tok = (2 * (size_t)m->hidden + ss_model_qkv_dim(m) + 2 * (size_t)m->intermediate) * 4;
-  size_t scores = (size_t)m->heads * SS_QTILE * (size_t)cfg->max_seq_len * 4;
-  return (size_t)tokens * per_tok + scores + 16 * 64;
+  size_t scores = ss_mul_sat((size_t)m->heads * SS_QTILE * 4, (size_t)cfg->max_seq_len);
+  return ss_add_sat(ss_add_sat(ss_mul_sat((size_t)tokens, per_tok), scores), 16 * 64);
 }
 
 /* ---- the waiting queue (a ring of request indices) -------------------------------------- */
@@ -107,6 +107,21 @@ static void preempt(ss_sim_t *s, ss_req_t *r) {
   r->kv_len = r->prefilled = r->generated = r->kv_reserved = r->deferrals = 0;
   r->preempt_pending = false;
   wait_push_front(s, r->id);
+}
+
+/* The request at the front of the queue failed with nothing else running (its
+ * admission, KV reservation or temps were refused). Twice in a row: it can never
+ * fit under the limit; it is rejected and the run goes on with the others. */
+static void alone_failed(ss_sim_t *s) {
+  if (s->wait_n == 0) return;
+  ss_req_t *r = &s->reqs[wait_front(s)];
+  if (++r->alone_failures < 2) return;
+  wait_pop(s);
+  r->state = SS_REQ_REJECTED;
+  s->res->rejected_no_room++;
+  s->res->expected_tokens -= (uint64_t)r->output_len;
+  fprintf(stderr, "stepsim: %s: request %d (prompt %d + output %d tokens) does not fit under the "
+          "limit even alone; rejected\n", s->be->name, r->id, r->prompt_len, r->output_len);
 }
 
 void ss_on_kv_preempted(ss_sim_t *s, const char *id) {
@@ -201,7 +216,9 @@ static int plan_step(ss_sim_t *s) {
   /* admissions */
   while (s->n_running < c->max_batch && s->wait_n > 0 && budget > 0) {
     ss_req_t *r = &s->reqs[wait_front(s)];
-    if (!s->be->can_admit(s, r)) {
+    /* with nothing running the head is tried anyway: the reservation decides (the
+     * backend's estimate keeps room for a full step of temps) */
+    if (s->n_running > 0 && !s->be->can_admit(s, r)) {
       s->res->admissions_refused++;
       break;
     }
@@ -433,6 +450,7 @@ static void commit_step(ss_sim_t *s) {
     s->be->commit(s, r, it->n_new);
     r->kv_len += it->n_new;
     r->deferrals = 0;
+    r->alone_failures = 0;
     if (r->prefilled < r->prompt_len) {
       r->prefilled += it->n_new;
       res->prefill_tokens += (uint64_t)it->n_new;
@@ -571,9 +589,13 @@ static int setup_requests(ss_sim_t *s) {
     int user = ss_dist_sample(&c->prompt, &rng);
     r->prompt_len = (r->shared ? c->shared_prefix_tokens : 0) + user;
     r->output_len = ss_dist_sample(&c->output, &rng);
-    if (r->prompt_len > c->max_seq_len - 1) r->prompt_len = c->max_seq_len - 1;
+    if (r->prompt_len > c->max_seq_len - 1) { /* as a server does: refused, not cut */
+      r->state = SS_REQ_REJECTED;
+      s->res->rejected_too_long++;
+      continue;
+    }
+    /* generation stops at the context limit */
     if (r->prompt_len + r->output_len > c->max_seq_len) r->output_len = c->max_seq_len - r->prompt_len;
-    if (r->output_len < 1) r->output_len = 1;
     s->res->expected_tokens += (uint64_t)r->output_len;
     wait_push_back(s, i);
   }
@@ -645,18 +667,23 @@ int ss_run(const ss_config_t *cfg, ss_alloc_t mode, ss_result_t *res) {
   double r0 = ss_now_s();
   bool fatal = !init_ok;
   if (!init_ok) fprintf(stderr, "stepsim: a worker could not set up its temp allocator\n");
-  while (!fatal && res->finished < cfg->requests) {
+  while (!fatal && res->finished + res->rejected_too_long + res->rejected_no_room < cfg->requests) {
     double st = ss_now_s();
     if (plan_step(s) != 0) {
       fatal = true;
       break;
     }
-    if (s->n_items == 0) {
-      fprintf(stderr, "stepsim: no request fits in memory (limit %zu bytes); raise --mem-limit\n",
-              cfg->mem_limit);
-      fatal = true;
-      break;
+    if (s->n_items == 0) { /* nothing running and the head of the queue did not start */
+      if (s->n_running > 0 || s->wait_n == 0) {
+        fprintf(stderr, "stepsim: %s: an empty step with %d running and %d waiting\n", s->be->name,
+                s->n_running, s->wait_n);
+        fatal = true;
+        break;
+      }
+      alone_failed(s);
+      continue;
     }
+    bool skip = false;
     for (;;) {
       assign_workers(s);
       if (run_workers(s)) break;
@@ -687,13 +714,13 @@ int ss_run(const ss_config_t *cfg, ss_alloc_t mode, ss_result_t *res) {
       if (in_plan && s->n_items == 1 && s->n_running > 1) victim = youngest_running(s, s->items[0].r);
       res->sched_preemptions++;
       preempt(s, victim);
-      if (s->n_items == 0) {
-        fprintf(stderr, "stepsim: temp buffers for a single request do not fit; raise --mem-limit\n");
-        fatal = true;
+      if (s->n_items == 0) { /* its temps did not fit with nothing else running */
+        if (s->n_running == 0) alone_failed(s);
+        skip = true;
         break;
       }
     }
-    if (fatal) break;
+    if (skip) continue;
     int prefill = 0, decode = 0;
     for (int i = 0; i < s->n_items; i++) {
       if (s->items[i].r->prefilled < s->items[i].r->prompt_len) prefill += s->items[i].n_new;
