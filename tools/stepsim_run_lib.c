@@ -143,8 +143,7 @@ static int lib_setup(ss_sim_t *s) {
   size_t need_blocks = ((size_t)c->max_seq_len + c->block_tokens - 1) / c->block_tokens + 1;
   if (kv_fit_budget(&kc, c->mem_limit - used - book - temps, need_blocks) != 0) {
     fprintf(stderr, "stepsim: the KV cache (%zu blocks) cannot hold one sequence of --max-seq-len %d; "
-            "raise %s
-", kc.capacity_blocks, c->max_seq_len,
+            "raise %s\n", kc.capacity_blocks, c->max_seq_len,
             c->mem_limit_given ? "--mem-limit" : "--kv-budget");
     return -1;
   }
