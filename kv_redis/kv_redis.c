@@ -379,15 +379,21 @@ static cllm_status_t r_exists(void *user, void *conn, const char *const *keys, s
       const char *argv[2] = {"EXISTS", keys[i0 + i]};
       redisAppendCommandArgv(nd->c, 2, argv, NULL);
     }
-    for (size_t i = 0; i < m && rc == CLLM_OK; i++) {
+    bool redo[64] = {false};
+    for (size_t i = 0; i < m && rc == CLLM_OK; i++) {  // every queued reply first
       redisReply *r;
       if ((rc = node_read(&k->node[nodes[i]], dl, &r)) != CLLM_OK) break;
       bool moved;
-      if (redirect(k, r, &moved) >= 0) {  // slot moved: ask again on its own
-        freeReplyObject(r);
-        const char *argv[2] = {"EXISTS", keys[i0 + i]};
-        if ((rc = run1(k, keys[i0 + i], 2, argv, NULL, dl, &r)) != CLLM_OK) break;
-      }
+      if (redirect(k, r, &moved) >= 0) redo[i] = true;  // asked again below, on its own
+      else if (r->type == REDIS_REPLY_INTEGER) present[i0 + i] = r->integer > 0;
+      else rc = r->type == REDIS_REPLY_ERROR ? reply_error(r) : CLLM_EIO;
+      freeReplyObject(r);
+    }
+    for (size_t i = 0; i < m && rc == CLLM_OK; i++) {
+      if (!redo[i]) continue;
+      const char *argv[2] = {"EXISTS", keys[i0 + i]};
+      redisReply *r;
+      if ((rc = run1(k, keys[i0 + i], 2, argv, NULL, dl, &r)) != CLLM_OK) break;
       if (r->type == REDIS_REPLY_INTEGER) present[i0 + i] = r->integer > 0;
       else rc = r->type == REDIS_REPLY_ERROR ? reply_error(r) : CLLM_EIO;
       freeReplyObject(r);

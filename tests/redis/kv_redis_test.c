@@ -538,6 +538,158 @@ Test(kv_redis, full_server_answers_oom_counted_not_retried) {
   rig_down(&r);
 }
 
+/* ---- Redis Cluster ----------------------------------------------------------------------------- */
+
+/* A port p with p and its cluster bus port p + 10000 free. */
+static int cluster_port(int salt) {
+  for (int tries = 0; tries < 200; tries++) {
+    int p = 20000 + (int)((getpid() * 7919u + (unsigned)salt * 104729u + (unsigned)tries * 131u) % 9000u);
+    int ok = 1;
+    for (int k = 0; k < 2 && ok; k++) {
+      int fd = socket(AF_INET, SOCK_STREAM, 0);
+      struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)(p + k * 10000)),
+                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+      ok = bind(fd, (struct sockaddr *)&a, sizeof a) == 0;
+      close(fd);
+    }
+    if (ok) return p;
+  }
+  cr_assert_fail("no free port pair");
+  return 0;
+}
+
+static int run_cli(const char *const *argv) {
+  pid_t pid = fork();
+  if (pid == 0) {
+    int dn = open("/dev/null", O_WRONLY);
+    dup2(dn, 1), dup2(dn, 2);
+    execv("/usr/bin/redis-cli", (char *const *)argv);
+    _exit(127);
+  }
+  int st;
+  waitpid(pid, &st, 0);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static bool reply_has(const srv_t *s, const char *command, const char *needle) {
+  redisReply *r = cmd(s, command);
+  bool has = r->type == REDIS_REPLY_STRING && strstr(r->str, needle);
+  freeReplyObject(r);
+  return has;
+}
+
+static void node_id(const srv_t *s, char *out) {
+  redisReply *r = cmd(s, "CLUSTER MYID");
+  cr_assert_eq(r->type, REDIS_REPLY_STRING);
+  snprintf(out, 64, "%s", r->str);
+  freeReplyObject(r);
+}
+
+static size_t keys_in_slot(const srv_t *s, long slot) {
+  char c[64];
+  snprintf(c, sizeof c, "CLUSTER COUNTKEYSINSLOT %ld", slot);
+  return (size_t)cmd_int(s, c, NULL);
+}
+
+Test(kv_redis, cluster_of_three_masters_with_resharding, .timeout = 60) {
+  if (access("/usr/bin/redis-cli", X_OK) != 0) cr_skip_test("redis-cli not installed");
+  rig_t r;
+  rig_up(&r);
+  srv_t n[3] = {{0}};
+  char addr[3][32];
+  for (int i = 0; i < 3; i++) {
+    srv_start(&n[i], cluster_port(i), "--cluster-enabled", "yes");
+    snprintf(addr[i], sizeof addr[i], "127.0.0.1:%d", n[i].port);
+  }
+  const char *argv[] = {"redis-cli", "--cluster", "create", addr[0], addr[1], addr[2],
+                        "--cluster-yes", NULL};
+  cr_assert_eq(run_cli(argv), 0, "redis-cli --cluster create");
+  for (int i = 0; i < 3; i++) {
+    int w = 0;
+    while (!reply_has(&n[i], "CLUSTER INFO", "cluster_state:ok") && w++ < 500) usleep(10000);
+    cr_assert_lt(w, 500, "node %d never ok", i);
+  }
+  char seeds[100];
+  snprintf(seeds, sizeof seeds, "%s,%s", addr[0], addr[1]);
+  cllm_kv_tier_t *ta = redis_tier(r.a, seeds, true, NULL, NULL);
+  cllm_kv_token_t tok[200];
+  seq_tokens(tok, 200, 11);
+  serve(r.a, "a", tok, 200, 0);
+  cr_assert_eq(cllm_kv_tier_flush(ta, 5000), CLLM_OK);
+  cr_assert_eq(stats(r.a).tier_spills, 50);
+  long long total = 0;
+  for (int i = 0; i < 3; i++) {
+    long long k = cmd_int(&n[i], "DBSIZE", NULL);
+    cr_assert_gt(k, 0, "node %d holds no block", i);
+    total += k;
+  }
+  cr_assert_eq(total, 50);
+  /* D loads the slot map now (a probe of another prompt), before the resharding */
+  cllm_kv_config_t c = small_cfg(r.m, 64, 4);
+  cllm_kv_cache_t *kd = mk(&c);
+  cllm_kv_tier_t *td = redis_tier(kd, addr[2], true, NULL, NULL);
+  cllm_kv_token_t other[9];
+  seq_tokens(other, 9, 12);
+  cllm_kv_seq_t sd;
+  cr_assert_eq(fetch(kd, td, "d0", other, 9, 0, &sd), 0);
+  cr_assert_eq(cllm_kv_seq_close(kd, sd), CLLM_OK);
+  /* migrate the slot of block 0's key: first half way (ASK), then fully (MOVED) */
+  cllm_kv_shape_t sh = {2, 1, 4, 4, 4, 0};
+  sh.fingerprint = cllm_kv_tier_fingerprint(&sh, "test-model", 10);
+  uint64_t ns = cllm_kv_tier_namespace(0, 0);
+  uint8_t root[16], d0[16];
+  char k0[CLLM_KV_TIER_KEY_MAX];
+  cllm_kv_tier_root_digest(sh.fingerprint, ns, root);
+  cllm_kv_tier_chain_digest(root, tok, 4, d0);
+  cllm_kv_tier_key(sh.fingerprint, ns, d0, k0);
+  long slot = (long)cllm_kv_redis_key_slot(k0, strlen(k0));
+  int src = -1;
+  for (int i = 0; i < 3; i++)
+    if (keys_in_slot(&n[i], slot) > 0) src = i;
+  cr_assert_geq(src, 0);
+  int dst = (src + 1) % 3;
+  char sid[64], did[64], line[200];
+  node_id(&n[src], sid);
+  node_id(&n[dst], did);
+  snprintf(line, sizeof line, "CLUSTER SETSLOT %ld IMPORTING %s", slot, sid);
+  cmd_ok(&n[dst], line, NULL);
+  snprintf(line, sizeof line, "CLUSTER SETSLOT %ld MIGRATING %s", slot, did);
+  cmd_ok(&n[src], line, NULL);
+  redisReply *mr = cmd(&n[src], "MIGRATE 127.0.0.1 %d %s 0 5000", n[dst].port, k0);
+  cr_assert_eq(mr->type, REDIS_REPLY_STATUS, "%s", mr->str);
+  freeReplyObject(mr);
+  cr_assert_eq(keys_in_slot(&n[src], slot), 0);
+  cr_assert_eq(keys_in_slot(&n[dst], slot), 1);
+  cllm_kv_tier_t *tb = redis_tier(r.b, seeds, true, NULL, NULL);
+  cllm_kv_seq_t sb;
+  cr_assert_eq(fetch(r.b, tb, "b", tok, 200, 0, &sb), 196);  // block 0 through ASK
+  expect_rows(r.b, sb, tok, 196);
+  cr_assert_eq(cllm_kv_seq_close(r.b, sb), CLLM_OK);
+  for (int i = 0; i < 3; i++) {
+    snprintf(line, sizeof line, "CLUSTER SETSLOT %ld NODE %s", slot, did);
+    cmd_ok(&n[i], line, NULL);
+  }
+  cr_assert_eq(fetch(kd, td, "d", tok, 200, 0, &sd), 196);  // stale map: MOVED
+  expect_rows(kd, sd, tok, 196);
+  cr_assert_eq(cllm_kv_seq_close(kd, sd), CLLM_OK);
+  cllm_kv_stats_t st = stats(kd);
+  cr_assert_eq(st.tier_remote_hit_tokens, 196);
+  cr_assert_eq(st.tier_errors + st.tier_timeouts + st.tier_rejects_record, 0);
+  check(kd);
+  cllm_kv_tier_destroy(td);
+  cllm_kv_cache_destroy(kd);
+  cllm_kv_tier_destroy(tb);
+  cllm_kv_tier_destroy(ta);
+  for (int i = 0; i < 3; i++) {
+    srv_stop(&n[i]);
+    char f[96];
+    snprintf(f, sizeof f, "%s/nodes.conf", n[i].dir);
+    unlink(f);
+    rmdir(n[i].dir);
+  }
+  rig_down(&r);
+}
+
 /* ---- bad input ------------------------------------------------------------------------------ */
 
 Test(kv_redis, config_validation_and_key_slots) {
