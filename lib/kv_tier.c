@@ -195,6 +195,18 @@ void kv__tier_stats_locked(const cllm_kv_cache_t *kv, cllm_kv_stats_t *st) {
 
 /* ---- connections and the breaker (tier threads) ---------------------------------- */
 
+/* One more failure in a row: at breaker_failures the store is DOWN. */
+static void breaker_fail(cllm_kv_tier_t *t, cllm_status_t rc) {
+  pthread_mutex_lock(&t->mu);
+  if (++t->fails >= t->breaker_failures && t->state == CLLM_KV_TIER_UP) {
+    __atomic_store_n(&t->state, CLLM_KV_TIER_DOWN, __ATOMIC_RELAXED);
+    t->next_probe = now_ns() + t->retry_ns;
+    cllm__warn("kv tier: store down after %u failures (last: %s)", t->fails,
+               cllm_status_name(rc));
+  }
+  pthread_mutex_unlock(&t->mu);
+}
+
 /* Count a store result; a failure drops the connection (a timed-out connection is
  * dead) and may open the breaker. Returns true if the store answered. */
 static bool note_result(cllm_kv_tier_t *t, tconn_t *tc, cllm_status_t rc) {
@@ -210,14 +222,7 @@ static bool note_result(cllm_kv_tier_t *t, tconn_t *tc, cllm_status_t rc) {
     t->store.ops->disconnect(t->store.user, tc->c);
     tc->c = NULL;
   }
-  pthread_mutex_lock(&t->mu);
-  if (++t->fails >= t->breaker_failures && t->state == CLLM_KV_TIER_UP) {
-    __atomic_store_n(&t->state, CLLM_KV_TIER_DOWN, __ATOMIC_RELAXED);
-    t->next_probe = now_ns() + t->retry_ns;
-    cllm__warn("kv tier: store down after %u failures (last: %s)", t->fails,
-               cllm_status_name(rc));
-  }
-  pthread_mutex_unlock(&t->mu);
+  breaker_fail(t, rc);
   return false;
 }
 
@@ -226,12 +231,7 @@ static bool conn_get(cllm_kv_tier_t *t, tconn_t *tc) {
   if (tc->c != NULL) return true;
   int64_t now = now_ns();
   if (now < tc->next_try) {  // backing off: a failure for the breaker, not an error
-    pthread_mutex_lock(&t->mu);
-    if (++t->fails >= t->breaker_failures && t->state == CLLM_KV_TIER_UP) {
-      __atomic_store_n(&t->state, CLLM_KV_TIER_DOWN, __ATOMIC_RELAXED);
-      t->next_probe = now + t->retry_ns;
-    }
-    pthread_mutex_unlock(&t->mu);
+    breaker_fail(t, CLLM_EIO);
     return false;
   }
   void *c = NULL;
