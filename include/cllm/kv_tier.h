@@ -232,9 +232,10 @@ CLLM_API void cllm_kv_tier_destroy(cllm_kv_tier_t *tier);
 // (n-1)/block_tokens blocks in all (one prompt token is always left to compute).
 // 0 at once while the store is DOWN. The sequence must have no reserved,
 // uncommitted positions and its committed tokens must equal tokens[0..).
-// Errors: CLLM_EINVAL (NULL), CLLM_ENOTFOUND, CLLM_EPREEMPTED, CLLM_ESTATE
+// Errors: CLLM_EINVAL (NULL, n 0), CLLM_ENOTFOUND, CLLM_EPREEMPTED, CLLM_ESTATE
 // (reserved positions not committed, or committed not a multiple of
-// block_tokens). A store failure is not an error: *n_avail is then 0.
+// block_tokens), CLLM_ENOMEM (key scratch). A store failure is not an error:
+// *n_avail is then 0.
 // Thread: any (one caller per sequence).
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_tier_probe(cllm_kv_tier_t *tier, cllm_kv_seq_t seq,
                                                          const cllm_kv_token_t *tokens, size_t n,
