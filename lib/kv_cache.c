@@ -50,6 +50,7 @@
 #include "internal/prim.h"
 #include "internal/util.h"
 #include "kv_internal.h"
+#include "kv_tier_internal.h"
 
 /* ---- small helpers ------------------------------------------------------------ */
 
@@ -254,6 +255,7 @@ static uint32_t lru_victim_locked(const cllm_kv_cache_t *kv) {
 static void evict_cached_locked(cllm_kv_cache_t *kv, uint32_t b) {
   kv_block_t *bl = &kv->blocks[b];
   cllm_assert_internal(bl->state == KV_CACHED && !bl->pinned);
+  if (kv->tier != NULL) kv__tier_on_evict_locked(kv, b);  // tier hook: count unwritten drops
   lru_remove_locked(kv, b);
   kv__index_remove_locked(kv, b);
   bl->gen++;
@@ -698,6 +700,7 @@ cllm_status_t cllm_kv_stats(cllm_kv_cache_t *kv, cllm_kv_stats_t *st) {
   st->cow_copies = kv->st_cow;
   st->refused = kv->st_refused;
   st->reclaimed_blocks = kv->st_reclaimed;
+  if (kv->tier != NULL) kv__tier_stats_locked(kv, st);  // tier hook: tier counters
   kv__unlock(kv);
   /* base and map_bytes never change: the kernel is asked without the lock */
   int e = cllm__prim_resident_bytes(kv->base, kv->map_bytes, &st->resident_bytes);

@@ -61,6 +61,7 @@ typedef struct kv_slot {
   uint32_t victim_next;   // callback list
   uint8_t state, kind, band, in_lru, cb_pending, chain_broken;
   uint8_t vreason;        // eviction reason, stable while cb_pending
+  uint8_t tier_busy;      // tier hook: a remote fetch writes its blocks (not preemptable)
   /* line 1 */
   union {
     struct {              // sequences
@@ -152,6 +153,9 @@ struct cllm_kv_cache {
   uint32_t seq_lru_head[CLLM_KV_BANDS], seq_lru_tail[CLLM_KV_BANDS];
   uint32_t copy_lru_head, copy_lru_tail;
   uint32_t copy_blocks, copy_budget_blocks, copy_count, seq_count;
+
+  /* the remote tier (lib/kv_tier.c) or NULL; tier hook */
+  struct cllm_kv_tier *tier;
 
   /* statistics */
   uint64_t st_prefix_query, st_prefix_hit, st_evictions, st_copy_evictions;
@@ -275,6 +279,10 @@ void kv__unlock_and_call(cllm_kv_cache_t *kv, kv_victims_t *v);
 void kv__free_slots(cllm_kv_cache_t *kv);
 /* refs: num_blocks zeroed counters (filled); ovf: idmask + 1 scratch counters. */
 cllm_status_t kv__check_slots_locked(const cllm_kv_cache_t *kv, uint32_t *refs, uint32_t *ovf);
+
+/* Tier hook: release slot s's blocks from table index `keep` on (reserved, never
+ * committed), so its length equals its committed count again. */
+void kv__seq_truncate_locked(cllm_kv_cache_t *kv, uint32_t s, uint32_t keep);
 
 /* ---- lib/kv_copy.c ---- */
 /* Release a copy entry's blocks and LRU membership (slot not retired). */

@@ -34,6 +34,7 @@
 
 #include "internal/util.h"
 #include "kv_internal.h"
+#include "kv_tier_internal.h"
 
 /* ---- hashing --------------------------------------------------------------------- */
 
@@ -198,6 +199,7 @@ static void register_block_locked(cllm_kv_cache_t *kv, uint32_t s, uint32_t idx)
       bl->parent = sl->chain_prev;
       bl->parent_gen = sl->chain_prev == KV_NONE ? 0 : sl->chain_prev_gen;
       kv__index_insert_locked(kv, b, h);
+      if (kv->tier != NULL) kv__tier_on_index_locked(kv, b);  // tier hook: chain digest
       canonical = b;
     }
   }

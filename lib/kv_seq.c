@@ -206,6 +206,15 @@ static void release_blocks_locked(cllm_kv_cache_t *kv, uint32_t s) {
   seq_lru_remove_locked(kv, s);
 }
 
+/* Tier hook (a failed remote fetch gives back its reserved blocks). */
+void kv__seq_truncate_locked(cllm_kv_cache_t *kv, uint32_t s, uint32_t keep) {
+  kv_slot_t *sl = &kv->slots[s];
+  cllm_assert_internal(keep <= sl->nb && ((size_t)keep << kv->bt_shift) >= sl->committed);
+  while (sl->nb > keep) kv__unref_locked(kv, sl->table[--sl->nb]);
+  sl->length = sl->committed;
+  if (sl->nb == 0) seq_lru_remove_locked(kv, s);
+}
+
 static void preempt_locked(cllm_kv_cache_t *kv, uint32_t s, kv_victims_t *v) {
   kv_slot_t *sl = &kv->slots[s];
   release_blocks_locked(kv, s);
@@ -223,7 +232,8 @@ static void preempt_locked(cllm_kv_cache_t *kv, uint32_t s, kv_victims_t *v) {
 static uint32_t preempt_victim_locked(const cllm_kv_cache_t *kv, uint32_t requester) {
   for (uint32_t band = 0; band < CLLM_KV_BANDS; band++) {
     uint32_t s = kv->seq_lru_head[band];
-    if (s == requester) s = kv->slots[s].lru_next;
+    /* tier hook: a sequence whose blocks a remote fetch writes is skipped */
+    while (s != KV_NONE && (s == requester || kv->slots[s].tier_busy)) s = kv->slots[s].lru_next;
     if (s != KV_NONE) return s;
   }
   return KV_NONE;

@@ -159,6 +159,20 @@ static const field_t kv_fields[] = {
     FC(cllm_kv_stats_t, cow_copies, "cow_copies_total", F_U64, "Copy-on-write block copies."),
     FC(cllm_kv_stats_t, refused, "refused_total", F_U64, "Reserve and put calls refused."),
     FC(cllm_kv_stats_t, reclaimed_blocks, "reclaimed_blocks_total", F_U64, "CACHED blocks dropped by the monitor's reclaimer."),
+    FG(cllm_kv_stats_t, tier_state, "tier_state", F_U32, "Remote tier: 0 none, 1 up, 2 down."),
+    FC(cllm_kv_stats_t, tier_probes, "tier_probes_total", F_U64, "Remote tier probes."),
+    FC(cllm_kv_stats_t, tier_remote_hit_tokens, "tier_remote_hit_tokens_total", F_U64, "Prompt tokens fetched from the remote tier."),
+    FC(cllm_kv_stats_t, tier_fetched_bytes, "tier_fetched_bytes_total", F_U64, "Record bytes fetched from the remote tier."),
+    FC(cllm_kv_stats_t, tier_fetch_ns, "tier_fetch_ns_total", F_U64, "Nanoseconds spent in remote fetches."),
+    FC(cllm_kv_stats_t, tier_spills, "tier_spills_total", F_U64, "Blocks written to the remote tier."),
+    FC(cllm_kv_stats_t, tier_spill_bytes, "tier_spill_bytes_total", F_U64, "Record bytes written to the remote tier."),
+    FC(cllm_kv_stats_t, tier_spills_skipped, "tier_spills_skipped_total", F_U64, "Blocks evicted or changed before they were written."),
+    FC(cllm_kv_stats_t, tier_errors, "tier_errors_total", F_U64, "Remote store operations that failed."),
+    FC(cllm_kv_stats_t, tier_timeouts, "tier_timeouts_total", F_U64, "Remote store operations past their deadline."),
+    FC(cllm_kv_stats_t, tier_reconnects, "tier_reconnects_total", F_U64, "Remote store connections made again."),
+    FC(cllm_kv_stats_t, tier_rejects_oom, "tier_rejects_oom_total", F_U64, "Spills refused because the store is full."),
+    FC(cllm_kv_stats_t, tier_rejects_noperm, "tier_rejects_noperm_total", F_U64, "Spills refused as not permitted."),
+    FC(cllm_kv_stats_t, tier_rejects_record, "tier_rejects_record_total", F_U64, "Fetched records that failed verification."),
 };
 
 static const field_t arena_fields[] = {

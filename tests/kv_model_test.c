@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include <cllm/kv_cache.h>
+#include <cllm/kv_tier.h>
 #include <cllm/monitor.h>
 
 #include "support/kv_test_util.h"
@@ -57,6 +58,15 @@ typedef struct model {
   unsigned long long rng;
   rec_t rec;
   uint32_t bt, nblocks, budget_blocks;
+  /* the remote tier (fake store with injected faults), or NULL */
+  cllm_kv_tier_t *tier;
+  cllm_kv_fake_t *fake;
+  struct {
+    size_t n;
+    uint64_t salt;
+    cllm_kv_token_t tok[M_MAXTOK];
+  } past[8];  // prompts of closed sequences (the store may still have them)
+  uint64_t remote_tokens;
 } model_t;
 
 static uint32_t row_value(uint64_t salt, const cllm_kv_token_t *t, size_t pos) {
@@ -273,9 +283,71 @@ static void m_fork(model_t *md, int i) {
 
 static void m_close(model_t *md, int i) {
   mseq_t *q = &md->seq[i];
+  if (md->tier != NULL && q->committed > 0 && !q->preempted) {
+    int k = (int)(mt_rand(&md->rng) % 8);
+    md->past[k].n = q->committed;
+    md->past[k].salt = q->salt;
+    memcpy(md->past[k].tok, q->tok, q->committed * sizeof *q->tok);
+  }
   cr_assert_eq(cllm_kv_seq_close(md->kv, q->h), CLLM_OK);
   cr_assert_eq(cllm_kv_seq_close(md->kv, q->h), CLLM_ENOTFOUND);
   q->used = false;
+}
+
+/* Open j with a past prompt (plus a few tokens), then probe and fetch from the
+ * remote tier: every fetched row must be the one the model expects. */
+static void m_open_remote(model_t *md, int j) {
+  int k = (int)(mt_rand(&md->rng) % 8);
+  if (md->past[k].n == 0) return;
+  mseq_t *q = &md->seq[j];
+  memset(q, 0, sizeof *q);
+  snprintf(q->id, sizeof q->id, "r%d-%llu", j, (unsigned long long)md->clock);
+  q->salt = md->past[k].salt;
+  size_t n = md->past[k].n;
+  memcpy(q->tok, md->past[k].tok, n * sizeof *q->tok);
+  size_t extra = 1 + mt_rand(&md->rng) % 4;
+  if (n + extra > M_MAXTOK) extra = M_MAXTOK - n;
+  for (size_t e = 0; e < extra; e++) q->tok[n + e] = (cllm_kv_token_t)(mt_rand(&md->rng) % 50000);
+  n += extra;
+  cllm_kv_seq_opts_t o = {.salt = q->salt};
+  size_t cached = 99, avail = 99, ready = 99;
+  cr_assert_eq(cllm_kv_seq_open_with_prompt(md->kv, q->id, &o, q->tok, n, &q->h, &cached),
+               CLLM_OK);
+  q->used = true;
+  q->len = q->committed = cached;
+  for (size_t p = 0; p < cached; p++) q->row[p] = row_value(q->salt, q->tok, p);
+  if (cached > 0) q->stamp = ++md->clock;
+  switch (mt_rand(&md->rng) % 8) {  // faults of the store
+    case 0: cllm_kv_fake_fail_next(md->fake, 1 + (unsigned)(mt_rand(&md->rng) % 3), CLLM_EIO); break;
+    case 1: cllm_kv_fake_fail_next(md->fake, 1, CLLM_EBUSY); break;
+    case 2: {  // poison a random stored record
+      char key[CLLM_KV_TIER_KEY_MAX];
+      uint8_t rec[512];
+      size_t len, nk = cllm_kv_fake_count(md->fake, NULL);
+      if (nk > 0 && cllm_kv_fake_key_at(md->fake, mt_rand(&md->rng) % nk, key, sizeof key) == CLLM_OK &&
+          cllm_kv_fake_raw_get(md->fake, key, rec, sizeof rec, &len) == CLLM_OK && len > 0) {
+        rec[mt_rand(&md->rng) % len] ^= 0x10;
+        cr_assert_eq(cllm_kv_fake_raw_set(md->fake, key, rec, len), CLLM_OK);
+      }
+      break;
+    }
+    default: break;
+  }
+  cr_assert_eq(cllm_kv_tier_probe(md->tier, q->h, q->tok, n, &avail), CLLM_OK);
+  cr_assert_eq(avail % md->bt, 0);
+  cr_assert_leq(cached + avail, (n - 1) / md->bt * md->bt);
+  int from = md->rec.calls;
+  cllm_status_t rc = cllm_kv_tier_fetch(md->tier, q->h, q->tok, n, M_MAXTOK, &ready);
+  m_preemptions(md, from, j);
+  if (rc != CLLM_OK) {
+    cr_assert(rc == CLLM_ENOMEM, "%s", cllm_status_name(rc));
+    return;
+  }
+  cr_assert_eq(ready % md->bt, 0);
+  for (size_t p = cached; p < cached + ready; p++) q->row[p] = row_value(q->salt, q->tok, p);
+  q->len = q->committed = cached + ready;
+  if (q->len > 0) q->stamp = ++md->clock;
+  md->remote_tokens += ready;
 }
 
 static void m_touch(model_t *md, int i) {
@@ -366,7 +438,7 @@ static void m_evict(model_t *md) {
   e->used = false;
 }
 
-static void run_model(unsigned long long seed, bool preemption, long ops) {
+static void run_model(unsigned long long seed, bool preemption, bool tier, long ops) {
   model_t *md = calloc(1, sizeof *md);
   md->rng = seed;
   md->mon = mk_monitor(0);
@@ -380,6 +452,15 @@ static void run_model(unsigned long long seed, bool preemption, long ops) {
   c.copy_budget_bytes = md->budget_blocks * 256;
   md->kv = mk(&c);
   md->rec.kv = preemption ? md->kv : NULL;
+  if (tier) {
+    cllm_kv_tier_config_t tc = cllm_kv_tier_config_default();
+    cr_assert_eq(cllm_kv_store_fake_create(&tc.store, &md->fake), CLLM_OK);
+    tc.write_through = true;
+    tc.retry_ms = 1;
+    tc.op_timeout_ms = 50;
+    tc.breaker_failures = 1000;  // faults cost single operations (the breaker has its own test)
+    cr_assert_eq(cllm_kv_tier_create(md->kv, &tc, &md->tier), CLLM_OK);
+  }
   for (int i = 0; i < M_ENTRIES; i++) snprintf(md->ent[i].id, sizeof md->ent[i].id, "e%d", i);
   for (long op = 0; op < ops; op++) {
     md->clock++;
@@ -406,7 +487,8 @@ static void run_model(unsigned long long seed, bool preemption, long ops) {
       m_evict(md);
     } else {
       int j = m_pick(md, false);
-      if (j >= 0) m_open_like(md, j, i);
+      if (j >= 0 && tier && r % 2 == 0) m_open_remote(md, j);
+      else if (j >= 0) m_open_like(md, j, i);
     }
     m_verify(md);
   }
@@ -415,6 +497,12 @@ static void run_model(unsigned long long seed, bool preemption, long ops) {
   cr_assert_gt(st.cow_copies, 0, "the workload never copied on write");
   cr_assert_gt(st.evictions, 0, "the workload never evicted a cached block");
   if (preemption) cr_assert_gt(st.preemptions, 0, "the workload never preempted");
+  if (tier) {
+    cr_assert_gt(md->remote_tokens, 0, "the workload never fetched from the tier");
+    cr_assert_eq(st.tier_remote_hit_tokens, md->remote_tokens);
+    cr_assert_gt(st.tier_spills, 0);
+    cllm_kv_tier_destroy(md->tier);
+  }
   cllm_kv_cache_destroy(md->kv);
   cr_assert_eq(cllm_monitor_used(md->mon, CLLM_CAT_COUNT), 0);
   cllm_monitor_destroy(md->mon);
@@ -428,10 +516,18 @@ static unsigned long long model_seed(unsigned long long dflt) {
 }
 
 Test(kv_model, random_operations_match_the_reference_with_preemption, .timeout = 120) {
-  run_model(model_seed(0x5eed1234ULL), true, mt_iters(3000));
+  run_model(model_seed(0x5eed1234ULL), true, false, mt_iters(3000));
 }
 
 Test(kv_model, random_operations_match_the_reference_without_preemption, .timeout = 120) {
-  run_model(model_seed(0xabcdef99ULL), false, mt_iters(3000));
+  run_model(model_seed(0xabcdef99ULL), false, false, mt_iters(3000));
 }
 
+
+Test(kv_model, random_operations_with_the_remote_tier_and_preemption, .timeout = 120) {
+  run_model(model_seed(0x7e1e5a11ULL), true, true, mt_iters(3000));
+}
+
+Test(kv_model, random_operations_with_the_remote_tier, .timeout = 120) {
+  run_model(model_seed(0x7e1e5a12ULL), false, true, mt_iters(3000));
+}

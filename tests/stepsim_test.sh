@@ -289,6 +289,29 @@ else
   echo "SKIP: peak RSS vs limit (no /usr/bin/time)"
 fi
 
+# ---- --kv-store: a second run fetches prompt prefixes the first one stored ----
+if [ -x /usr/bin/redis-server ]; then
+  SOCK=/tmp/cks$$.sock  # short: the test directory exceeds the unix socket path limit
+  /usr/bin/redis-server --port 0 --unixsocket "$SOCK" --save "" --appendonly no --dir /tmp \
+    > /dev/null 2>&1 &
+  RPID=$!
+  for _ in $(seq 100); do [ -S "$SOCK" ] && break; sleep 0.05; done
+  KV=(--model tiny --requests 40 --seed 7 --progress off --quiet --kv-store "unix:$SOCK")
+  "$STEPSIM" "${KV[@]}" --json "$TMP/kv1.json" || die "--kv-store run 1 failed"
+  "$STEPSIM" "${KV[@]}" --json "$TMP/kv2.json" || die "--kv-store run 2 failed"
+  kill "$RPID"; wait "$RPID" 2>/dev/null; rm -f "$SOCK"
+  "$PY" - "$TMP/kv1.json" "$TMP/kv2.json" <<'PYEOF' || die "--kv-store: no remote prefix hits"
+import json, sys
+def lib(p):
+    d = json.load(open(p))
+    return d.get("library", d)
+a, b = lib(sys.argv[1]), lib(sys.argv[2])
+assert a["prompt_tokens_remote"] == 0, a["prompt_tokens_remote"]
+assert b["prompt_tokens_remote"] > 0, b["prompt_tokens_remote"]
+assert b["prefill_tokens"] < a["prefill_tokens"], (a["prefill_tokens"], b["prefill_tokens"])
+PYEOF
+fi
+
 # ---- --help documents every option ----
 "$STEPSIM" --help > "$TMP/help.txt" || die "--help failed"
 for opt in --model --layers --hidden --heads --kv-heads --head-dim --intermediate --dtype-bytes \
@@ -296,7 +319,7 @@ for opt in --model --layers --hidden --heads --kv-heads --head-dim --intermediat
            --block-tokens --requests --prompt-dist --output-dist --shared-prefix-tokens \
            --shared-fraction --seed --threads --max-batch --prefill-chunk --max-step-tokens \
            --max-seq-len --allocator --compare --json --timeline --plot --metrics --progress \
-           --quiet --help; do
+           --quiet --kv-store --help; do
   grep -q -- "$opt" "$TMP/help.txt" || die "--help does not mention $opt"
 done
 

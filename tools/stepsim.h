@@ -25,6 +25,7 @@
 #include <cllm/arena.h>
 #include <cllm/heap.h>
 #include <cllm/kv_cache.h>
+#include <cllm/kv_tier.h>
 #include <cllm/monitor.h>
 #include <cllm/numa.h>
 #include <cllm/stats.h>
@@ -103,6 +104,7 @@ typedef struct ss_config {
   bool metrics;
   ss_progress_t progress;
   bool quiet;
+  const char *kv_store;  /* --kv-store: the KV tier's Redis endpoint, or NULL */
 } ss_config_t;
 
 /* ---- requests ---------------------------------------------------------------------- */
@@ -161,6 +163,7 @@ typedef struct ss_result {
   bool ok;
   double setup_s, run_s;
   uint64_t steps, tokens_generated, prefill_tokens, decode_tokens, prompt_tokens_cached;
+  uint64_t prompt_tokens_remote;  /* of the cached ones: fetched from --kv-store */
   double tokens_per_s, steps_per_s, step_ms_median, step_ms_p99, step_ms_mean;
   size_t peak_bytes, peak_cat[CLLM_CAT_COUNT], limit_bytes, end_used_bytes;
   int max_concurrent_seqs;
@@ -284,6 +287,7 @@ struct ss_sim {
   cllm_heaps_t *heaps;
   int *preempted;                   /* request ids preempted by the KV cache this step */
   int n_preempted;
+  cllm_kv_tier_t *tier;             /* --kv-store */
   /* malloc backend */
   unsigned char *mweights;
   size_t mweights_bytes, mbook_bytes;

@@ -102,13 +102,15 @@ static void usage(FILE *f) {
 "  --progress MODE         auto (default: a bar when stderr is a terminal, else a\n"
 "                          line every 2 s) | on | off\n"
 "  --quiet                 no progress, no report (only what --metrics/--json ask)\n"
+"  --kv-store EP           keep full KV blocks in Redis and fetch prompt prefixes from it:\n"
+"                          redis://HOST:PORT, unix:PATH or cluster:HOST:PORT,HOST:PORT\n"
+"  --help                  this text\n"
 "\n"
 "Sizes are checked before anything is mapped: against each other (the limit must hold\n"
 "the weights, every worker's temps and one sequence of --max-seq-len), against the\n"
 "memory this machine has available and RLIMIT_AS. Output files are opened and gnuplot\n"
 "found before the run. Exit status: 0 done, 1 the run failed, 2 bad arguments or\n"
-"sizes that cannot work.\n"
-"  --help                  this text\n",
+"sizes that cannot work.\n",
           ss_model_preset_list());
 }
 
@@ -163,7 +165,7 @@ static bool takes_value(const char *name) {
       "--lock-weights", "--block-tokens", "--requests", "--prompt-dist", "--output-dist",
       "--shared-prefix-tokens", "--shared-fraction", "--seed", "--threads", "--max-batch",
       "--prefill-chunk", "--max-step-tokens", "--max-seq-len", "--allocator", "--json",
-      "--timeline", "--plot", "--progress"};
+      "--timeline", "--plot", "--progress", "--kv-store"};
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
     if (!strcmp(name, names[i])) return true;
   return false;
@@ -285,7 +287,8 @@ static void parse(int argc, char **argv, opts_t *o) {
       else if (!strcmp(v, "on")) c->progress = SS_PROGRESS_ON;
       else if (!strcmp(v, "off")) c->progress = SS_PROGRESS_OFF;
       else bad("%s '%s': expected auto, on or off", name, v);
-    } else bad("unknown option '%s'%s", name, "");
+    } else if (IS("--kv-store")) c->kv_store = v;
+    else bad("unknown option '%s'%s", name, "");
 #undef IS
   }
   if (model != NULL && !ss_model_preset(model, &c->model))
@@ -630,6 +633,9 @@ static void report(const ss_config_t *c, const ss_result_t *a, const ss_result_t
   double hit_a = a->prefix_query_tokens ? 100.0 * (double)a->prefix_hit_tokens / (double)a->prefix_query_tokens : 0;
   double hit_b = b && b->prefix_query_tokens ? 100.0 * (double)b->prefix_hit_tokens / (double)b->prefix_query_tokens : 0;
   row_num("prefix hit rate (prompt tokens)", hit_a, hit_b, "%.1f%%", false);
+  if (c->kv_store != NULL)
+    row_num("  of it fetched from --kv-store", (double)a->prompt_tokens_remote,
+            b ? (double)b->prompt_tokens_remote : 0, "%.0f", false);
   row_num("KV evictions (cached blocks reused)", (double)a->evictions, b ? (double)b->evictions : 0, "%.0f", false);
   row_num("reclaims (monitor runs)", (double)a->reclaim_runs, b ? (double)b->reclaim_runs : 0, "%.0f", false);
   row_bytes("reclaimed", (size_t)a->reclaimed_bytes, b ? (size_t)b->reclaimed_bytes : 0, false);

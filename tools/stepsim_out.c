@@ -92,6 +92,7 @@ static void json_result(FILE *f, const ss_config_t *c, const ss_result_t *r) {
   KU("prefill_tokens", r->prefill_tokens);
   KU("decode_tokens", r->decode_tokens);
   KU("prompt_tokens_cached", r->prompt_tokens_cached);
+  KU("prompt_tokens_remote", r->prompt_tokens_remote);
   KD("step_ms_median", r->step_ms_median);
   KD("step_ms_p99", r->step_ms_p99);
   KD("step_ms_mean", r->step_ms_mean);

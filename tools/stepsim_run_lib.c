@@ -20,6 +20,8 @@
 
 #include "stepsim.h"
 
+#include <cllm/kv_redis.h>
+
 static void on_evict(void *user, const char *id, cllm_kv_evict_reason_t reason) {
   if (reason == CLLM_KV_EVICT_PREEMPTED) ss_on_kv_preempted(user, id);
 }
@@ -149,6 +151,21 @@ static int lib_setup(ss_sim_t *s) {
   }
   rc = cllm_kv_cache_create(&kc, &s->kv);
   if (rc != CLLM_OK) return fail("KV cache", rc);
+  if (c->kv_store != NULL) {  /* --kv-store: a write-through tier on Redis */
+    cllm_kv_redis_config_t rcfg = cllm_kv_redis_config_default();
+    bool cluster = strncmp(c->kv_store, "cluster:", 8) == 0;
+    rcfg.endpoint = cluster ? c->kv_store + 8 : c->kv_store;
+    rcfg.cluster = cluster;
+    cllm_kv_tier_config_t tc = cllm_kv_tier_config_default();
+    if ((rc = cllm_kv_store_redis_create(&rcfg, &tc.store)) != CLLM_OK) return fail("--kv-store", rc);
+    tc.model_id = c->model.name;
+    tc.model_id_len = strlen(c->model.name);
+    tc.write_through = true;
+    if ((rc = cllm_kv_tier_create(s->kv, &tc, &s->tier)) != CLLM_OK) {
+      tc.store.ops->close(tc.store.user);
+      return fail("KV tier", rc);
+    }
+  }
   s->res->kv_num_blocks = cllm_kv_num_blocks(s->kv);
   s->res->kv_block_bytes = cllm_kv_block_bytes(s->kv);
   s->res->kv_capacity_bytes = s->res->kv_num_blocks * s->res->kv_block_bytes;
@@ -204,6 +221,11 @@ static void lib_teardown(ss_sim_t *s) {
   for (int i = 0; i < s->cfg->threads; i++) {
     cllm_arena_destroy(s->workers[i].arena);
     s->workers[i].arena = NULL;
+  }
+  if (s->tier != NULL) {  /* --kv-store: leave the store warm for the next run */
+    (void)cllm_kv_tier_flush(s->tier, 30000);
+    cllm_kv_tier_destroy(s->tier);
+    s->tier = NULL;
   }
   cllm_kv_cache_destroy(s->kv);
   cllm_heaps_destroy(s->heaps);
@@ -299,6 +321,15 @@ static cllm_status_t lib_admit(ss_sim_t *s, ss_req_t *r) {
     return rc;
   }
   r->seq_open = true;
+  if (s->tier != NULL && r->prompt_len > 0) {  /* --kv-store: fetch what the store has */
+    size_t avail = 0, ready = 0;
+    if (cllm_kv_tier_probe(s->tier, r->seq, r->tokens, (size_t)r->prompt_len, &avail) == CLLM_OK &&
+        avail > 0 &&
+        cllm_kv_tier_fetch(s->tier, r->seq, r->tokens, (size_t)r->prompt_len, avail, &ready) == CLLM_OK) {
+      cached += ready;
+      s->res->prompt_tokens_remote += ready;
+    }
+  }
   r->prefilled = r->kv_len = (int)cached;
   s->res->prompt_tokens_cached += cached;
   if (cached > 0) {

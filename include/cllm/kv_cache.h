@@ -411,6 +411,21 @@ typedef struct cllm_kv_stats {
   uint64_t given_back_blocks;   // times a block's pages were given back (reclaimer)
   cllm_kv_numa_t numa_applied;  // the policy in force (NONE when none was applied)
   cllm_status_t numa_status;    // why it differs from the one asked for, else CLLM_OK
+  /* the remote tier (cllm/kv_tier.h); all 0 without one */
+  uint32_t tier_state;             // CLLM_KV_TIER_NONE / _UP / _DOWN
+  uint64_t tier_probes;            // probe calls
+  uint64_t tier_remote_hit_tokens; // tokens fetched, verified and committed
+  uint64_t tier_fetched_bytes;     // record bytes read by fetches
+  uint64_t tier_fetch_ns;          // time spent in fetches
+  uint64_t tier_spills;            // blocks written to the store
+  uint64_t tier_spill_bytes;       // record bytes written
+  uint64_t tier_spills_skipped;    // blocks evicted or changed before they were written
+  uint64_t tier_errors;            // store operations failed (connection, protocol)
+  uint64_t tier_timeouts;          // store operations past their deadline
+  uint64_t tier_reconnects;        // connections made again after a failure
+  uint64_t tier_rejects_oom;       // puts refused: the store is full
+  uint64_t tier_rejects_noperm;    // puts refused: not permitted
+  uint64_t tier_rejects_record;    // fetched records that failed verification
 } cllm_kv_stats_t;
 
 // Fill *st: O(1) under the lock, then resident_bytes from the kernel (one mincore

@@ -9,10 +9,15 @@
  * token ids of the whole prefix up to it, so a prefix hit that hands out blocks of
  * another prompt -- e.g. after a forced hash collision -- or a block shared by two
  * writers shows up as a wrong tag when a sequence is verified (before close).
- * cllm_kv_check() runs after every op. */
+ * cllm_kv_check() runs after every op.
+ *
+ * Flag 8 attaches the remote tier (write-through, on the fake store): prompts are
+ * then also fetched from the store (probe + fetch), with injected store failures
+ * and poisoned records; fetched rows must carry the prompt's tags too. */
 #include <stdbool.h>
 
 #include <cllm/kv_cache.h>
+#include <cllm/kv_tier.h>
 
 #include "fuzz_input.h"
 
@@ -120,9 +125,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   cfg.evict_user = &md;
   cllm_kv_cache_t *kv;
   FUZZ_CHECK(cllm_kv_cache_create(&cfg, &kv) == CLLM_OK, "create");
+  cllm_kv_tier_t *tier = NULL;
+  cllm_kv_fake_t *fake = NULL;
+  if (flags & 8) {
+    cllm_kv_tier_config_t tc = cllm_kv_tier_config_default();
+    FUZZ_CHECK(cllm_kv_store_fake_create(&tc.store, &fake) == CLLM_OK, "fake store");
+    tc.write_through = true;
+    tc.retry_ms = 1;
+    tc.op_timeout_ms = 50;
+    FUZZ_CHECK(cllm_kv_tier_create(kv, &tc, &tier) == CLLM_OK, "tier");
+  }
   const size_t cap_tokens = cfg.capacity_blocks * 16;
   while (!fuzz_done(&in)) {
-    uint8_t op = fuzz_u8(&in) % 11;
+    uint8_t op = fuzz_u8(&in) % (tier != NULL ? 13 : 11);
     int i = fuzz_u8(&in) % N_IDS;
     mseq_t *s = &md.seq[i];
     cllm_status_t rc;
@@ -238,6 +253,41 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         FUZZ_CHECK(rc == (md.copy[i].present ? CLLM_OK : CLLM_ENOTFOUND), "evict %s", cllm_status_name(rc));
         md.copy[i].present = false;
         break;
+      case 11: { /* tier: open with a prompt, then probe and fetch the rest */
+        cllm_kv_token_t p[MAX_LEN];
+        size_t n = make_prompt(&in, p), cached = 0, avail = 0, ready = 0;
+        rc = cllm_kv_seq_open_with_prompt(kv, ids[i], NULL, p, n, &s->h, &cached);
+        if (s->open || md.copy[i].present) { FUZZ_CHECK(rc == CLLM_EEXIST, "dup open"); break; }
+        FUZZ_CHECK(rc == CLLM_OK, "open_with_prompt %s", cllm_status_name(rc));
+        s->open = true, s->preempted = false;
+        memcpy(s->tok, p, n * sizeof *p);
+        s->len = s->committed = cached;
+        FUZZ_CHECK(cllm_kv_tier_probe(tier, s->h, p, n, &avail) == CLLM_OK, "probe");
+        FUZZ_CHECK(avail % 16 == 0 && cached + avail <= (n - 1) / 16 * 16, "avail %zu", avail);
+        rc = cllm_kv_tier_fetch(tier, s->h, p, n, fuzz_u8(&in) % 2 ? avail : MAX_LEN, &ready);
+        FUZZ_CHECK(rc == CLLM_OK || rc == CLLM_ENOMEM || rc == CLLM_ERANGE, "fetch %s", cllm_status_name(rc));
+        FUZZ_CHECK(ready % 16 == 0 && cached + ready <= (n - 1) / 16 * 16, "ready %zu", ready);
+        s->len = s->committed = cached + ready;
+        verify(kv, s); /* fetched blocks carry this prompt's tags */
+        break;
+      }
+      case 12: { /* tier: store faults and poisoned records */
+        uint8_t what = fuzz_u8(&in);
+        if (what % 4 == 0) cllm_kv_fake_fail_next(fake, 1 + what / 64, CLLM_EIO);
+        else if (what % 4 == 1) cllm_kv_fake_fail_next(fake, 1, CLLM_EBUSY);
+        else if (what % 4 == 2) cllm_kv_fake_set_max_bytes(fake, what < 128 ? 0 : (size_t)what * 1024);
+        else {
+          char key[CLLM_KV_TIER_KEY_MAX];
+          static uint8_t rec[64 * 1024];
+          size_t len, nk = cllm_kv_fake_count(fake, NULL);
+          if (nk > 0 && cllm_kv_fake_key_at(fake, fuzz_u8(&in) % nk, key, sizeof key) == CLLM_OK &&
+              cllm_kv_fake_raw_get(fake, key, rec, sizeof rec, &len) == CLLM_OK && len > 0) {
+            rec[fuzz_u32(&in) % len] ^= (uint8_t)(1 + what);
+            FUZZ_CHECK(cllm_kv_fake_raw_set(fake, key, rec, len) == CLLM_OK, "poison");
+          }
+        }
+        break;
+      }
       case 10: { /* length agrees */
         if (!s->open) break;
         size_t len;
@@ -262,6 +312,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       if (!md.seq[i].preempted) verify(kv, &md.seq[i]);
       FUZZ_CHECK(cllm_kv_seq_close(kv, md.seq[i].h) == CLLM_OK, "final close");
     }
+  cllm_kv_tier_destroy(tier);
   cllm_kv_cache_destroy(kv);
   FUZZ_CHECK(cllm_monitor_used(mon, CLLM_CAT_COUNT) == 0, "monitor not balanced");
   cllm_monitor_destroy(mon);
