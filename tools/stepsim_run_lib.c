@@ -223,7 +223,10 @@ static void lib_teardown(ss_sim_t *s) {
     s->workers[i].arena = NULL;
   }
   if (s->tier != NULL) {  /* --kv-store: leave the store warm for the next run */
-    (void)cllm_kv_tier_flush(s->tier, 30000);
+    cllm_status_t frc = cllm_kv_tier_flush(s->tier, 30000);
+    if (frc != CLLM_OK)
+      fprintf(stderr, "stepsim: --kv-store: blocks still unwritten at exit (%s)\n",
+              cllm_status_name(frc));
     cllm_kv_tier_destroy(s->tier);
     s->tier = NULL;
   }
