@@ -14,9 +14,11 @@
 # prints one "numa_vm: PASS|FAIL <layout> <command>" line per command.
 #
 # Layouts (--layout, default 2x1):
-#   2x1   2 nodes x 1 CPU, 1 GiB each
-#   2x4i  2 nodes, 4 CPUs interleaved (CPUs 0,2 on node 0; 1,3 on node 1), 1 GiB each
-#   4x1u  4 nodes x 1 CPU, unequal memory: 768 + 512 + 512 + 256 MiB
+#   2x1   2 nodes x 1 CPU, 2 GiB each
+#   2x4i  2 nodes, 4 CPUs interleaved (CPUs 0,2 on node 0; 1,3 on node 1), 2 GiB each
+#   4x1u  4 nodes x 1 CPU, unequal memory: 1536 + 1024 + 1024 + 512 MiB
+# (weights_test loads a 256 MiB file from tmpfs into a 456 MiB region bound to one node,
+# while Criterion runs another test beside it: 1 GiB nodes run out.)
 # Options:
 #   --layout L        as above
 #   --file PATH       also copy PATH (file, relative or absolute) into the guest
@@ -25,6 +27,11 @@
 #   --log FILE        keep the serial console log in FILE (default: a temporary file,
 #                     printed as the commands run)
 #   --quiet           do not echo the guest console
+#   --suite           add the project's guest suite (build it first:
+#                     tools/bazel build -c opt //tests:all //tools:doctor //tools:stepsim):
+#                     every test binary under bazel-out/k8-opt/bin/tests (numa_place_test
+#                     fails if one of its tests skips), doctor (must print every node and
+#                     heap mode numa) and stepsim --model tiny
 # Needs qemu-system-x86 and busybox-static (installed with apt-get as root when
 # missing, like tools/bazel) and Debian's cloud kernel image package, fetched once
 # with apt-get download into $CLLM_NUMA_VM_CACHE (default /var/cache/cllm-numa-vm).
@@ -37,6 +44,7 @@ layout=2x1
 timeout_s=1500
 log=""
 quiet=0
+suite=0
 files=()
 envs=()
 while [ $# -gt 0 ]; do
@@ -47,20 +55,21 @@ while [ $# -gt 0 ]; do
     --timeout) timeout_s=$2; shift 2 ;;
     --log) log=$2; shift 2 ;;
     --quiet) quiet=1; shift ;;
+    --suite) suite=1; shift ;;
     --) shift; break ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
 done
-[ $# -gt 0 ] || die "no command given (see --help)"
 cmds=("$@")
+progs=()
 
 # ---- layout -> QEMU arguments ---------------------------------------------------------
 numa_args=()
 case "$layout" in
-  2x1)  nodes=2; smp=2; mem_mb=(1024 1024); cpus=("cpus=0" "cpus=1") ;;
-  2x4i) nodes=2; smp=4; mem_mb=(1024 1024); cpus=("cpus=0,cpus=2" "cpus=1,cpus=3") ;;
-  4x1u) nodes=4; smp=4; mem_mb=(768 512 512 256); cpus=("cpus=0" "cpus=1" "cpus=2" "cpus=3") ;;
+  2x1)  nodes=2; smp=2; mem_mb=(2048 2048); cpus=("cpus=0" "cpus=1") ;;
+  2x4i) nodes=2; smp=4; mem_mb=(2048 2048); cpus=("cpus=0,cpus=2" "cpus=1,cpus=3") ;;
+  4x1u) nodes=4; smp=4; mem_mb=(1536 1024 1024 512); cpus=("cpus=0" "cpus=1" "cpus=2" "cpus=3") ;;
   *) die "unknown layout $layout (2x1, 2x4i, 4x1u)" ;;
 esac
 total_mb=0
@@ -74,6 +83,30 @@ for ((i = 0; i < nodes; i++)); do
     [ $i -eq $j ] || numa_args+=(-numa "dist,src=$i,dst=$j,val=20")
   done
 done
+
+if [ "$suite" = 1 ]; then
+  bin=bazel-out/k8-opt/bin
+  [ -d "$bin/tests" ] || die "--suite: no $bin/tests (run tools/bazel build -c opt //tests:all //tools:doctor //tools:stepsim from the repository root)"
+  for f in "$bin"/tests/*; do
+    [ -f "$f" ] && [ -x "$f" ] && [ "$(head -c 4 "$f" | tr -d '\0')" = $'\x7fELF' ] || continue
+    case "$f" in
+      */numa_place_test)  # these prove multi-node behaviour: a skip is a failure here
+        cmds+=("o=\$($f --verbose 2>&1); rc=\$?; echo \"\$o\"; [ \$rc = 0 ] && ! echo \"\$o\" | grep -q SKIP") ;;
+      *) cmds+=("$f") ;;
+    esac
+  done
+  files+=(README.md)  # bad_input_test compares its table with README.md's
+  for f in "$bin"/tests/*_test "$bin"/tests/*_mt; do
+    [ -f "$f" ] && [ "$(head -c 4 "$f" | tr -d '\0')" = $'\x7fELF' ] && progs+=("$f")
+  done
+  [ -x "$bin/tools/doctor" ] || die "--suite: no $bin/tools/doctor"
+  [ -x "$bin/tools/stepsim" ] || die "--suite: no $bin/tools/stepsim"
+  progs+=("$bin/tools/doctor" "$bin/tools/stepsim")
+  # doctor: every node listed, and the heaps in NUMA mode.
+  cmds+=("$bin/tools/doctor > /tmp/doctor.txt; cat /tmp/doctor.txt; grep -q 'mode: numa' /tmp/doctor.txt && [ \$(grep -c '^  node [0-9]* (OS node' /tmp/doctor.txt) = $nodes ]")
+  cmds+=("$bin/tools/stepsim --model tiny --requests 60 --progress off")
+fi
+[ "${#cmds[@]}" -gt 0 ] || die "no command given (see --help)"
 
 # ---- packages -------------------------------------------------------------------------
 need=()
@@ -150,13 +183,13 @@ mkdir -p "$root$cwd"
 i=0
 for c in "${cmds[@]}"; do
   prog=${c%% *}
-  if [ -e "$prog" ]; then copy_program "$prog"
-  elif ! [ -e "/bin/$prog" ] && ! /bin/busybox --list | grep -qx "$prog"; then
-    die "command $i: $prog is neither a file nor a busybox applet"
+  if [ -f "$prog" ]; then copy_program "$prog"
+  elif [[ "$prog" =~ ^[A-Za-z0-9_./-]+$ && "$prog" == */* ]]; then die "command $i: no file $prog"
   fi
   printf '%s\n' "$c" > "$root/cmds/$i"
   i=$((i + 1))
 done
+for p in "${progs[@]}"; do copy_program "$p"; done
 for f in "${files[@]}"; do copy_file "$f"; done
 : > "$root/cmds/env"
 for e in "${envs[@]}"; do printf 'export %q\n' "$e" >> "$root/cmds/env"; done
