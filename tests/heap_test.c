@@ -26,6 +26,7 @@
 
 #include "lib/internal/fault.h"
 #include "lib/internal/util.h"
+#include "support/proc_status.h"
 
 #define MiB ((size_t)1 << 20)
 #define MPOL_BIND_ 2
@@ -86,15 +87,7 @@ static void warm_up(void) {
   cllm_heaps_destroy(h);
 }
 
-static size_t vm_size_kib(void) {
-  FILE *f = fopen("/proc/self/status", "r");
-  char line[256];
-  size_t kib = 0;
-  while (f != NULL && fgets(line, sizeof line, f) != NULL)
-    if (sscanf(line, "VmSize: %zu kB", &kib) == 1) break;
-  if (f != NULL) fclose(f);
-  return kib;
-}
+static size_t vm_size_kib(void) { return proc_status_kib("VmSize"); }
 
 static void fill(void *p, size_t n, unsigned seed) {
   unsigned char *c = p;
@@ -852,6 +845,19 @@ static cllm_topology_t *synthetic(const char *desc) {
   return t;
 }
 
+/* Over a topology that is not this machine: create refuses (CLLM_ENOTSUP) without
+ * allow_plain, and gives PLAIN mode with it. */
+static cllm_heaps_t *refused_then_plain(cllm_heaps_config_t *cfg) {
+  cfg->allow_plain = false;
+  cllm_heaps_t *h = (cllm_heaps_t *)cfg;
+  cr_assert_eq(cllm_heaps_create(cfg, &h), CLLM_ENOTSUP);
+  cr_assert_null(h);
+  cfg->allow_plain = true;
+  cr_assert_eq(cllm_heaps_create(cfg, &h), CLLM_OK);
+  cr_assert_eq(cllm_heaps_mode(h), CLLM_HEAP_MODE_PLAIN);
+  return h;
+}
+
 /* A region pooled by a heaps object of this machine is bound to a real node: a
  * synthetic topology whose nodes are numbered like the real ones must not get it
  * (it would report NUMA mode with pages it never bound). Only a machine with as
@@ -869,13 +875,7 @@ Test(heap, pooled_bound_region_is_not_lent_to_a_synthetic_topology) {
   cllm_heaps_config_t cfg = cllm_heaps_config_default();
   cfg.bytes_per_node = 64 * MiB;
   cfg.topology = t;
-  cfg.allow_plain = false;
-  cllm_heaps_t *h = NULL;
-  cr_assert_eq(cllm_heaps_create(&cfg, &h), CLLM_ENOTSUP);
-  cr_assert_null(h);
-  cfg.allow_plain = true;
-  cr_assert_eq(cllm_heaps_create(&cfg, &h), CLLM_OK);
-  cr_assert_eq(cllm_heaps_mode(h), CLLM_HEAP_MODE_PLAIN);
+  cllm_heaps_t *h = refused_then_plain(&cfg);
   cllm_heaps_stats_t st = stats_of(h);
   for (int i = 0; i < nodes; i++) cr_assert(!st.node[i].bound, "node %d", i);
   cllm_heaps_destroy(h);
@@ -896,13 +896,7 @@ Test(heap, synthetic_two_nodes_degrades_to_plain) {
   cfg.bytes_per_node = 32 * MiB;
   cfg.topology = t;
   cfg.monitor = m;
-  cfg.allow_plain = false;
-  cllm_heaps_t *h = (cllm_heaps_t *)&cfg;
-  cr_assert_eq(cllm_heaps_create(&cfg, &h), CLLM_ENOTSUP);
-  cr_assert_null(h);
-  cfg.allow_plain = true;
-  cr_assert_eq(cllm_heaps_create(&cfg, &h), CLLM_OK);
-  cr_assert_eq(cllm_heaps_mode(h), CLLM_HEAP_MODE_PLAIN);
+  cllm_heaps_t *h = refused_then_plain(&cfg);
   cllm_heaps_stats_t st = stats_of(h);
   cr_assert_eq(st.nodes, 2);
   cr_assert_eq(st.node[0].region_bytes, 0);

@@ -26,6 +26,7 @@
 #include <cllm/weights.h>
 
 #include "lib/internal/fault.h"
+#include "support/proc_status.h"
 
 #define MiB ((size_t)1 << 20)
 #define PAGE ((size_t)4096)
@@ -350,16 +351,6 @@ Test(numa_place, loader_threads_run_on_the_node_they_fill) {
 
 /* ---- weight replicas ---------------------------------------------------------------- */
 
-static size_t vm_size_kib(void) {
-  FILE *f = fopen("/proc/self/status", "r");
-  char line[256];
-  size_t kib = 0;
-  while (f != NULL && fgets(line, sizeof line, f) != NULL)
-    if (sscanf(line, "VmSize: %zu kB", &kib) == 1) break;
-  if (f != NULL) fclose(f);
-  return kib;
-}
-
 static cllm_monitor_t *monitor(void) {
   cllm_monitor_config_t mc = cllm_monitor_config_default();
   cllm_monitor_t *m = NULL;
@@ -485,7 +476,7 @@ Test(numa_place, failure_mid_second_replica_leaves_nothing) {
   cllm_weights_destroy(w);
   cr_assert_geq(calls, (unsigned long)replicas * 3);
   unsigned long first_commit = calls - (unsigned long)replicas * 3 + 1;
-  size_t vm0 = vm_size_kib();
+  size_t vm0 = proc_status_kib("VmSize");
   cllm_set_log_fn(cllm_log_discard, NULL);
   cllm_fault_reset();
   cllm_fault_arm(CLLM_FAULT_MADVISE, first_commit + 3 + 1); /* replica 1, second step */
@@ -495,7 +486,7 @@ Test(numa_place, failure_mid_second_replica_leaves_nothing) {
   cr_assert_eq(cllm_fault_injected(), 1);
   cllm_fault_reset();
   cr_assert_eq(cllm_monitor_used(m, CLLM_CAT_COUNT), 0);
-  size_t vm1 = vm_size_kib();
+  size_t vm1 = proc_status_kib("VmSize");
   cr_assert_lt(vm1, vm0 + 64 * 1024, "VmSize %zu kB -> %zu kB: a replica stayed mapped", vm0, vm1);
   printf("numa_place: failure in replica 1's commit: monitor 0, VmSize %zu -> %zu kB\n", vm0,
          vm1);

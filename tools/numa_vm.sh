@@ -4,9 +4,11 @@
 #   tools/numa_vm.sh [options] -- 'CMD ARGS...' ['CMD ARGS...' ...]
 #   tools/numa_vm.sh --layout 2x1 -- bazel-out/k8-opt/bin/tests/numa_test
 #
-# Boots QEMU (TCG: this machine's /dev/kvm cannot run a guest, and TCG works
-# everywhere) with a Debian cloud kernel and an initramfs made of busybox plus
-# every command's program and its ldd closure, copied to the same absolute paths.
+# Boots QEMU with a Debian cloud kernel and an initramfs made of busybox plus every
+# command's program and its ldd closure, copied to the same absolute paths. TCG: this
+# machine's /dev/kvm cannot run a guest, and TCG works everywhere. CPU model
+# $CLLM_NUMA_VM_CPU, default qemu64 (with -cpu max, which offers AVX2, tests ran about
+# 2.5x slower under TCG).
 # In the guest /init mounts proc, sys, devtmpfs and tmpfs on /tmp and /dev/shm,
 # prints the node count, runs each command (in the directory numa_vm.sh was started
 # from, with sh -c, stdout and stderr to the serial console), then powers off.
@@ -16,7 +18,7 @@
 # Layouts (--layout, default 2x1):
 #   2x1   2 nodes x 1 CPU, 2 GiB each
 #   2x4i  2 nodes, 4 CPUs interleaved (CPUs 0,2 on node 0; 1,3 on node 1), 2 GiB each
-#   4x1u  4 nodes x 1 CPU, unequal memory: 1536 + 1024 + 1024 + 512 MiB
+#   4x1u  4 nodes x 1 CPU, unequal memory: 2048 + 1024 + 1024 + 512 MiB
 # (weights_test loads a 256 MiB file from tmpfs into a 456 MiB region bound to one node,
 # while Criterion runs another test beside it: 1 GiB nodes run out.)
 # Options:
@@ -31,7 +33,8 @@
 #                     tools/bazel build -c opt //tests:all //tools:doctor //tools:stepsim):
 #                     every test binary under bazel-out/k8-opt/bin/tests (numa_place_test
 #                     fails if one of its tests skips), doctor (must print every node and
-#                     heap mode numa) and stepsim --model tiny
+#                     heap mode numa) and stepsim --model tiny (also with
+#                     --weights-numa replicate)
 # Needs qemu-system-x86 and busybox-static (installed with apt-get as root when
 # missing, like tools/bazel) and Debian's cloud kernel image package, fetched once
 # with apt-get download into $CLLM_NUMA_VM_CACHE (default /var/cache/cllm-numa-vm).
@@ -69,7 +72,7 @@ numa_args=()
 case "$layout" in
   2x1)  nodes=2; smp=2; mem_mb=(2048 2048); cpus=("cpus=0" "cpus=1") ;;
   2x4i) nodes=2; smp=4; mem_mb=(2048 2048); cpus=("cpus=0,cpus=2" "cpus=1,cpus=3") ;;
-  4x1u) nodes=4; smp=4; mem_mb=(1536 1024 1024 512); cpus=("cpus=0" "cpus=1" "cpus=2" "cpus=3") ;;
+  4x1u) nodes=4; smp=4; mem_mb=(2048 1024 1024 512); cpus=("cpus=0" "cpus=1" "cpus=2" "cpus=3") ;;
   *) die "unknown layout $layout (2x1, 2x4i, 4x1u)" ;;
 esac
 total_mb=0
@@ -105,6 +108,8 @@ if [ "$suite" = 1 ]; then
   # doctor: every node listed, and the heaps in NUMA mode.
   cmds+=("$bin/tools/doctor > /tmp/doctor.txt; cat /tmp/doctor.txt; grep -q 'mode: numa' /tmp/doctor.txt && [ \$(grep -c '^  node [0-9]* (OS node' /tmp/doctor.txt) = $nodes ]")
   cmds+=("$bin/tools/stepsim --model tiny --requests 60 --progress off")
+  # stepsim with a copy of the weights per node: the report must say replicate.
+  cmds+=("$bin/tools/stepsim --model tiny --requests 20 --progress off --weights-numa replicate > /tmp/ss.txt; rc=\$?; cat /tmp/ss.txt; [ \$rc = 0 ] && grep -q 'placement replicate' /tmp/ss.txt")
 fi
 [ "${#cmds[@]}" -gt 0 ] || die "no command given (see --help)"
 
@@ -239,7 +244,7 @@ say "layout $layout: $nodes nodes, $smp CPUs, ${total_mb} MiB; initramfs $(du -h
 t_start=$(date +%s)
 if [ "$quiet" = 0 ]; then tail -n +1 -f "$log" & tail_pid=$!; else tail_pid=""; fi
 set +e
-timeout --kill-after=10 "$timeout_s" qemu-system-x86_64 -accel tcg -cpu max -smp "$smp" -m "${total_mb}M" \
+timeout --kill-after=10 "$timeout_s" qemu-system-x86_64 -accel tcg -cpu "${CLLM_NUMA_VM_CPU:-qemu64}" -smp "$smp" -m "${total_mb}M" \
   "${numa_args[@]}" -kernel "$kernel" -initrd "$work/initrd.gz" \
   -append "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init" \
   -display none -monitor none -serial "file:$log" -no-reboot </dev/null
