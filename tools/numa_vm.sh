@@ -235,17 +235,17 @@ sync
 poweroff -f
 EOF
 chmod +x "$root/init"
-(cd "$root" && find . | /bin/busybox cpio -o -H newc 2>/dev/null | gzip -1) > "$work/initrd.gz"
+(cd "$root" && find . | /bin/busybox cpio -o -H newc 2>/dev/null) > "$work/initrd.cpio"
 
 # ---- boot -----------------------------------------------------------------------------
 [ -n "$log" ] || log=$work/console.log
 : > "$log"
-say "layout $layout: $nodes nodes, $smp CPUs, ${total_mb} MiB; initramfs $(du -h "$work/initrd.gz" | cut -f1); ${#cmds[@]} command(s)"
+say "layout $layout: $nodes nodes, $smp CPUs, ${total_mb} MiB; initramfs $(du -h "$work/initrd.cpio" | cut -f1); ${#cmds[@]} command(s)"
 t_start=$(date +%s)
 if [ "$quiet" = 0 ]; then tail -n +1 -f "$log" & tail_pid=$!; else tail_pid=""; fi
 set +e
 timeout --kill-after=10 "$timeout_s" qemu-system-x86_64 -accel tcg -cpu "${CLLM_NUMA_VM_CPU:-qemu64}" -smp "$smp" -m "${total_mb}M" \
-  "${numa_args[@]}" -kernel "$kernel" -initrd "$work/initrd.gz" \
+  "${numa_args[@]}" -kernel "$kernel" -initrd "$work/initrd.cpio" \
   -append "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init" \
   -display none -monitor none -serial "file:$log" -no-reboot </dev/null
 qrc=$?
