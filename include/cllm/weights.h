@@ -197,9 +197,10 @@ CLLM_API CLLM_NODISCARD cllm_status_t cllm_weights_seal(cllm_weights_t *w);
 // The region's base address (its size is stats' capacity_bytes), e.g. to register
 // it with a device; NULL for NULL. With replicas: copy 0. Thread: any.
 CLLM_API const void *cllm_weights_base(const cllm_weights_t *w);
-// The base of the copy on the calling thread's node (cllm_topology_current_node);
-// copy 0 for a thread on a CPU outside the topology, and without replicas (then it
-// is cllm_weights_base). NULL for NULL. Thread: any.
+// The base of the copy on the calling thread's node (cllm_topology_current_node: a
+// system call, so look it up once per thread, after binding it); copy 0 for a thread
+// on a CPU outside the topology, and without replicas (then it is
+// cllm_weights_base). NULL for NULL. Thread: any.
 CLLM_API const void *cllm_weights_local(const cllm_weights_t *w);
 // The base of the copy on topology node `node`; NULL for NULL or a node without a
 // copy (node < 0 or >= stats' replicas). Thread: any.
