@@ -19,6 +19,12 @@
  *   impl cllm_weights_create_off / _thp  cllm_weights_create (MADV_POPULATE_WRITE)
  * case stream_read GB/s of one summing pass over loaded weights (unit "ns_per_MiB"):
  *   impl cllm_weights_off / cllm_weights_thp   heap with base pages / THP
+ * case replicate / case interleave  GB/s of threads reading the whole model once each,
+ *   one thread per CPU (--threads caps), thread i bound to node i % nodes (unit
+ *   "ns_per_MiB" per thread): impl cllm_weights_replicate reads its node's copy
+ *   (cllm_weights_local), impl cllm_weights_interleave reads one copy interleaved over
+ *   every node. On a multi-socket machine replicate reads only local memory; on one
+ *   node both are the same single copy (extra "replicas" says how many there were).
  *
  * Flags: --size MiB (file and heap size; default 512, quick 256). The temp file is
  * written under $TMPDIR (or /tmp), read once to warm the page cache, and deleted.
@@ -92,9 +98,11 @@ static void *committed(size_t bytes, bool thp) {
   return p;
 }
 
-static cllm_weights_t *heap(size_t bytes, cllm_weights_huge_t huge, int readers) {
+static cllm_weights_t *heap_numa(size_t bytes, cllm_weights_huge_t huge, int readers,
+                                 cllm_weights_numa_t numa) {
   cllm_weights_config_t c = cllm_weights_config_default();
   c.capacity_bytes = bytes;
+  c.numa = numa;
   c.huge_pages = huge;
   c.reader_threads = readers;
   cllm_weights_t *w;
@@ -105,6 +113,10 @@ static cllm_weights_t *heap(size_t bytes, cllm_weights_huge_t huge, int readers)
     exit(1);
   }
   return w;
+}
+
+static cllm_weights_t *heap(size_t bytes, cllm_weights_huge_t huge, int readers) {
+  return heap_numa(bytes, huge, readers, CLLM_WEIGHTS_NUMA_LOCAL);
 }
 
 static void *load(cllm_weights_t *w) {
@@ -303,6 +315,69 @@ static void case_stream_read(const bench_opts_t *o) {
   }
 }
 
+/* ---- cases replicate and interleave --------------------------------------------------- */
+
+typedef struct numa_reader {
+  const cllm_weights_t *w;
+  size_t off; /* the loaded data's offset in a copy */
+  int node;
+  uint64_t sink;
+} numa_reader_t;
+
+static void *numa_read(void *arg) {
+  numa_reader_t *r = arg;
+  const cllm_topology_t *t = cllm_topology_system();
+  if (cllm_topology_nodes(t) > 1) (void)cllm_thread_bind_node(t, r->node);
+  const char *copy = cllm_weights_local(r->w); /* replicate: this node's; else the one */
+  r->sink += sum_words((const uint64_t *)(copy + r->off), g_size / 8);
+  return NULL;
+}
+
+static void case_numa_read(const bench_opts_t *o) {
+  static double ns[2][BENCH_MAX_REPS];
+  static const cllm_weights_numa_t policy[2] = {CLLM_WEIGHTS_NUMA_REPLICATE,
+                                                CLLM_WEIGHTS_NUMA_INTERLEAVE};
+  static const char *const name[2] = {"replicate", "interleave"};
+  static const char *const impl[2] = {"cllm_weights_replicate", "cllm_weights_interleave"};
+  const cllm_topology_t *t = cllm_topology_system();
+  int nodes = t != NULL ? cllm_topology_nodes(t) : 1;
+  int threads = o->ncpu < o->max_threads ? o->ncpu : o->max_threads;
+  if (threads < 1) threads = 1;
+  if (threads > 64) threads = 64;
+  uint64_t mib = g_size / MiB;
+  cllm_weights_t *w[2];
+  int replicas[2];
+  numa_reader_t rd[2][64];
+  void *args[2][64];
+  for (int k = 0; k < 2; k++) {
+    w[k] = heap_numa(g_size, CLLM_WEIGHTS_HUGE_TRANSPARENT, 0, policy[k]);
+    const char *p = load(w[k]);
+    if (cllm_weights_seal(w[k]) != CLLM_OK) die("seal");
+    cllm_weights_stats_t st = {.struct_size = sizeof st};
+    replicas[k] = cllm_weights_stats(w[k], &st) == CLLM_OK ? st.replicas : 0;
+    for (int i = 0; i < threads; i++) {
+      size_t off = (size_t)(p - (const char *)cllm_weights_base(w[k]));
+      rd[k][i] = (numa_reader_t){.w = w[k], .off = off, .node = i % nodes};
+      args[k][i] = &rd[k][i];
+    }
+  }
+  for (int r = 0; r < o->reps; r++)
+    for (int k = 0; k < 2; k++) ns[k][r] = bench_run_threads(threads, numa_read, args[k]);
+  for (int k = 0; k < 2; k++) {
+    bench_row_t row = {.bench = BENCH, .case_name = name[k], .impl = impl[k],
+                       .threads = threads, .ops = mib * (uint64_t)threads};
+    double per[BENCH_MAX_REPS];
+    for (int r = 0; r < o->reps; r++) per[r] = ns[k][r] / (double)(mib * (uint64_t)threads);
+    bench_stats(per, o->reps, &row);
+    bench_extra_str(&row, "unit", "ns_per_MiB");
+    bench_extra_num(&row, "gb_per_s", (double)MiB / row.ns_per_op_median);
+    bench_extra_num(&row, "nodes", nodes);
+    bench_extra_num(&row, "replicas", replicas[k]);
+    bench_emit(o, &row);
+    cllm_weights_destroy(w[k]);
+  }
+}
+
 int main(int argc, char **argv) {
   bench_opts_t o = bench_parse(argc, argv, BENCH, "--size");
   size_t mib = o.quick ? 256 : 512;
@@ -324,6 +399,7 @@ int main(int argc, char **argv) {
   case_load(&o);
   case_first_touch(&o);
   case_stream_read(&o);
+  case_numa_read(&o);
   unlink(g_path);
   bench_note(&o,
              "load: 1 reader %.2f GB/s = %.0f%%, 2 readers %.2f GB/s = %.0f%% of memcpy "

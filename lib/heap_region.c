@@ -118,15 +118,18 @@ static cllm_status_t region_new_locked(const cllm_heaps_t *h, int node, bool bin
 }
 
 /* Node `node`'s region for h: pooled (bound to the node's OS node, or unbound when
- * binding is not asked for) or new. */
+ * binding is not asked for) or new. Pooled regions are bound to nodes of this
+ * machine, so only a topology of this machine may reuse one as bound; for any other
+ * (a synthetic node numbered like a real one) a required bind takes the new-region
+ * path, whose bind refuses as it would have the first time. */
 static cllm_status_t acquire_one_locked(cllm_heaps_t *h, int node, bool bind, bool bind_required,
                                         bool thp) {
   int want = -1;
-  if (bind) {
+  if (bind && cllm_topology_is_this_system(h->topo)) {
     cllm_numa_node_info_t info;
     if (cllm_topology_node_info(h->topo, node, &info) == CLLM_OK) want = info.os_index;
   }
-  int idx = pool_find_locked(h->region_bytes, want, thp);
+  int idx = bind_required && want < 0 ? -1 : pool_find_locked(h->region_bytes, want, thp);
   if (idx < 0 && bind && !bind_required) {
     /* Binding is optional (SINGLE mode: one node, so every page of the region is on
      * it already): reuse an unbound region, binding it now if the kernel agrees,

@@ -42,6 +42,7 @@
 #include "internal/fault.h"
 #include "internal/prim.h"
 #include "internal/util.h"
+#include "weights_replica.h"
 
 #define WEIGHTS_MAGIC 0x574549474854534cull /* "WEIGHTSL" */
 #define MAX_READERS 64
@@ -54,7 +55,9 @@
 struct cllm_weights {
   uint64_t magic;
   char *base;
-  size_t capacity;                 /* mapped, committed and charged */
+  size_t capacity;                 /* one copy (what alloc and load fill) */
+  int replicas;                    /* copies, back to back (REPLICATE), else 1 */
+  size_t span;                     /* capacity x replicas: mapped, committed, charged */
   _Atomic size_t used;             /* bump offset */
   _Atomic bool sealed;
   cllm_monitor_t *monitor;
@@ -90,6 +93,7 @@ const char *cllm_weights_numa_name(cllm_weights_numa_t p) {
     case CLLM_WEIGHTS_NUMA_BIND: return "bind";
     case CLLM_WEIGHTS_NUMA_INTERLEAVE: return "interleave";
     case CLLM_WEIGHTS_NUMA_DEFAULT: return "default";
+    case CLLM_WEIGHTS_NUMA_REPLICATE: return "replicate";
   }
   return "unknown";
 }
@@ -216,7 +220,10 @@ static int job_run(job_t *j, bool with_progress, bool multi) {
   for (int i = 1; i < want; i++) {
     worker_t *wk = &workers[n_threads];
     wk->job = j;
-    wk->node = w->bind_readers ? w->nodes_applied[i % w->n_nodes_applied] : -1;
+    /* Replicas: reads fill copy 0, on node 0. */
+    wk->node = !w->bind_readers ? -1
+               : w->replicas > 1 ? 0
+                                 : w->nodes_applied[i % w->n_nodes_applied];
     if (pthread_create(&wk->tid, NULL, worker_main, wk) != 0) break;
     n_threads++;
   }
@@ -259,7 +266,7 @@ static void unmap_region(void *base, size_t size) {
 static cllm_status_t check_config(const cllm_weights_config_t *cfg, int n_nodes) {
   if (cfg->struct_size < sizeof(cllm_weights_config_t)) return CLLM_EINVAL;
   if (cfg->capacity_bytes == 0) return CLLM_EINVAL;
-  if ((unsigned)cfg->numa > CLLM_WEIGHTS_NUMA_DEFAULT) return CLLM_EINVAL;
+  if ((unsigned)cfg->numa > CLLM_WEIGHTS_NUMA_REPLICATE) return CLLM_EINVAL;
   if ((unsigned)cfg->huge_pages > CLLM_WEIGHTS_HUGE_HUGETLBFS) return CLLM_EINVAL;
   if ((unsigned)cfg->lock > CLLM_WEIGHTS_LOCK_REQUIRED) return CLLM_EINVAL;
   if (cfg->reader_threads < 0 || cfg->reader_threads > MAX_READERS) return CLLM_EINVAL;
@@ -282,7 +289,7 @@ static cllm_status_t map_region(cllm_weights_t *w) {
   void *p = NULL;
   w->huge_applied = w->huge_requested;
   if (w->huge_requested == CLLM_WEIGHTS_HUGE_HUGETLBFS) {
-    int e = cllm__prim_map_hugetlb(w->capacity, &p);
+    int e = cllm__prim_map_hugetlb(w->span, &p);
     if (e == 0) {
       w->base = p;
       return CLLM_OK;
@@ -291,14 +298,14 @@ static cllm_status_t map_region(cllm_weights_t *w) {
     w->huge_applied = CLLM_WEIGHTS_HUGE_TRANSPARENT;
     cllm__info("weights: hugetlbfs mapping of %zu bytes refused (%s; see "
                "/proc/sys/vm/nr_hugepages); using transparent huge pages",
-               w->capacity, strerror(e));
+               w->span, strerror(e));
   }
   bool huge = w->huge_applied == CLLM_WEIGHTS_HUGE_TRANSPARENT;
-  int e = cllm__prim_map(w->capacity, huge ? hp : 0, &p);
+  int e = cllm__prim_map(w->span, huge ? hp : 0, &p);
   if (e != 0) return status_of_errno(e);
   w->base = p;
   if (huge) {
-    int a = cllm__prim_advise_huge(p, w->capacity);
+    int a = cllm__prim_advise_huge(p, w->span);
     if (a != 0) {
       w->huge_errno = a;
       w->huge_applied = CLLM_WEIGHTS_HUGE_OFF;
@@ -318,6 +325,17 @@ static cllm_status_t place_region(cllm_weights_t *w, const cllm_weights_config_t
   switch (cfg->numa) {
     case CLLM_WEIGHTS_NUMA_DEFAULT:
       return CLLM_OK;
+    case CLLM_WEIGHTS_NUMA_REPLICATE:
+      /* One copy (one node, or not this machine: create said why): no policy. */
+      if (w->replicas == 1) return CLLM_OK;
+      for (int r = 0; r < w->replicas && s == CLLM_OK; r++)
+        s = cllm_topology_bind_area(w->topo, w->base + (size_t)r * w->capacity, w->capacity, r);
+      if (s == CLLM_OK) {
+        w->numa_applied = CLLM_WEIGHTS_NUMA_REPLICATE;
+        for (int r = 0; r < w->replicas; r++) w->nodes_applied[r] = r;
+        w->n_nodes_applied = w->replicas;
+      }
+      break;
     case CLLM_WEIGHTS_NUMA_LOCAL: {
       /* One node: first touch by this thread is exact; no policy needed. */
       if (n_nodes <= 1) return CLLM_OK;
@@ -376,13 +394,13 @@ static cllm_status_t lock_region(cllm_weights_t *w) {
    * without faulting anything in (placement already happened); it is also a raw
    * syscall, which sanitizers do not replace (ASan turns mlock into a no-op).
    * Kernels without mlock2 (< 4.4) get plain mlock. */
-  int e = cllm__prim_lock(w->base, w->capacity, true);
-  if (e == ENOSYS || e == EINVAL) e = cllm__prim_lock(w->base, w->capacity, false);
+  int e = cllm__prim_lock(w->base, w->span, true);
+  if (e == ENOSYS || e == EINVAL) e = cllm__prim_lock(w->base, w->span, false);
   if (e == 0) {
-    w->locked = w->capacity;
+    w->locked = w->span;
     return CLLM_OK;
   }
-  (void)cllm__prim_unlock(w->base, w->capacity); /* drop any partial lock */
+  (void)cllm__prim_unlock(w->base, w->span); /* drop any partial lock */
   w->lock_errno = e;
   char lim[32];
   if (w->memlock_limit == SIZE_MAX) snprintf(lim, sizeof lim, "unlimited");
@@ -390,12 +408,12 @@ static cllm_status_t lock_region(cllm_weights_t *w) {
   if (w->lock_requested == CLLM_WEIGHTS_LOCK_REQUIRED) {
     cllm__error("weights: mlock of %zu bytes failed: %s (RLIMIT_MEMLOCK %s); raise "
                 "`ulimit -l` or grant CAP_IPC_LOCK",
-                w->capacity, strerror(e), lim);
+                w->span, strerror(e), lim);
     return CLLM_ESYS;
   }
   cllm__warn("weights: mlock of %zu bytes failed: %s (RLIMIT_MEMLOCK %s); continuing "
              "unlocked (pages may be swapped out); raise `ulimit -l` or grant CAP_IPC_LOCK",
-             w->capacity, strerror(e), lim);
+             w->span, strerror(e), lim);
   return CLLM_OK;
 }
 
@@ -413,11 +431,27 @@ static cllm_status_t sized_config(const cllm_weights_config_t *cfg, const cllm_t
                                                                          : CLLM_EOVERFLOW;
 }
 
+/* How many copies REPLICATE makes on this topology (1 for every other policy, one
+ * node, or a topology that is not this machine, with the reason in *why). */
+static int replica_count(const cllm_weights_config_t *cfg, const cllm_topology_t *topo,
+                         int n_nodes, cllm_status_t *why) {
+  *why = CLLM_OK;
+  if (cfg->numa != CLLM_WEIGHTS_NUMA_REPLICATE || n_nodes <= 1) return 1;
+  if (!cllm_topology_is_this_system(topo)) {
+    *why = CLLM_ENOTSUP;
+    return 1;
+  }
+  return n_nodes < MAX_READERS ? n_nodes : MAX_READERS;
+}
+
 size_t cllm_weights_footprint(const cllm_weights_config_t *cfg) {
   const cllm_topology_t *topo;
   int n_nodes;
-  size_t capacity, granule;
-  return sized_config(cfg, &topo, &n_nodes, &capacity, &granule) == CLLM_OK ? capacity : 0;
+  size_t capacity, granule, span;
+  cllm_status_t why;
+  if (sized_config(cfg, &topo, &n_nodes, &capacity, &granule) != CLLM_OK) return 0;
+  int replicas = replica_count(cfg, topo, n_nodes, &why);
+  return cllm__mul_overflow(capacity, (size_t)replicas, &span) ? 0 : span;
 }
 
 cllm_status_t cllm_weights_create(const cllm_weights_config_t *cfg, cllm_weights_t **out) {
@@ -443,8 +477,13 @@ cllm_status_t cllm_weights_create(const cllm_weights_config_t *cfg, cllm_weights
   w->lock_requested = cfg->lock;
   w->huge_requested = cfg->huge_pages;
   w->numa_requested = cfg->numa;
+  w->replicas = replica_count(cfg, topo, n_nodes, &w->numa_status);
+  if (cllm__mul_overflow(capacity, (size_t)w->replicas, &w->span)) {
+    free(w);
+    return CLLM_EOVERFLOW;
+  }
 
-  s = cllm_monitor_reserve(w->monitor, CLLM_CAT_WEIGHTS, capacity);
+  s = cllm_monitor_reserve(w->monitor, CLLM_CAT_WEIGHTS, w->span);
   if (s != CLLM_OK) goto fail_free;
   s = map_region(w);
   if (s != CLLM_OK) goto fail_release;
@@ -458,7 +497,9 @@ cllm_status_t cllm_weights_create(const cllm_weights_config_t *cfg, cllm_weights
   if (w->huge_applied == CLLM_WEIGHTS_HUGE_HUGETLBFS) step = cllm__align_down(step, granule);
   job_t commit = {.w = w, .dst = w->base, .total = capacity, .chunk = step, .fd = -1};
   bool multi = !(w->numa_applied == CLLM_WEIGHTS_NUMA_DEFAULT && n_nodes > 1);
-  int e = job_run(&commit, false, multi);
+  int e = w->replicas > 1 ? cllm__weights_replicas_fill(topo, w->base, capacity, 0, w->replicas, 0,
+                                                        capacity, w->readers, step, false)
+                          : job_run(&commit, false, multi);
   if (e != 0) {
     s = status_of_errno(e);
     goto fail_unmap;
@@ -469,9 +510,9 @@ cllm_status_t cllm_weights_create(const cllm_weights_config_t *cfg, cllm_weights
   return CLLM_OK;
 
 fail_unmap:
-  unmap_region(w->base, capacity);
+  unmap_region(w->base, w->span);
 fail_release:
-  CLLM_DISCARD(cllm_monitor_release(w->monitor, CLLM_CAT_WEIGHTS, capacity));
+  CLLM_DISCARD(cllm_monitor_release(w->monitor, CLLM_CAT_WEIGHTS, w->span));
 fail_free:
   w->magic = 0;
   free(w);
@@ -481,13 +522,24 @@ fail_free:
 void cllm_weights_destroy(cllm_weights_t *w) {
   if (w == NULL) return;
   if (w->magic != WEIGHTS_MAGIC) return;
-  unmap_region(w->base, w->capacity); /* also unlocks */
-  CLLM_DISCARD(cllm_monitor_release(w->monitor, CLLM_CAT_WEIGHTS, w->capacity));
+  unmap_region(w->base, w->span); /* also unlocks */
+  CLLM_DISCARD(cllm_monitor_release(w->monitor, CLLM_CAT_WEIGHTS, w->span));
   w->magic = 0;
   free(w);
 }
 
 const void *cllm_weights_base(const cllm_weights_t *w) { return w != NULL ? w->base : NULL; }
+
+const void *cllm_weights_replica(const cllm_weights_t *w, int node) {
+  if (w == NULL || w->magic != WEIGHTS_MAGIC || node < 0 || node >= w->replicas) return NULL;
+  return w->base + (size_t)node * w->capacity;
+}
+
+const void *cllm_weights_local(const cllm_weights_t *w) {
+  if (w == NULL || w->magic != WEIGHTS_MAGIC) return NULL;
+  int node = w->replicas > 1 ? cllm_topology_current_node(w->topo) : 0;
+  return w->base + (size_t)(node >= 0 && node < w->replicas ? node : 0) * w->capacity;
+}
 
 /* ---- allocation ------------------------------------------------------------------- */
 
@@ -545,6 +597,9 @@ static cllm_status_t load_into(cllm_weights_t *w, int fd, uint64_t offset, size_
   job_t j = {.w = w, .dst = w->base + off, .total = bytes, .chunk = w->chunk, .fd = fd,
              .file_off = (off_t)offset};
   e = job_run(&j, true, true);
+  if (e == 0 && w->replicas > 1) /* the other copies, from copy 0 (a copy cannot fail) */
+    (void)cllm__weights_replicas_fill(w->topo, w->base, w->capacity, 1, w->replicas, off, bytes,
+                                      w->readers, w->chunk, true);
   if (e != 0) {
     /* Put the zeros back where chunks may have been written. */
     memset(j.dst, 0, job_claimed(&j));
@@ -606,7 +661,12 @@ cllm_status_t cllm_weights_load_path(cllm_weights_t *w, const char *path, uint64
 cllm_status_t cllm_weights_seal(cllm_weights_t *w) {
   if (w == NULL || w->magic != WEIGHTS_MAGIC) return CLLM_EINVAL;
   if (atomic_load_explicit(&w->sealed, memory_order_acquire)) return CLLM_OK;
-  int e = cllm__prim_protect(w->base, w->capacity, false);
+  /* Hand-written allocations reach the other copies now (loads are there already). */
+  size_t used = atomic_load_explicit(&w->used, memory_order_relaxed);
+  if (w->replicas > 1 && used > 0) /* a copy cannot fail */
+    (void)cllm__weights_replicas_fill(w->topo, w->base, w->capacity, 1, w->replicas, 0, used,
+                                      w->readers, w->chunk, true);
+  int e = cllm__prim_protect(w->base, w->span, false);
   if (e != 0) {
     cllm__warn("weights: mprotect(PROT_READ) of %zu bytes failed: %s", w->capacity,
                strerror(e));
@@ -618,16 +678,16 @@ cllm_status_t cllm_weights_seal(cllm_weights_t *w) {
 
 /* ---- stats and check ------------------------------------------------------------------ */
 
-cllm_status_t cllm_weights_stats(const cllm_weights_t *w, cllm_weights_stats_t *st) {
-  if (w == NULL || st == NULL || w->magic != WEIGHTS_MAGIC ||
-      st->struct_size < sizeof(cllm_weights_stats_t))
-    return CLLM_EINVAL;
+/* Stats, with the page read-back over [from, from + len) of the region. */
+static cllm_status_t stats_over(const cllm_weights_t *w, cllm_weights_stats_t *st,
+                                const char *from, size_t len) {
   size_t ss = st->struct_size;
   memset(st, 0, sizeof *st);
   st->struct_size = ss;
   st->capacity_bytes = w->capacity;
   st->used_bytes = atomic_load_explicit(&w->used, memory_order_relaxed);
-  st->committed_bytes = w->capacity;
+  st->committed_bytes = w->span;
+  st->replicas = w->replicas;
   st->locked_bytes = w->locked;
   st->lock_requested = w->lock_requested;
   st->lock_errno = w->lock_errno;
@@ -650,14 +710,14 @@ cllm_status_t cllm_weights_stats(const cllm_weights_t *w, cllm_weights_stats_t *
   /* Read back from the kernel what it actually did. */
   int e = 0;
   if (w->huge_applied == CLLM_WEIGHTS_HUGE_HUGETLBFS) {
-    st->huge_bytes = w->capacity; /* hugetlbfs mappings are huge pages throughout */
+    st->huge_bytes = len; /* hugetlbfs mappings are huge pages throughout */
   } else {
-    e = cllm__prim_huge_bytes(w->base, w->capacity, &st->huge_bytes);
+    e = cllm__prim_huge_bytes(from, len, &st->huge_bytes);
   }
   if (e == 0)
-    e = cllm__prim_pages_per_node(w->base, w->capacity, st->pages_per_node,
+    e = cllm__prim_pages_per_node(from, len, st->pages_per_node,
                                   CLLM_WEIGHTS_MAX_NODES, &st->pages_absent, &st->pages_other);
-  if (e == 0) e = cllm__prim_resident_bytes(w->base, w->capacity, &st->resident_bytes);
+  if (e == 0) e = cllm__prim_resident_bytes(from, len, &st->resident_bytes);
   if (e != 0) {
     st->readback_status = CLLM_ESYS;
     st->huge_bytes = st->resident_bytes = 0;
@@ -668,6 +728,23 @@ cllm_status_t cllm_weights_stats(const cllm_weights_t *w, cllm_weights_stats_t *
       if (st->pages_per_node[i] != 0) st->pages_nodes = i + 1;
   }
   return CLLM_OK;
+}
+
+static bool stats_args_ok(const cllm_weights_t *w, const cllm_weights_stats_t *st) {
+  return w != NULL && st != NULL && w->magic == WEIGHTS_MAGIC &&
+         st->struct_size >= sizeof(cllm_weights_stats_t);
+}
+
+cllm_status_t cllm_weights_stats(const cllm_weights_t *w, cllm_weights_stats_t *st) {
+  if (!stats_args_ok(w, st)) return CLLM_EINVAL;
+  return stats_over(w, st, w->base, w->span);
+}
+
+cllm_status_t cllm_weights_replica_stats(const cllm_weights_t *w, int replica,
+                                         cllm_weights_stats_t *st) {
+  if (!stats_args_ok(w, st)) return CLLM_EINVAL;
+  if (replica < 0 || replica >= w->replicas) return CLLM_ENOTFOUND;
+  return stats_over(w, st, w->base + (size_t)replica * w->capacity, w->capacity);
 }
 
 cllm_status_t cllm_weights_check(const cllm_weights_t *w) {
@@ -685,15 +762,15 @@ cllm_status_t cllm_weights_check(const cllm_weights_t *w) {
     cllm__error("weights check: region base %p not page aligned", (void *)w->base);
     return CLLM_ECORRUPT;
   }
-  if (w->locked != 0 && w->locked != w->capacity) {
-    cllm__error("weights check: locked %zu is neither 0 nor capacity %zu", w->locked,
-                w->capacity);
+  if (w->locked != 0 && w->locked != w->span) {
+    cllm__error("weights check: locked %zu is neither 0 nor the region's %zu", w->locked,
+                w->span);
     return CLLM_ECORRUPT;
   }
   size_t charged = cllm_monitor_used(w->monitor, CLLM_CAT_WEIGHTS);
-  if (charged < w->capacity) {
+  if (charged < w->span) {
     cllm__error("weights check: monitor holds %zu in weights, less than the %zu committed",
-                charged, w->capacity);
+                charged, w->span);
     return CLLM_ECORRUPT;
   }
   if (CLLM_DEBUG >= 3) {

@@ -26,6 +26,7 @@
 
 #include "lib/internal/fault.h"
 #include "lib/internal/util.h"
+#include "support/proc_status.h"
 
 #define MiB ((size_t)1 << 20)
 #define MPOL_BIND_ 2
@@ -86,15 +87,7 @@ static void warm_up(void) {
   cllm_heaps_destroy(h);
 }
 
-static size_t vm_size_kib(void) {
-  FILE *f = fopen("/proc/self/status", "r");
-  char line[256];
-  size_t kib = 0;
-  while (f != NULL && fgets(line, sizeof line, f) != NULL)
-    if (sscanf(line, "VmSize: %zu kB", &kib) == 1) break;
-  if (f != NULL) fclose(f);
-  return kib;
-}
+static size_t vm_size_kib(void) { return proc_status_kib("VmSize"); }
 
 static void fill(void *p, size_t n, unsigned seed) {
   unsigned char *c = p;
@@ -106,6 +99,15 @@ static bool verify(const void *p, size_t n, unsigned seed) {
     if (c[i] != (unsigned char)(seed + i * 31u)) return false;
   return true;
 }
+
+/* On a multi-node machine every test runs bound to node 0 (its threads inherit the
+ * binding), so the node-0 figures it asserts are its own; tests about other nodes
+ * bind themselves. */
+static void on_node0(void) {
+  const cllm_topology_t *t = cllm_topology_system();
+  if (t != NULL && cllm_topology_nodes(t) > 1) cr_assert_eq(cllm_thread_bind_node(t, 0), CLLM_OK);
+}
+TestSuite(heap, .init = on_node0);
 
 /* ---- config and create -------------------------------------------------------------- */
 
@@ -821,9 +823,14 @@ Test(heap, create_destroy_many_times_reuses_arenas) {
 
 Test(heap, attach) {
   cllm_heaps_t *h = new_heaps(32 * MiB, NULL);
+  int nodes = cllm_topology_nodes(cllm_topology_system());
   cr_assert_eq(cllm_heap_attach(h, -1), CLLM_ENOTFOUND);
-  cr_assert_eq(cllm_heap_attach(h, 1), CLLM_ENOTFOUND);
+  cr_assert_eq(cllm_heap_attach(h, nodes), CLLM_ENOTFOUND);
   cr_assert_eq(cllm_heap_attach(h, CLLM_HEAP_MAX_NODES), CLLM_ENOTFOUND);
+  for (int i = nodes - 1; i > 0; i--) {
+    cr_assert_eq(cllm_heap_attach(h, i), CLLM_OK);
+    cr_assert_eq(cllm_heap_node(h), i);
+  }
   cr_assert_eq(cllm_heap_attach(h, 0), CLLM_OK);
   cr_assert_eq(cllm_heap_node(h), 0);
   cr_assert_eq(stats_of(h).threads, 1);
@@ -838,6 +845,47 @@ static cllm_topology_t *synthetic(const char *desc) {
   return t;
 }
 
+/* Over a topology that is not this machine: create refuses (CLLM_ENOTSUP) without
+ * allow_plain, and gives PLAIN mode with it. */
+static cllm_heaps_t *refused_then_plain(cllm_heaps_config_t *cfg) {
+  cfg->allow_plain = false;
+  cllm_heaps_t *h = (cllm_heaps_t *)cfg;
+  cr_assert_eq(cllm_heaps_create(cfg, &h), CLLM_ENOTSUP);
+  cr_assert_null(h);
+  cfg->allow_plain = true;
+  cr_assert_eq(cllm_heaps_create(cfg, &h), CLLM_OK);
+  cr_assert_eq(cllm_heaps_mode(h), CLLM_HEAP_MODE_PLAIN);
+  return h;
+}
+
+/* A region pooled by a heaps object of this machine is bound to a real node: a
+ * synthetic topology whose nodes are numbered like the real ones must not get it
+ * (it would report NUMA mode with pages it never bound). Only a machine with as
+ * many nodes as the synthetic one can tell: one node skips. */
+Test(heap, pooled_bound_region_is_not_lent_to_a_synthetic_topology) {
+  int nodes = cllm_topology_nodes(cllm_topology_system());
+  if (nodes < 2) cr_skip_test("one NUMA node: nothing bound to node 1 to be pooled");
+  quiet();
+  cllm_heaps_t *real = new_heaps(64 * MiB, NULL);
+  cr_assert_eq(cllm_heaps_mode(real), CLLM_HEAP_MODE_NUMA);
+  cllm_heaps_destroy(real); /* its regions (OS nodes 0..nodes-1) wait in the pool */
+  char desc[64];
+  snprintf(desc, sizeof desc, "pack:%d numa:1 core:1 pu:1", nodes);
+  cllm_topology_t *t = synthetic(desc);
+  cllm_heaps_config_t cfg = cllm_heaps_config_default();
+  cfg.bytes_per_node = 64 * MiB;
+  cfg.topology = t;
+  cllm_heaps_t *h = refused_then_plain(&cfg);
+  cllm_heaps_stats_t st = stats_of(h);
+  for (int i = 0; i < nodes; i++) cr_assert(!st.node[i].bound, "node %d", i);
+  cllm_heaps_destroy(h);
+  cllm_topology_destroy(t);
+  /* The pooled regions are still there for this machine. */
+  real = new_heaps(64 * MiB, NULL);
+  cr_assert_eq(cllm_heaps_mode(real), CLLM_HEAP_MODE_NUMA);
+  cllm_heaps_destroy(real);
+}
+
 /* A 2-node topology that is not this machine cannot be bound: PLAIN mode, or the
  * binding's status when PLAIN is not allowed. */
 Test(heap, synthetic_two_nodes_degrades_to_plain) {
@@ -848,13 +896,7 @@ Test(heap, synthetic_two_nodes_degrades_to_plain) {
   cfg.bytes_per_node = 32 * MiB;
   cfg.topology = t;
   cfg.monitor = m;
-  cfg.allow_plain = false;
-  cllm_heaps_t *h = (cllm_heaps_t *)&cfg;
-  cr_assert_eq(cllm_heaps_create(&cfg, &h), CLLM_ENOTSUP);
-  cr_assert_null(h);
-  cfg.allow_plain = true;
-  cr_assert_eq(cllm_heaps_create(&cfg, &h), CLLM_OK);
-  cr_assert_eq(cllm_heaps_mode(h), CLLM_HEAP_MODE_PLAIN);
+  cllm_heaps_t *h = refused_then_plain(&cfg);
   cllm_heaps_stats_t st = stats_of(h);
   cr_assert_eq(st.nodes, 2);
   cr_assert_eq(st.node[0].region_bytes, 0);

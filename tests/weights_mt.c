@@ -1,7 +1,9 @@
 /* The weights heap's concurrency as a plain program, so it also runs under TSan:
  * loads with 4 reader threads (and the region committed by them) while another
  * thread reads the stats and readers of already loaded tensors verify them; then
- * seal and read from 4 threads at once. Exit status 0 = all held. */
+ * seal and read from 4 threads at once. Twice: LOCAL, then REPLICATE (one copy per
+ * node: copies are filled by threads of each node; readers read their node's copy).
+ * Exit status 0 = all held. */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -33,24 +35,19 @@ static void *stats_loop(void *arg) {
 }
 
 static void *read_sealed(void *arg) {
-  const unsigned char *t = arg;
+  /* arg: the tensor's offset in a copy; read it in this thread's node's copy */
+  const unsigned char *t = (const unsigned char *)cllm_weights_local(g_w) + (size_t)arg;
   unsigned long sum = 0;
   for (int r = 0; r < 4; r++)
     for (size_t i = 0; i < FILE_BYTES; i += 64) sum += t[i];
   return (void *)sum;
 }
 
-int main(void) {
-  char path[64];
-  snprintf(path, sizeof path, "/tmp/cllm-weights-mt-%d.bin", (int)getpid());
-  g_file = malloc(FILE_BYTES);
-  MT_CHECK(g_file != NULL, "malloc");
-  for (size_t i = 0; i < FILE_BYTES; i++) g_file[i] = (unsigned char)(i * 131 + (i >> 12));
-  FILE *f = fopen(path, "wb");
-  MT_CHECK(f != NULL && fwrite(g_file, 1, FILE_BYTES, f) == FILE_BYTES, "temp file");
-  fclose(f);
-
+static void run(const char *path, cllm_weights_numa_t numa) {
+  atomic_store(&g_stop, 0);
+  atomic_store(&g_loaded, NULL);
   cllm_weights_config_t c = cllm_weights_config_default();
+  c.numa = numa;
   c.capacity_bytes = 4 * FILE_BYTES;
   c.reader_threads = 4;
   c.read_chunk_bytes = 1 << 20;
@@ -70,15 +67,31 @@ int main(void) {
   pthread_join(st, NULL);
   MT_CHECK(cllm_weights_seal(g_w) == CLLM_OK, "seal");
   pthread_t rd[4];
-  for (int i = 0; i < 4; i++) pthread_create(&rd[i], NULL, read_sealed, first);
+  size_t off = (size_t)((char *)first - (const char *)cllm_weights_base(g_w));
+  for (int i = 0; i < 4; i++) pthread_create(&rd[i], NULL, read_sealed, (void *)off);
   void *sums[4];
   for (int i = 0; i < 4; i++) pthread_join(rd[i], &sums[i]);
   for (int i = 1; i < 4; i++) MT_CHECK(sums[i] == sums[0], "readers disagree");
   MT_CHECK(cllm_weights_check(g_w) == CLLM_OK, "check");
+  cllm_weights_stats_t ws = {.struct_size = sizeof ws};
+  MT_CHECK(cllm_weights_stats(g_w, &ws) == CLLM_OK, "stats");
   cllm_weights_destroy(g_w);
+  printf("weights_mt: %s (%d copies): 3 loads of %zu MiB with 4 readers, stats concurrently, "
+         "4 sealed readers\n", cllm_weights_numa_name(numa), ws.replicas, FILE_BYTES >> 20);
+}
+
+int main(void) {
+  char path[64];
+  snprintf(path, sizeof path, "/tmp/cllm-weights-mt-%d.bin", (int)getpid());
+  g_file = malloc(FILE_BYTES);
+  MT_CHECK(g_file != NULL, "malloc");
+  for (size_t i = 0; i < FILE_BYTES; i++) g_file[i] = (unsigned char)(i * 131 + (i >> 12));
+  FILE *f = fopen(path, "wb");
+  MT_CHECK(f != NULL && fwrite(g_file, 1, FILE_BYTES, f) == FILE_BYTES, "temp file");
+  fclose(f);
+  run(path, CLLM_WEIGHTS_NUMA_LOCAL);
+  run(path, CLLM_WEIGHTS_NUMA_REPLICATE);
   unlink(path);
   free(g_file);
-  printf("weights_mt: 3 loads of %zu MiB with 4 readers, stats concurrently, 4 sealed readers\n",
-         FILE_BYTES >> 20);
   return 0;
 }

@@ -720,7 +720,23 @@ static bool on_progress(void *user, size_t done, size_t total) {
   return !(pl->cancel_at != 0 && (int)pl->calls == pl->cancel_at);
 }
 
+/* On several nodes LOCAL binds to the calling thread's node: run on the node with
+ * the most memory, so that the region and the file fit (nodes may be unequal). */
+static void run_on_roomiest_node(void) {
+  const cllm_topology_t *t = cllm_topology_system();
+  int n = cllm_topology_nodes(t), best = 0;
+  if (n < 2) return;
+  size_t most = 0;
+  for (int i = 0; i < n; i++) {
+    cllm_numa_node_info_t info;
+    cr_assert_eq(cllm_topology_node_info(t, i, &info), CLLM_OK);
+    if (info.memory_bytes > most) most = info.memory_bytes, best = i;
+  }
+  cr_assert_eq(cllm_thread_bind_node(t, best), CLLM_OK);
+}
+
 static void load_big_file(int readers) {
+  run_on_roomiest_node();
   const size_t file_bytes = 256 * MiB;
   const size_t off = 3 * MiB + 12, len = 200 * MiB + 333;
   uint64_t csum_range;
@@ -1092,14 +1108,15 @@ Test(weights, each_os_failure_gives_a_status_and_leaks_nothing) {
   cllm_monitor_destroy(m);
 }
 
-Test(weights, fault_sweep_over_create) {
-  /* Fail the nth fallible operation for every n until create succeeds untouched. */
-  cllm_set_log_fn(cllm_log_discard, NULL);
-  cr_assert_not_null(cllm_topology_system());
-  cllm_monitor_t *m = mk_monitor(0);
+/* Fail the nth fallible operation of create for every n until it succeeds untouched:
+ * each failure leaves nothing charged and nothing mapped. */
+static void sweep_create(cllm_monitor_t *m, cllm_weights_numa_t numa) {
   cllm_weights_config_t c = cfg_with(m, 6 * MiB);
-  c.numa = CLLM_WEIGHTS_NUMA_INTERLEAVE, c.huge_pages = CLLM_WEIGHTS_HUGE_HUGETLBFS;
+  c.numa = numa, c.huge_pages = CLLM_WEIGHTS_HUGE_HUGETLBFS;
   c.lock = CLLM_WEIGHTS_LOCK_REQUIRED;
+  cllm_weights_t *warm = NULL; /* thread stacks glibc keeps after a join count in VmSize */
+  cr_assert_eq(cllm_weights_create(&c, &warm), CLLM_OK);
+  cllm_weights_destroy(warm);
   size_t vm0 = proc_status_kb("VmSize");
   unsigned long n;
   for (n = 1; n < 100; n++) {
@@ -1124,5 +1141,69 @@ Test(weights, fault_sweep_over_create) {
   }
   cr_assert_lt(n, 100, "create never succeeded");
   cr_assert_geq(n, 5, "too few fallible steps seen");
+}
+
+/* INTERLEAVE, and REPLICATE (on several nodes each copy's bind and commit too). */
+Test(weights, fault_sweep_over_create) {
+  cllm_set_log_fn(cllm_log_discard, NULL);
+  cr_assert_not_null(cllm_topology_system());
+  cllm_monitor_t *m = mk_monitor(0);
+  sweep_create(m, CLLM_WEIGHTS_NUMA_INTERLEAVE);
+  sweep_create(m, CLLM_WEIGHTS_NUMA_REPLICATE);
   cllm_monitor_destroy(m);
+}
+
+/* ---- replicas (CLLM_WEIGHTS_NUMA_REPLICATE): one copy where there is one node ---------- */
+
+/* One node, or a topology that is not this machine: one copy, charged once, and
+ * stats say so (replicas 1, the policy applied DEFAULT, the binding's status). The
+ * several-node behaviour is in numa_place_test (run by tools/numa_vm.sh). */
+Test(weights, replicate_gives_one_copy_where_it_cannot_replicate) {
+  cr_assert_str_eq(cllm_weights_numa_name(CLLM_WEIGHTS_NUMA_REPLICATE), "replicate");
+  cllm_topology_config_t tc = cllm_topology_config_default();
+  tc.synthetic = "pack:2 numa:1 core:2 pu:1";
+  cllm_topology_t *topo;
+  cr_assert_eq(cllm_topology_create(&tc, &topo), CLLM_OK);
+  cllm_set_log_fn(cllm_log_discard, NULL);
+  const cllm_topology_t *sys = cllm_topology_system();
+  bool one_node = cllm_topology_nodes(sys) == 1;
+  for (int pass = one_node ? 0 : 1; pass < 2; pass++) {
+    cllm_monitor_t *m = mk_monitor(0);
+    cllm_weights_config_t c = cfg_with(m, 4 * MiB);
+    c.numa = CLLM_WEIGHTS_NUMA_REPLICATE;
+    c.topology = pass == 0 ? NULL : topo;
+    cllm_weights_t *w = NULL;
+    cr_assert_eq(cllm_weights_create(&c, &w), CLLM_OK, "pass %d", pass);
+    cllm_weights_stats_t st = stats_of(w);
+    cr_assert_eq(st.replicas, 1);
+    cr_assert_eq(st.numa_requested, CLLM_WEIGHTS_NUMA_REPLICATE);
+    cr_assert_eq(st.numa_applied, CLLM_WEIGHTS_NUMA_DEFAULT);
+    cr_assert_eq(st.numa_status, pass == 0 ? CLLM_OK : CLLM_ENOTSUP);
+    cr_assert_eq(st.committed_bytes, st.capacity_bytes);
+    cr_assert_eq(cllm_monitor_used(m, CLLM_CAT_WEIGHTS), st.capacity_bytes);
+    cr_assert_eq(cllm_weights_local(w), cllm_weights_base(w));
+    cr_assert_eq(cllm_weights_replica(w, 0), cllm_weights_base(w));
+    cr_assert_null(cllm_weights_replica(w, 1));
+    cr_assert_null(cllm_weights_replica(w, -1));
+    cllm_weights_stats_t rs = {.struct_size = sizeof rs};
+    cr_assert_eq(cllm_weights_replica_stats(w, 1, &rs), CLLM_ENOTFOUND);
+    cr_assert_eq(cllm_weights_replica_stats(w, -1, &rs), CLLM_ENOTFOUND);
+    cr_assert_eq(cllm_weights_replica_stats(w, 0, &rs), CLLM_OK);
+    cr_assert_eq(rs.replicas, 1);
+    cr_assert_eq(rs.pages_absent, 0);
+    void *p = NULL;
+    cr_assert_eq(cllm_weights_alloc(w, 1000, 0, &p), CLLM_OK);
+    memset(p, 7, 1000);
+    cr_assert_eq(cllm_weights_seal(w), CLLM_OK);
+    cr_assert_eq(((const char *)cllm_weights_local(w))[999], 7);
+    cr_assert_eq(cllm_weights_check(w), CLLM_OK);
+    cllm_weights_destroy(w);
+    cr_assert_eq(cllm_monitor_used(m, CLLM_CAT_COUNT), 0);
+    cllm_monitor_destroy(m);
+  }
+  cr_assert_null(cllm_weights_local(NULL));
+  cr_assert_null(cllm_weights_replica(NULL, 0));
+  cllm_weights_stats_t st = {.struct_size = sizeof st};
+  cr_assert_eq(cllm_weights_replica_stats(NULL, 0, &st), CLLM_EINVAL);
+  cllm_topology_destroy(topo);
 }

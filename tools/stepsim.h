@@ -99,6 +99,9 @@ typedef struct ss_config {
   uint64_t weights_real_bytes;
   const char *weights_file;
   cllm_weights_lock_t lock;
+  bool weights_numa_given;           /* --weights-numa; else interleave on >1 node */
+  cllm_weights_numa_t weights_numa;
+  int weights_node;                  /* bind:N */
   uint64_t seed;
   const char *json_path, *timeline_path, *plot_path;
   bool metrics;

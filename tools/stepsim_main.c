@@ -67,6 +67,9 @@ static void usage(FILE *f) {
 "                          at 256M so presets of big models stay quick)\n"
 "  --weights-file PATH     load the weights heap from this file (up to its size)\n"
 "  --lock-weights MODE     off | best-effort | required (default best-effort)\n"
+"  --weights-numa P        local | bind:N | interleave | replicate (one copy per node,\n"
+"                          charged once per node) (default: interleave on several\n"
+"                          nodes, local on one)\n"
 "  --block-tokens N        KV block size in tokens, a power of two (default 16)\n"
 "\n"
 "Workload:\n"
@@ -257,6 +260,15 @@ static void parse(int argc, char **argv, opts_t *o) {
       else if (!strcmp(v, "best-effort")) c->lock = CLLM_WEIGHTS_LOCK_BEST_EFFORT;
       else if (!strcmp(v, "required")) c->lock = CLLM_WEIGHTS_LOCK_REQUIRED;
       else bad("%s '%s': expected off, best-effort or required", name, v);
+    } else if (IS("--weights-numa")) {
+      c->weights_numa_given = true;
+      if (!strcmp(v, "local")) c->weights_numa = CLLM_WEIGHTS_NUMA_LOCAL;
+      else if (!strcmp(v, "interleave")) c->weights_numa = CLLM_WEIGHTS_NUMA_INTERLEAVE;
+      else if (!strcmp(v, "replicate")) c->weights_numa = CLLM_WEIGHTS_NUMA_REPLICATE;
+      else if (!strncmp(v, "bind:", 5)) {
+        c->weights_numa = CLLM_WEIGHTS_NUMA_BIND;
+        c->weights_node = (int)parse_int(name, v + 5, 0, 63);
+      } else bad("%s '%s': expected local, bind:N, interleave or replicate", name, v);
     } else if (IS("--block-tokens")) {
       c->block_tokens = (int)parse_int(name, v, 1, 4096);
       if (c->block_tokens & (c->block_tokens - 1)) bad("%s '%s': must be a power of two", name, v);

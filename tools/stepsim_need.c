@@ -43,6 +43,10 @@ static void sum_need(ss_need_t *n) {
 void ss_lib_required_bytes(const ss_config_t *c, ss_need_t *n) {
   const size_t huge = 2 * SS_MIB; /* THP granule of the weights heap and arena chunks */
   n->weights = ss_round_up_sat(c->weights_bytes, huge);
+  if (c->weights_numa_given && c->weights_numa == CLLM_WEIGHTS_NUMA_REPLICATE) {
+    int copies = cllm_topology_nodes(cllm_topology_system()); /* one per node */
+    if (copies > 1) n->weights = ss_mul_sat(n->weights, (size_t)copies);
+  }
   /* every worker's arena keeps its chunks between steps: a full step each, in
    * chunks of at least 2 MiB */
   n->temps = ss_mul_sat((size_t)c->threads, ss_round_up_sat(ss_step_temps_full(c), huge));

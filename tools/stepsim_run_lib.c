@@ -43,6 +43,7 @@ static int setup_weights(ss_sim_t *s) {
   cllm_weights_config_t wc = cllm_weights_config_default();
   wc.capacity_bytes = c->weights_bytes;
   wc.numa = s->nodes > 1 ? CLLM_WEIGHTS_NUMA_INTERLEAVE : CLLM_WEIGHTS_NUMA_LOCAL;
+  if (c->weights_numa_given) wc.numa = c->weights_numa, wc.node = c->weights_node;
   wc.huge_pages = CLLM_WEIGHTS_HUGE_TRANSPARENT;
   wc.lock = c->lock;
   wc.reader_threads = c->threads;

@@ -44,6 +44,22 @@
  * create fails with the binding's status (CLLM_ENOTSUP or CLLM_ESYS). Stats report
  * the policy requested and the one applied, and why they differ.
  *
+ * Interleave granularity: with transparent huge pages the kernel interleaves whole
+ * 2 MiB pages, so a region of a few huge pages can land on one node; the spread is
+ * even to within one huge page per node only from several huge pages per node.
+ *
+ * Replicas (CLLM_WEIGHTS_NUMA_REPLICATE): one full copy per node of the topology,
+ * back to back in one mapping, copy r bound to node r before first touch and
+ * committed by reader threads bound to node r. Every copy has the same layout: a
+ * pointer p returned by alloc or load lies in copy 0, and the same tensor in copy r
+ * is p - cllm_weights_replica(w, 0) + cllm_weights_replica(w, r). Loads fill every
+ * copy (the file into copy 0, then each other copy from it, by threads of its
+ * node); what the caller writes by hand into alloc'd memory of copy 0 reaches the
+ * other copies at seal. The monitor is charged replicas x capacity. With one node,
+ * or a topology that is not this machine, there is one copy (stats: replicas 1,
+ * numa_status CLLM_OK or CLLM_ENOTSUP). Readers pick their copy with
+ * cllm_weights_local().
+ *
  * Memory handed out by alloc and load is zero-filled until written (a failed load
  * puts back the zeros it overwrote). Not thread-safe unless tagged: create, alloc,
  * load and seal are `Thread: external-sync` (one caller at a time; load itself
@@ -74,6 +90,7 @@ typedef enum cllm_weights_numa {
   CLLM_WEIGHTS_NUMA_DEFAULT = 3,    // no policy: the kernel places pages on first touch
                                     // (the creating thread commits them); also what
                                     // stats report when a policy could not be applied
+  CLLM_WEIGHTS_NUMA_REPLICATE = 4,  // one copy per node, each bound to its node (above)
 } cllm_weights_numa_t;
 
 // Huge pages.
@@ -159,7 +176,8 @@ CLLM_API CLLM_NODISCARD cllm_status_t cllm_weights_alloc(cllm_weights_t *w, size
 #define CLLM_WEIGHTS_TO_EOF SIZE_MAX
 
 // The bytes cllm_weights_create(cfg) charges the monitor (capacity_bytes rounded
-// as documented above); 0 for a config create refuses. Thread: any.
+// as documented above, times the copies REPLICATE makes on this machine); 0 for a
+// config create refuses. Thread: any.
 CLLM_API size_t cllm_weights_footprint(const cllm_weights_config_t *cfg);
 
 // Read `bytes` (or CLLM_WEIGHTS_TO_EOF: the rest of the file) of the file at `path`
@@ -191,15 +209,24 @@ CLLM_API CLLM_NODISCARD cllm_status_t cllm_weights_load_fd(cllm_weights_t *w, in
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_weights_seal(cllm_weights_t *w);
 
 // The region's base address (its size is stats' capacity_bytes), e.g. to register
-// it with a device; NULL for NULL. Thread: any.
+// it with a device; NULL for NULL. With replicas: copy 0. Thread: any.
 CLLM_API const void *cllm_weights_base(const cllm_weights_t *w);
+// The base of the copy on the calling thread's node (cllm_topology_current_node: a
+// system call, so look it up once per thread, after binding it); copy 0 for a thread
+// on a CPU outside the topology, and without replicas (then it is
+// cllm_weights_base). NULL for NULL. Thread: any.
+CLLM_API const void *cllm_weights_local(const cllm_weights_t *w);
+// The base of the copy on topology node `node`; NULL for NULL or a node without a
+// copy (node < 0 or >= stats' replicas). Thread: any.
+CLLM_API const void *cllm_weights_replica(const cllm_weights_t *w, int node);
 
 typedef struct cllm_weights_stats {
   size_t struct_size;             // the caller sets sizeof(cllm_weights_stats_t)
   size_t capacity_bytes;          // the region (rounded as documented)
   size_t used_bytes;              // bump offset (allocations and loads, with padding)
-  size_t committed_bytes;         // committed and charged to the monitor (= capacity)
-  size_t locked_bytes;            // mlocked (0 or capacity)
+  size_t committed_bytes;         // committed and charged to the monitor
+                                  // (= capacity x replicas)
+  size_t locked_bytes;            // mlocked (0 or committed_bytes)
   cllm_weights_lock_t lock_requested;
   int lock_errno;                 // mlock's errno when locking fell short, else 0
   size_t memlock_limit_bytes;     // RLIMIT_MEMLOCK when locking was tried (SIZE_MAX:
@@ -231,6 +258,8 @@ typedef struct cllm_weights_stats {
                                   // (0 if none has)
   size_t resident_bytes;          // region bytes resident, read back from the kernel
                                   // (mincore); 0 when readback_status is not CLLM_OK
+  int replicas;                   // copies of the weights (1 unless REPLICATE applied);
+                                  // pages_* above cover all of them
 } cllm_weights_stats_t;
 
 // Fill *st. Reads the page placement and huge pages back from the kernel: O(pages)
@@ -239,6 +268,12 @@ typedef struct cllm_weights_stats {
 // small). Thread: any (the figures are each exact; not one snapshot under alloc).
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_weights_stats(const cllm_weights_t *w,
                                                           cllm_weights_stats_t *st);
+// As cllm_weights_stats, with the page read-back (huge_bytes, pages_*) of copy
+// `replica` only. Errors: as stats, and CLLM_ENOTFOUND (replica < 0 or >= replicas).
+// Thread: any.
+CLLM_API CLLM_NODISCARD cllm_status_t cllm_weights_replica_stats(const cllm_weights_t *w,
+                                                                  int replica,
+                                                                  cllm_weights_stats_t *st);
 
 // Verify the invariants (used <= capacity, committed == capacity, locked is 0 or
 // capacity, the monitor holds at least what is committed, the bytes past `used`
@@ -246,7 +281,7 @@ CLLM_API CLLM_NODISCARD cllm_status_t cllm_weights_stats(const cllm_weights_t *w
 // which), CLLM_EINVAL for NULL. Thread: external-sync.
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_weights_check(const cllm_weights_t *w);
 
-// "local", "bind", "interleave", "default"; "unknown" otherwise. Static storage.
+// "local", "bind", "interleave", "default", "replicate"; "unknown" otherwise. Static storage.
 // These three: Thread: any.
 CLLM_API const char *cllm_weights_numa_name(cllm_weights_numa_t p);
 // "off", "transparent", "hugetlbfs"; "unknown" otherwise.
