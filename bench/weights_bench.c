@@ -327,7 +327,7 @@ typedef struct numa_reader {
 static void *numa_read(void *arg) {
   numa_reader_t *r = arg;
   const cllm_topology_t *t = cllm_topology_system();
-  if (cllm_topology_nodes(t) > 1) (void)cllm_thread_bind_node(t, r->node);
+  if (cllm_topology_nodes(t) > 1) CLLM_DISCARD(cllm_thread_bind_node(t, r->node));
   const char *copy = cllm_weights_local(r->w); /* replicate: this node's; else the one */
   r->sink += sum_words((const uint64_t *)(copy + r->off), g_size / 8);
   return NULL;

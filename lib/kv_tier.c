@@ -408,7 +408,8 @@ static void *spill_main(void *arg) {
     }
     pthread_mutex_lock(&t->mu);
     if (n > 0) t->kick = true;  // more may be waiting
-    else if (flush != t->flush_done) t->flush_done = flush;
+    else if (flush != t->flush_done && tier_state(t) != CLLM_KV_TIER_DOWN)
+      t->flush_done = flush;  // nothing left to write (a DOWN store wrote nothing)
     pthread_cond_broadcast(&t->cv_done);
   }
   pthread_mutex_unlock(&t->mu);

@@ -47,7 +47,7 @@ static void fill_steps(fill_t *f) {
 
 static void *fill_main(void *arg) {
   fill_t *f = arg;
-  (void)cllm_thread_bind_node(f->topo, f->node); /* mbind places the pages regardless */
+  CLLM_DISCARD(cllm_thread_bind_node(f->topo, f->node)); /* mbind places the pages regardless */
   fill_steps(f);
   return NULL;
 }
