@@ -81,6 +81,9 @@ check(lib["requests"]["preempted"] > 0, "library: this workload must preempt (th
 check(lib["monitor"]["reclaim_runs"] > 0, "library: this workload must make the monitor reclaim")
 check(kv["evictions"] > 0, "library: this workload must evict cached KV blocks")
 check(lib["weights"]["sealed"] and lib["weights"]["capacity_bytes"] >= cfg["weights_bytes"], "library: weights not sealed or too small")
+pools = lib["kv_pools"]
+check(pools["placement"] is not None and sum(pools["pages_per_node"]) + pools["pages_never_touched"] > 0,
+      f"library: KV pools' pages per node not read back: {pools}")
 check("library_stats" in lib and lib["library_stats"]["kv_caches"][0]["name"] == "kv", "library: embedded library stats missing")
 mal = r["malloc"]
 check(mal["prefill_tokens"] >= lib["prefill_tokens"], "malloc computed fewer prompt tokens than the library (no prefix cache there)")

@@ -105,6 +105,8 @@ if [ "$suite" = 1 ]; then
   [ -x "$bin/tools/doctor" ] || die "--suite: no $bin/tools/doctor"
   [ -x "$bin/tools/stepsim" ] || die "--suite: no $bin/tools/stepsim"
   progs+=("$bin/tools/doctor" "$bin/tools/stepsim")
+  # KV pools interleaved over every node: each node holds some of their pages.
+  cmds+=("$bin/tools/stepsim --model tiny --requests 20 --progress off --kv-numa interleave --json /tmp/kv.json > /dev/null || exit 1; grep -o '\"kv_pools\":{[^}]*}' /tmp/kv.json > /tmp/kvp.txt; cat /tmp/kvp.txt; grep -q '\"placement\":\"interleave\"' /tmp/kvp.txt && [ \$(grep -o 'pages_per_node\":\[[0-9,]*' /tmp/kvp.txt | tr ',[' '\n\n' | grep -c '^[1-9]') = $nodes ]")
   # kv_redis_test starts its own redis-server (and redis-cli for the cluster test).
   for r in /usr/bin/redis-server /usr/bin/redis-cli; do [ -x "$r" ] && progs+=("$r"); done
   # doctor: every node listed, and the heaps in NUMA mode.

@@ -102,6 +102,9 @@ typedef struct ss_config {
   bool weights_numa_given;           /* --weights-numa; else interleave on >1 node */
   cllm_weights_numa_t weights_numa;
   int weights_node;                  /* bind:N */
+  bool kv_numa_given;                /* --kv-numa; else the cache's default (AUTO) */
+  cllm_kv_numa_t kv_numa;
+  int kv_node;                       /* bind:N */
   uint64_t seed;
   const char *json_path, *timeline_path, *plot_path;
   bool metrics;
@@ -193,6 +196,10 @@ typedef struct ss_result {
   int weights_pages_nodes;
   size_t weights_pages_per_node[8];
   const char *weights_lock, *weights_numa, *weights_huge_mode;
+  /* KV pools: the policy in force and their pages per node (move_pages read-back) */
+  const char *kv_numa;
+  int kv_pages_nodes;
+  size_t kv_pages_per_node[8], kv_pages_absent;
   int weights_lock_errno;
   bool weights_sealed;
   /* heaps */
@@ -244,6 +251,7 @@ struct ss_worker {
   int index;
   pthread_t thread;
   int node;        /* NUMA node it is bound to, -1 if not */
+  const unsigned char *weights; /* the copy of the weights it reads (its node's replica) */
   /* library */
   cllm_arena_t *arena;
   cllm_arena_mark_t marks[8];

@@ -70,6 +70,8 @@ static void usage(FILE *f) {
 "  --weights-numa P        local | bind:N | interleave | replicate (one copy per node,\n"
 "                          charged once per node) (default: interleave on several\n"
 "                          nodes, local on one)\n"
+"  --kv-numa P             local | bind:N | interleave: the KV pools' placement\n"
+"                          (default: interleave on several nodes)\n"
 "  --block-tokens N        KV block size in tokens, a power of two (default 16)\n"
 "\n"
 "Workload:\n"
@@ -168,7 +170,7 @@ static bool takes_value(const char *name) {
       "--lock-weights", "--block-tokens", "--requests", "--prompt-dist", "--output-dist",
       "--shared-prefix-tokens", "--shared-fraction", "--seed", "--threads", "--max-batch",
       "--prefill-chunk", "--max-step-tokens", "--max-seq-len", "--allocator", "--json",
-      "--timeline", "--plot", "--progress", "--kv-store"};
+      "--timeline", "--plot", "--progress", "--kv-store", "--weights-numa", "--kv-numa"};
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
     if (!strcmp(name, names[i])) return true;
   return false;
@@ -269,6 +271,14 @@ static void parse(int argc, char **argv, opts_t *o) {
         c->weights_numa = CLLM_WEIGHTS_NUMA_BIND;
         c->weights_node = (int)parse_int(name, v + 5, 0, 63);
       } else bad("%s '%s': expected local, bind:N, interleave or replicate", name, v);
+    } else if (IS("--kv-numa")) {
+      c->kv_numa_given = true;
+      if (!strcmp(v, "local")) c->kv_numa = CLLM_KV_NUMA_LOCAL;
+      else if (!strcmp(v, "interleave")) c->kv_numa = CLLM_KV_NUMA_INTERLEAVE;
+      else if (!strncmp(v, "bind:", 5)) {
+        c->kv_numa = CLLM_KV_NUMA_BIND;
+        c->kv_node = (int)parse_int(name, v + 5, 0, 63);
+      } else bad("%s '%s': expected local, bind:N or interleave", name, v);
     } else if (IS("--block-tokens")) {
       c->block_tokens = (int)parse_int(name, v, 1, 4096);
       if (c->block_tokens & (c->block_tokens - 1)) bad("%s '%s': must be a power of two", name, v);
@@ -350,6 +360,14 @@ static void derive(opts_t *o) {
     ss_lib_required_bytes(c, &n);
     c->mem_limit = ss_add_sat(ss_add_sat(n.weights, n.temps), ss_add_sat(SS_BOOK_BYTES, c->kv_budget));
   }
+}
+
+/* "node 0: N, node 1: M" ("" when there are no counts). */
+static void fmt_pages(char *buf, size_t len, const size_t *counts, int n_nodes) {
+  size_t off = 0;
+  buf[0] = 0;
+  for (int n = 0; n < n_nodes && off < len - 32; n++)
+    off += (size_t)snprintf(buf + off, len - off, "%snode %d: %zu", n ? ", " : "", n, counts[n]);
 }
 
 /* ---- sizes that cannot work: refused (exit 2) before anything is mapped ----------------- */
@@ -672,11 +690,9 @@ static void report(const ss_config_t *c, const ss_result_t *a, const ss_result_t
   /* weights and heaps of the library run */
   const ss_result_t *lib = !strcmp(a->mode, "library") ? a : (b && !strcmp(b->mode, "library") ? b : NULL);
   if (lib != NULL) {
-    char pages[256] = "";
-    size_t off = 0;
-    for (int n = 0; n < lib->weights_pages_nodes && off < sizeof pages - 32; n++)
-      off += (size_t)snprintf(pages + off, sizeof pages - off, "%snode %d: %zu", n ? ", " : "", n,
-                              lib->weights_pages_per_node[n]);
+    char pages[256], kv_pages[256];
+    fmt_pages(pages, sizeof pages, lib->weights_pages_per_node, lib->weights_pages_nodes);
+    fmt_pages(kv_pages, sizeof kv_pages, lib->kv_pages_per_node, lib->kv_pages_nodes);
     ss_fmt_bytes(t1, sizeof t1, lib->weights_locked);
     ss_fmt_bytes(t2, sizeof t2, lib->weights_huge);
     P("\n  library weights: placement %s (pages per node: %s), lock %s: %s locked%s%s, huge pages %s "
@@ -684,6 +700,8 @@ static void report(const ss_config_t *c, const ss_result_t *a, const ss_result_t
            NA(lib->weights_numa), pages[0] ? pages : "n/a", NA(lib->weights_lock), t1,
            lib->weights_lock_errno ? ", errno " : "", lib->weights_lock_errno ? strerror(lib->weights_lock_errno) : "",
            NA(lib->weights_huge_mode), t2, lib->weights_sealed ? "sealed read-only" : "not sealed");
+    P("  library KV pools: placement %s (pages per node: %s; never touched: %zu)\n",
+      NA(lib->kv_numa), kv_pages[0] ? kv_pages : "n/a", lib->kv_pages_absent);
     ss_fmt_bytes(t1, sizeof t1, lib->kv_capacity_bytes);
     ss_fmt_bytes(t2, sizeof t2, lib->kv_block_bytes);
     P("  library KV: %zu blocks of %s (%s pool); heaps mode %s; %d NUMA node(s); arenas: ",

@@ -159,6 +159,13 @@ static void json_result(FILE *f, const ss_config_t *c, const ss_result_t *r) {
   fprintf(f, ",\"pages_per_node\":[");
   for (int i = 0; i < r->weights_pages_nodes; i++) fprintf(f, "%s%zu", i ? "," : "", r->weights_pages_per_node[i]);
   fprintf(f, "]}");
+  fprintf(f, ",\"kv_pools\":{\"placement\":");
+  if (r->kv_numa != NULL) fprintf(f, "\"%s\"", r->kv_numa);
+  else fprintf(f, "null");
+  KU("pages_never_touched", r->kv_pages_absent);
+  fprintf(f, ",\"pages_per_node\":[");
+  for (int i = 0; i < r->kv_pages_nodes; i++) fprintf(f, "%s%zu", i ? "," : "", r->kv_pages_per_node[i]);
+  fprintf(f, "]}");
   KS("heap_mode", r->heap_mode);
   KU("numa_nodes", r->numa_nodes);
   KD("checksum", r->checksum);

@@ -17,6 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "stepsim.h"
 
@@ -36,6 +38,46 @@ static void fill_pattern(unsigned char *p, size_t n, uint64_t seed) {
   uint64_t *q = (uint64_t *)p;
   uint64_t x = ss_mix64(seed);
   for (size_t i = 0; i < n / 8; i++) q[i] = x + i * 0x9e3779b97f4a7c15ull;
+}
+
+static const char *kv_numa_name(cllm_kv_numa_t p) {
+  switch (p) {
+    case CLLM_KV_NUMA_AUTO: return "auto";
+    case CLLM_KV_NUMA_LOCAL: return "local";
+    case CLLM_KV_NUMA_BIND: return "bind";
+    case CLLM_KV_NUMA_INTERLEAVE: return "interleave";
+    case CLLM_KV_NUMA_NONE: return "none";
+  }
+  return "?";
+}
+
+/* Where the KV pools' pages are: move_pages(2) in query mode over every layer's K and
+ * V pool, counted per node (pages never touched are "absent"). */
+static void kv_pages_per_node(const ss_sim_t *s, ss_result_t *res) {
+  res->kv_pages_nodes = s->nodes < 8 ? (s->nodes > 0 ? s->nodes : 1) : 8;
+  long ps = sysconf(_SC_PAGESIZE);
+  enum { BATCH = 512 };
+  void *pages[BATCH];
+  int status[BATCH];
+  for (uint32_t l = 0; l < (uint32_t)s->cfg->model.layers; l++) {
+    cllm_kv_layer_view_t lv;
+    if (cllm_kv_layer_view(s->kv, l, &lv) != CLLM_OK) return;
+    size_t bytes = (size_t)lv.num_blocks * lv.block_stride;
+    for (int kv = 0; kv < 2; kv++) {
+      uintptr_t lo = (uintptr_t)(kv ? lv.v : lv.k) & ~(uintptr_t)(ps - 1);
+      size_t n_pages = ((uintptr_t)(kv ? lv.v : lv.k) + bytes - lo + (size_t)ps - 1) / (size_t)ps;
+      for (size_t done = 0; done < n_pages;) {
+        size_t n = n_pages - done < BATCH ? n_pages - done : BATCH;
+        for (size_t i = 0; i < n; i++) pages[i] = (void *)(lo + (done + i) * (size_t)ps);
+        if (syscall(SYS_move_pages, 0, (unsigned long)n, pages, NULL, status, 0) != 0) return;
+        for (size_t i = 0; i < n; i++) {
+          if (status[i] >= 0 && status[i] < res->kv_pages_nodes) res->kv_pages_per_node[status[i]]++;
+          else res->kv_pages_absent++;
+        }
+        done += n;
+      }
+    }
+  }
 }
 
 static int setup_weights(ss_sim_t *s) {
@@ -133,6 +175,7 @@ static int lib_setup(ss_sim_t *s) {
     return -1;
   }
   cllm_kv_config_t kc = cllm_kv_config_default();
+  if (c->kv_numa_given) kc.numa = c->kv_numa, kc.numa_node = c->kv_node;
   kc.layers = (uint32_t)c->model.layers;
   kc.kv_heads = (uint32_t)c->model.kv_heads;
   kc.head_dim = (uint32_t)c->model.head_dim;
@@ -214,6 +257,11 @@ static void lib_teardown(ss_sim_t *s) {
       res->weights_pages_nodes = n;
       for (int i = 0; i < n; i++) res->weights_pages_per_node[i] = ws.pages_per_node[i];
     }
+  }
+  if (s->kv != NULL) {
+    cllm_kv_stats_t ks = {.struct_size = sizeof ks};
+    if (cllm_kv_stats(s->kv, &ks) == CLLM_OK) res->kv_numa = kv_numa_name(ks.numa_applied);
+    kv_pages_per_node(s, res);
   }
   if (s->heaps != NULL) res->heap_mode = cllm_heap_mode_name(cllm_heaps_mode(s->heaps));
   if (s->cfg->metrics) res->metrics_text = ss_collect_metrics(s, false);
@@ -391,6 +439,8 @@ static void lib_snapshot(ss_sim_t *s, ss_row_t *row) {
 /* ---- worker side ------------------------------------------------------------------------- */
 
 static int lib_worker_init(ss_worker_t *w) {
+  /* with --weights-numa replicate: the copy on this worker's node (it is bound) */
+  w->weights = cllm_weights_local(w->sim->wh);
   cllm_arena_config_t ac = cllm_arena_config_default();
   /* give memory back after a run of decode-only steps (the KV cache can use it);
    * a prefill-heavy step grows the arena again, reclaiming cached KV if need be */

@@ -334,7 +334,7 @@ static bool worker_step(ss_worker_t *w) {
     }
     /* this worker's share of the layer's matmuls: read its slice of the weights */
     const uint64_t *wp =
-        (const uint64_t *)(s->weights + (size_t)l * s->layer_weight_bytes + (size_t)w->index * slice);
+        (const uint64_t *)(w->weights + (size_t)l * s->layer_weight_bytes + (size_t)w->index * slice);
     uint64_t acc = 0;
     for (size_t i = 0; i < slice / 8; i++) acc += wp[i];
     sink += (double)(acc & 0xffff);
@@ -419,6 +419,7 @@ static void *worker_main(void *arg) {
     int node = w->index % s->nodes;
     if (cllm_thread_bind_node(s->topo, node) == CLLM_OK) w->node = node;
   }
+  w->weights = s->weights;
   w->failed = s->be->worker_init(w) != 0;
   pthread_barrier_wait(&s->done);
   for (;;) {
