@@ -15,7 +15,9 @@
  *     FREE    refcount 0; above the high-water mark `hwm` (never used), or on the
  *             resident stack `free_head` (recycled, pages and charge kept), or on
  *             the given-back stack `dfree_head` (its unit's pages returned to the
- *             kernel by the reclaimer, charge released);
+ *             kernel by the reclaimer, charge released; a unit owns whole pages of
+ *             every pool, huge pages with populate, and none exists when that
+ *             takes more than 64 blocks: such a cache gives nothing back);
  *     ACTIVE  refcount >= 1 (held by block tables / copy entries);
  *     CACHED  refcount 0, indexed (a full block of a known prefix); unpinned ones
  *             sit in one doubly linked LRU list per priority band (head = least
@@ -552,7 +554,11 @@ cllm_status_t cllm_kv_cache_create(const cllm_kv_config_t *cfg, cllm_kv_cache_t 
   kv->hash_fn = cfg->hash_fn != NULL ? cfg->hash_fn : kv__hash_default;
   kv->hash_user = cfg->hash_user;
   kv->granule = sh.granule;
-  size_t page = cllm__prim_page_size(), g = chunk, r = page;
+  /* A unit owns whole pages of every pool; with populate the pools are huge-page
+   * backed, and giving back part of a huge page would split it (every later access
+   * of that 2 MiB then walks 4 KiB page tables): units are whole huge pages there. */
+  size_t page = cfg->populate ? cllm__prim_huge_page_size() : cllm__prim_page_size();
+  size_t g = chunk, r = page;
   while (r != 0) {  // g = gcd(chunk, page)
     size_t t = g % r;
     g = r;

@@ -53,9 +53,10 @@
  * The cache registers a reclaimer: when another component is refused, it gives
  * back the pages of FREE blocks, then drops CACHED blocks (LRU order) and gives
  * back theirs, releasing their charge; reuse charges them again. Pages go back in
- * units of the fewest blocks whose share of a pool is whole pages (4096 / gcd(
- * block_tokens x kv_heads x head_dim x dtype_bytes, 4096) blocks, all FREE); a
- * shape needing more than 64 blocks per unit frees nothing. The cache charges with
+ * units of the fewest blocks whose share of a pool is whole pages (P / gcd(
+ * block_tokens x kv_heads x head_dim x dtype_bytes, P) blocks, all FREE, where P
+ * is the page: 2 MiB with populate, so huge pages are never split, 4 KiB
+ * without); a shape needing more than 64 blocks per unit frees nothing. The cache charges with
  * cllm_monitor_try_reserve: its refusals count in the monitor's try_refusals and in
  * this cache's `refused`, and never run the limit callback.
  *
