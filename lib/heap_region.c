@@ -96,7 +96,11 @@ static cllm_status_t region_new_locked(const cllm_heaps_t *h, int node, bool bin
                  cllm_status_name(s));
     }
   }
-  if (thp) (void)cllm__prim_advise_huge(p, size); /* best effort: stats show the result */
+  /* Best effort, stats show the result. Without thp the region is advised against
+   * huge pages, so a kernel with THP "always" cannot back it with them (the
+   * residency bound of heap.h counts 4 KiB pages then). */
+  if (thp) (void)cllm__prim_advise_huge(p, size);
+  else (void)cllm__prim_advise_nohuge(p, size);
   mi_arena_id_t arena = 0;
   bool ok = !CLLM_FAULT(CLLM_FAULT_MI_ARENA) &&
             mi_manage_os_memory_ex(p, size, true /*committed*/, false /*large*/, true /*zero*/,

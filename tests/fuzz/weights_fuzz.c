@@ -79,6 +79,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         size_t off = fuzz_u32(&in) % (FILE_BYTES + 8192);
         size_t n = fuzz_size(&in, 96 << 10);
         rc = op == 2 ? cllm_weights_load_path(w, g_path, off, n, &p) : cllm_weights_load_fd(w, g_fd, off, n, &p);
+        if (n == CLLM_WEIGHTS_TO_EOF) { /* the rest of the file; nothing left is ERANGE */
+          if (off >= FILE_BYTES) {
+            FUZZ_CHECK(rc == CLLM_ERANGE || (sealed && rc == CLLM_ESTATE), "to EOF from the end: %s",
+                       cllm_status_name(rc));
+            break;
+          }
+          n = FILE_BYTES - off;
+        }
         if (rc == CLLM_OK) {
           FUZZ_CHECK(!sealed && off + n <= FILE_BYTES, "load succeeded out of range or sealed");
           FUZZ_CHECK(memcmp(p, g_file + off, n) == 0, "loaded bytes differ");

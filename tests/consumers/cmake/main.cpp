@@ -88,6 +88,7 @@ static void run() {
   kc.layers = 2;
   kc.kv_heads = 2;
   kc.head_dim = 16;
+  kc.dtype_bytes = 2;  // required: no default
   kc.block_tokens = 16;
   kc.capacity_blocks = 64;
   kc.monitor = mon.get();
