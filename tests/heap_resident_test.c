@@ -12,6 +12,8 @@
 #include <cllm/heap.h>
 #include <cllm/monitor.h>
 
+#include "support/on_node0.h"
+
 #define KiB ((size_t)1 << 10)
 #define MiB ((size_t)1 << 20)
 
@@ -38,6 +40,9 @@ static void world_end(world_t *w) {
   cllm_heaps_destroy(w->h);
   cllm_monitor_destroy(w->m);
 }
+
+/* On several nodes the figures are node 0's: the test and its threads run there. */
+TestSuite(heap_resident, .init = cllm_test_on_node0);
 
 static cllm_heaps_stats_t stats(const world_t *w) {
   cllm_heaps_stats_t s;

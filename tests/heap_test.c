@@ -26,6 +26,7 @@
 
 #include "lib/internal/fault.h"
 #include "lib/internal/util.h"
+#include "support/on_node0.h"
 #include "support/proc_status.h"
 
 #define MiB ((size_t)1 << 20)
@@ -103,11 +104,7 @@ static bool verify(const void *p, size_t n, unsigned seed) {
 /* On a multi-node machine every test runs bound to node 0 (its threads inherit the
  * binding), so the node-0 figures it asserts are its own; tests about other nodes
  * bind themselves. */
-static void on_node0(void) {
-  const cllm_topology_t *t = cllm_topology_system();
-  if (t != NULL && cllm_topology_nodes(t) > 1) cr_assert_eq(cllm_thread_bind_node(t, 0), CLLM_OK);
-}
-TestSuite(heap, .init = on_node0);
+TestSuite(heap, .init = cllm_test_on_node0);
 
 /* ---- config and create -------------------------------------------------------------- */
 
