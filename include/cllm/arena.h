@@ -43,9 +43,9 @@
  * the monitor's HEAP category, so such an arena does not charge STEP as well (each
  * byte is counted once in the monitor's total). Without heaps (default)
  * they are mapped directly, 2 MiB aligned, advised for transparent huge pages and
- * pre-faulted once (MADV_POPULATE_WRITE): a first touch costs ~11.6 us per 4 KiB
- * page on the machines we target, pre-faulting ~0.24 us. Chunk sizes are multiples
- * of CLLM_ARENA_GRANULE (2 MiB).
+ * pre-faulted once (MADV_POPULATE_WRITE), so no step pays page faults (pre-faulting
+ * is far cheaper than first touches; figures in bench/RESULTS.md). Chunk sizes are
+ * multiples of CLLM_ARENA_GRANULE (2 MiB).
  *
  * Residency. A mapped chunk is charged to STEP in full before it is mapped and
  * pre-faulted, and released after it is unmapped, so the arena's resident bytes
