@@ -64,6 +64,18 @@ void cllm__log(cllm_log_level_t level, const char *fmt, ...)
 #define cllm__error(...) cllm__log(CLLM_LOG_ERROR, __VA_ARGS__)
 #define cllm__info(...) cllm__log(CLLM_LOG_INFO, __VA_ARGS__)
 
+/* ---- invariant checks ---- */
+/* The one form of a `*_check()` step: in a function returning cllm_status_t, log
+ * "<what> check: <message>" and return CLLM_ECORRUPT when cond is false. A check that holds
+ * a lock or owns scratch memory walks in a helper built of these and releases in its caller. */
+#define CLLM_CHECK(cond, what, ...)                   \
+  do {                                                \
+    if (!(cond)) {                                    \
+      cllm__error(what " check: " __VA_ARGS__);       \
+      return CLLM_ECORRUPT;                           \
+    }                                                 \
+  } while (0)
+
 /* ---- per-thread last status (for pointer-returning calls) ---- */
 void cllm__set_last_status(cllm_status_t s);
 
