@@ -84,6 +84,13 @@ typedef struct cllm_kv_store_ops {
   cllm_status_t (*ping)(void *user, void *conn, int64_t deadline_ns);
   // Release the store (every connection is already disconnected).
   void (*close)(void *user);
+  // Optional (NULL: the tier calls put once per key): put keys[i] = vals[i]
+  // (lens[i] bytes) for i < n as put does, in one pipeline; rcs[i] gets each
+  // put's result. Returns CLLM_OK when every put was answered, else the failure
+  // that ended the pipeline (EBUSY / EIO; the unanswered rcs[i] hold it too).
+  cllm_status_t (*put_batch)(void *user, void *conn, const char *const *keys,
+                             const void *const *vals, const size_t *lens, size_t n,
+                             cllm_status_t *rcs, int64_t deadline_ns);
 } cllm_kv_store_ops_t;
 
 typedef struct cllm_kv_store {
@@ -110,6 +117,10 @@ CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_store_fake_create(cllm_kv_store_t 
 CLLM_API void cllm_kv_fake_fail_next(cllm_kv_fake_t *f, unsigned n, cllm_status_t rc);
 CLLM_API void cllm_kv_fake_set_delay(cllm_kv_fake_t *f, uint32_t delay_us);
 CLLM_API void cllm_kv_fake_set_down(cllm_kv_fake_t *f, bool down);
+// hold: every operation but connect waits until released (or its deadline passes:
+// CLLM_EBUSY); waiting: how many operations wait now. Thread: any.
+CLLM_API void cllm_kv_fake_hold(cllm_kv_fake_t *f, bool hold);
+CLLM_API unsigned cllm_kv_fake_waiting(cllm_kv_fake_t *f);
 CLLM_API void cllm_kv_fake_set_max_bytes(cllm_kv_fake_t *f, size_t max_bytes);
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_fake_set_deny_prefix(cllm_kv_fake_t *f,
                                                                     const char *prefix);
@@ -208,23 +219,31 @@ typedef struct cllm_kv_tier_config {
   uint32_t op_timeout_ms;    // deadline of one store operation; 0 = 200
   uint32_t breaker_failures; // failures in a row that mark the store DOWN; 0 = 3
   uint32_t retry_ms;         // ping interval while DOWN (and reconnect back-off); 0 = 100
+  uint32_t fetch_threads;    // probes / fetches in flight at once, each on its own
+                             // thread and connection; 0 = 1, at most 16
 } cllm_kv_tier_config_t;
 
 // Defaults as documented on the fields. Thread: any.
 CLLM_API cllm_kv_tier_config_t cllm_kv_tier_config_default(void);
 
 // Attach a tier to a cache (one per cache) and start its threads. On error the
-// store is not closed (it stays the caller's).
-// Errors: CLLM_EINVAL (NULL, bad struct_size, store without ops, fraction outside
-// [0,1]), CLLM_EEXIST (the cache has a tier), CLLM_ENOMEM, CLLM_ESYS (threads).
+// store is not closed (it stays the caller's). A cfg from an older header
+// (smaller struct_size) gets the defaults for the fields it lacks; a larger one
+// is accepted only if the bytes this library does not know are zero.
+// Errors: CLLM_EINVAL (NULL, struct_size below sizeof(size_t) or unknown non-zero
+// tail, store without ops, fraction outside [0,1], fetch_threads above 16),
+// CLLM_EEXIST (the cache has a tier), CLLM_ENOMEM, CLLM_ESYS (threads).
 // Thread: any.
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_tier_create(cllm_kv_cache_t *kv,
                                                           const cllm_kv_tier_config_t *cfg,
                                                           cllm_kv_tier_t **out);
 
 // Stop the threads (a spill in flight finishes or times out), detach from the
-// cache and close the store. NULL is a no-op. Call before destroying the cache;
-// no probe or fetch may be running. Thread: external-sync.
+// cache and close the store. NULL is a no-op; no probe or fetch may be running.
+// Order: destroy the tier, then the cache. A cache destroyed while its tier is
+// attached logs an error, stops the tier's threads and detaches it; the tier
+// handle then stays valid only for this call (probe, fetch and flush answer
+// CLLM_ESTATE), which closes the store and frees it. Thread: external-sync.
 CLLM_API void cllm_kv_tier_destroy(cllm_kv_tier_t *tier);
 
 // How many tokens after the sequence's committed prefix the store holds for this
@@ -233,8 +252,8 @@ CLLM_API void cllm_kv_tier_destroy(cllm_kv_tier_t *tier);
 // 0 at once while the store is DOWN. The sequence must have no reserved,
 // uncommitted positions and its committed tokens must equal tokens[0..).
 // Errors: CLLM_EINVAL (NULL, n 0), CLLM_ENOTFOUND, CLLM_EPREEMPTED, CLLM_ESTATE
-// (reserved positions not committed, or committed not a multiple of
-// block_tokens), CLLM_ENOMEM (key scratch). A store failure is not an error:
+// (reserved positions not committed, committed not a multiple of block_tokens,
+// or the cache was destroyed first), CLLM_ENOMEM (key scratch). A store failure is not an error:
 // *n_avail is then 0.
 // Thread: any (one caller per sequence).
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_tier_probe(cllm_kv_tier_t *tier, cllm_kv_seq_t seq,
@@ -255,7 +274,7 @@ CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_tier_fetch(cllm_kv_tier_t *tier, c
 
 // Spill every indexed block not yet stored (regardless of mode) and wait until
 // done or timeout_ms passed. Errors: CLLM_EINVAL, CLLM_EBUSY (timed out, or the
-// store is DOWN). Thread: any.
+// store is DOWN), CLLM_ESTATE (the cache was destroyed first). Thread: any.
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_tier_flush(cllm_kv_tier_t *tier,
                                                          uint32_t timeout_ms);
 
