@@ -438,9 +438,10 @@ static cllm_status_t tier_alloc(cllm_kv_tier_t *t, uint32_t num_blocks) {
   if (t->blk == NULL || t->ring == NULL || t->sjobs == NULL || t->pkeys == NULL ||
       t->pvals == NULL || t->plens == NULL || t->prcs == NULL)
     return CLLM_ENOMEM;
-  for (uint32_t i = 0; i < t->batch; i++) {
+  for (uint32_t i = 0; i < t->batch; i++) {  // touched now: a spill never page-faults
     if (CLLM_FAULT(CLLM_FAULT_MALLOC) || (t->sjobs[i].rec = malloc(t->rec_bytes)) == NULL)
       return CLLM_ENOMEM;
+    memset(t->sjobs[i].rec, 0, t->rec_bytes);
   }
   for (uint32_t i = 0; i < t->n_fetch; i++) {
     t->fth[i].t = t;
