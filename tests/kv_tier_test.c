@@ -3,7 +3,9 @@
  * write-through / write-back spilling, rejected records, tenants, the breaker,
  * deadlines, -OOM / NOPERM answers, bad input and allocation faults. */
 #include <criterion/criterion.h>
+#include <pthread.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -690,4 +692,168 @@ Test(kv_tier, allocation_failures_leave_nothing) {
   check(kv);
   cllm_kv_cache_destroy(kv);
   cllm_monitor_destroy(m);
+}
+
+/* ---- versioned config, destroy order, fetches in flight, stores without put_batch ---------- */
+
+Test(kv_tier, config_struct_size_rule) {
+  cllm_monitor_t *m = mk_monitor(0);
+  cllm_kv_config_t c = small_cfg(m, 16, 4);
+  cllm_kv_cache_t *kv = mk(&c);
+  cllm_kv_store_t st;
+  cr_assert_eq(cllm_kv_store_fake_create(&st, NULL), CLLM_OK);
+  /* an older, smaller struct: the fields it lacks (fetch_threads) keep their defaults,
+   * so a garbage byte past its end is never read */
+  struct {
+    cllm_kv_tier_config_t tc;
+    uint8_t tail[16];
+  } big;
+  memset(&big, 0, sizeof big);
+  big.tc = cllm_kv_tier_config_default();
+  big.tc.store = st;
+  big.tc.fetch_threads = 999;  // beyond the older struct: ignored
+  big.tc.struct_size = offsetof(cllm_kv_tier_config_t, fetch_threads);
+  cllm_kv_tier_t *t = NULL;
+  cr_assert_eq(cllm_kv_tier_create(kv, &big.tc, &t), CLLM_OK);
+  cllm_kv_tier_destroy(t);
+  /* a newer, larger struct: accepted with a zero tail, refused with a non-zero one */
+  cr_assert_eq(cllm_kv_store_fake_create(&st, NULL), CLLM_OK);
+  big.tc.store = st;
+  big.tc.fetch_threads = 0;
+  big.tc.struct_size = sizeof big;
+  cr_assert_eq(cllm_kv_tier_create(kv, &big.tc, &t), CLLM_OK);
+  cllm_kv_tier_destroy(t);
+  cr_assert_eq(cllm_kv_store_fake_create(&st, NULL), CLLM_OK);
+  big.tc.store = st;
+  big.tail[7] = 1;
+  t = (cllm_kv_tier_t *)1;
+  cr_assert_eq(cllm_kv_tier_create(kv, &big.tc, &t), CLLM_EINVAL);
+  cr_assert_null(t);
+  big.tail[7] = 0;
+  big.tc.fetch_threads = 17;  // above the maximum
+  cr_assert_eq(cllm_kv_tier_create(kv, &big.tc, &t), CLLM_EINVAL);
+  big.tc.struct_size = sizeof(size_t) - 1;  // not set
+  cr_assert_eq(cllm_kv_tier_create(kv, &big.tc, &t), CLLM_EINVAL);
+  st.ops->close(st.user);
+  check(kv);
+  cllm_kv_cache_destroy(kv);
+  cllm_monitor_destroy(m);
+}
+
+static int logged_errors;
+static void count_errors(void *user, cllm_log_level_t level, const char *msg) {
+  (void)user, (void)msg;
+  if (level == CLLM_LOG_ERROR) __atomic_fetch_add(&logged_errors, 1, __ATOMIC_RELAXED);
+}
+
+Test(kv_tier, cache_destroyed_before_its_tier_is_caught) {
+  cllm_monitor_t *m = mk_monitor(0);
+  cllm_kv_config_t c = small_cfg(m, 64, 4);
+  cllm_kv_cache_t *kv = mk(&c);
+  cllm_kv_store_t st;
+  cllm_kv_fake_t *f;
+  cr_assert_eq(cllm_kv_store_fake_create(&st, &f), CLLM_OK);
+  cllm_kv_tier_t *t = mk_tier(kv, st, true);
+  cllm_kv_token_t tok[21];
+  seq_tokens(tok, 21, 5);
+  cllm_kv_seq_t s;
+  size_t cached, n = 7;
+  cr_assert_eq(cllm_kv_seq_open_with_prompt(kv, "s", NULL, tok, 21, &s, &cached), CLLM_OK);
+  compute(kv, s, tok, 0, 21);
+  cr_assert_eq(cllm_kv_seq_close(kv, s), CLLM_OK);  // the spill thread has work
+  logged_errors = 0;
+  cllm_set_log_fn(count_errors, NULL);
+  cllm_kv_cache_destroy(kv);  // wrong order: logged, the tier stopped and detached
+  cllm_set_log_fn(NULL, NULL);
+  cr_assert_eq(logged_errors, 1);
+  cr_assert_eq(cllm_kv_tier_probe(t, s, tok, 21, &n), CLLM_ESTATE);
+  cr_assert_eq(cllm_kv_tier_fetch(t, s, tok, 21, 16, &n), CLLM_ESTATE);
+  cr_assert_eq(cllm_kv_tier_flush(t, 10), CLLM_ESTATE);
+  size_t before = cllm_kv_fake_count(f, NULL);
+  usleep(20000);
+  cr_assert_eq(cllm_kv_fake_count(f, NULL), before);  // nothing runs any more
+  cllm_kv_tier_destroy(t);  // still valid: closes the store, frees the tier
+  cllm_monitor_destroy(m);
+}
+
+typedef struct prober {
+  cllm_kv_tier_t *t;
+  cllm_kv_seq_t s;
+  const cllm_kv_token_t *tok;
+  size_t n, avail;
+  cllm_status_t rc;
+} prober_t;
+
+static void *probe_thread(void *arg) {
+  prober_t *p = arg;
+  p->rc = cllm_kv_tier_probe(p->t, p->s, p->tok, p->n, &p->avail);
+  return NULL;
+}
+
+Test(kv_tier, probes_of_two_sequences_are_in_flight_at_once) {
+  cllm_monitor_t *m = mk_monitor(0);
+  cllm_kv_config_t c = small_cfg(m, 64, 4);
+  cllm_kv_cache_t *kv = mk(&c);
+  cllm_kv_store_t st;
+  cllm_kv_fake_t *f;
+  cr_assert_eq(cllm_kv_store_fake_create(&st, &f), CLLM_OK);
+  cllm_kv_tier_config_t tc = cllm_kv_tier_config_default();
+  tc.store = st;
+  tc.fetch_threads = 2;
+  tc.op_timeout_ms = 30000;  // held operations must not time out
+  cllm_kv_tier_t *t = NULL;
+  cr_assert_eq(cllm_kv_tier_create(kv, &tc, &t), CLLM_OK);
+  cllm_kv_token_t tok[2][21];
+  prober_t pr[2];
+  pthread_t th[2];
+  cllm_kv_fake_hold(f, true);
+  for (int i = 0; i < 2; i++) {
+    seq_tokens(tok[i], 21, 100 + (uint32_t)i);
+    size_t cached;
+    char id[2] = {(char)('a' + i), 0};
+    pr[i] = (prober_t){.t = t, .tok = tok[i], .n = 21, .rc = CLLM_EIO};
+    cr_assert_eq(cllm_kv_seq_open_with_prompt(kv, id, NULL, tok[i], 21, &pr[i].s, &cached),
+                 CLLM_OK);
+    cr_assert_eq(pthread_create(&th[i], NULL, probe_thread, &pr[i]), 0);
+  }
+  /* both probes reach the store while it holds them: two jobs in flight, not one queued */
+  for (int w = 0; w < 2000 && cllm_kv_fake_waiting(f) < 2; w++) usleep(5000);
+  cr_assert_eq(cllm_kv_fake_waiting(f), 2);
+  cllm_kv_fake_hold(f, false);
+  for (int i = 0; i < 2; i++) {
+    pthread_join(th[i], NULL);
+    cr_assert_eq(pr[i].rc, CLLM_OK);
+    cr_assert_eq(pr[i].avail, 0);
+    cr_assert_eq(cllm_kv_seq_close(kv, pr[i].s), CLLM_OK);
+  }
+  cr_assert_eq(stats(kv).tier_probes, 2);
+  cllm_kv_tier_destroy(t);
+  check(kv);
+  cllm_kv_cache_destroy(kv);
+  cllm_monitor_destroy(m);
+}
+
+Test(kv_tier, a_store_without_put_batch_spills_one_put_at_a_time) {
+  pair_t p;
+  memset(&p, 0, sizeof p);
+  p.m = mk_monitor(0);
+  cllm_kv_config_t c = small_cfg(p.m, 64, 4);
+  p.a = mk(&c);
+  p.b = mk(&c);
+  cllm_kv_store_t st;
+  cr_assert_eq(cllm_kv_store_fake_create(&st, &p.fake), CLLM_OK);
+  static cllm_kv_store_ops_t plain;
+  plain = *st.ops;
+  plain.put_batch = NULL;
+  p.ta = mk_tier(p.a, (cllm_kv_store_t){&plain, st.user}, true);
+  p.tb = mk_tier(p.b, borrowed(st, &p.ops_b), true);
+  cllm_kv_token_t t[42];
+  seq_tokens(t, 42, 9);
+  a_serves(&p, t, 42, 0);
+  cr_assert_eq(stats(p.a).tier_spills, 10);
+  cllm_kv_seq_t s;
+  cr_assert_eq(b_fetches(&p, t, 42, 0, &s), 40);
+  expect_rows(p.b, s, t, 40);
+  cr_assert_eq(cllm_kv_seq_close(p.b, s), CLLM_OK);
+  pair_down(&p);
 }
