@@ -266,7 +266,7 @@ static void spill_copy(cllm_kv_tier_t *t, sjob_t *j) {
   if (!j->send) t->blk[j->b].inflight = 0;
   kv__unlock(kv);
   if (!j->send) CNT_ADD(t->c_skipped, 1);
-  else kv__tier_seal(j->rec, t->rec_bytes, t->secret);
+  else kv__tier_seal(j->rec, t->rec_bytes, t->secret, &t->mac);
 }
 
 /* Send the records of the jobs still to send: one pipeline when the store has
@@ -482,6 +482,8 @@ static void tier_settings(cllm_kv_tier_t *t, const cllm_kv_tier_config_t *c) {
   t->shape = (cllm_kv_shape_t){kv->layers, kv->kv_heads, kv->head_dim, kv->dtype_bytes, kv->bt, 0};
   t->shape.fingerprint = cllm_kv_tier_fingerprint(&t->shape, c->model_id, c->model_id_len);
   t->secret = c->secret;
+  t->mac.len = c->mac_key_len;
+  if (c->mac_key_len > 0) memcpy(t->mac.key, c->mac_key, c->mac_key_len);
   t->write_through = c->write_through;
   double lw = c->spill_low_water == 0.0 ? 0.25 : c->spill_low_water;
   t->low_water = (uint32_t)(lw * kv->num_blocks);
@@ -502,7 +504,8 @@ cllm_status_t cllm_kv_tier_create(cllm_kv_cache_t *kv, const cllm_kv_tier_config
   cllm_kv_tier_config_t c = cllm_kv_tier_config_default();
   if (kv == NULL || cfg == NULL || out == NULL || cllm__config_in(&c, sizeof c, cfg) != CLLM_OK ||
       c.store.ops == NULL || !(c.spill_low_water >= 0.0 && c.spill_low_water <= 1.0) ||
-      (c.model_id == NULL && c.model_id_len > 0) || c.fetch_threads > TIER_MAX_FETCH_THREADS)
+      (c.model_id == NULL && c.model_id_len > 0) || c.fetch_threads > TIER_MAX_FETCH_THREADS ||
+      c.mac_key_len > KV_TIER_MAC_KEY_MAX || (c.mac_key == NULL && c.mac_key_len > 0))
     return CLLM_EINVAL;
   const cllm_kv_store_ops_t *ops = c.store.ops;
   if (!ops->connect || !ops->disconnect || !ops->exists || !ops->get || !ops->put || !ops->ping ||

@@ -47,9 +47,9 @@ static void run_get(cllm_kv_tier_t *t, tconn_t *tc, fjob_t *j, uint8_t *rec) {
                                          &len, kv__tier_now_ns() + t->op_ns);
     if (!kv__tier_note_result(t, tc, rc) || rc == CLLM_ENOTFOUND) return;
     const void *payload = NULL;
-    cllm_kv_reject_t why = rc == CLLM_OK ? cllm_kv_tier_verify(&t->shape, &j->ids[i],
-                                                                j->tokens + i * kv->bt, t->secret,
-                                                                rec, len, &payload)
+    cllm_kv_reject_t why = rc == CLLM_OK ? kv__tier_verify(&t->shape, &j->ids[i],
+                                                            j->tokens + i * kv->bt, t->secret,
+                                                            &t->mac, rec, len, &payload)
                                          : CLLM_KV_REJECT_FORMAT;
     if (why != CLLM_KV_REJECT_NONE) {
       CNT_ADD(t->c_record, 1);

@@ -26,11 +26,26 @@ void kv__tier_stats_locked(const cllm_kv_cache_t *kv, cllm_kv_stats_t *st);
  * needs (the store); every other tier call answers CLLM_ESTATE. */
 void kv__tier_on_cache_destroy(cllm_kv_cache_t *kv);
 
+/* A deployment's MAC key (len 0: none; records then carry the checksum). */
+#define KV_TIER_MAC_KEY_MAX 64u
+#define KV_TIER_FLAG_MAC 1u
+typedef struct kv_tier_mac {
+  uint8_t key[KV_TIER_MAC_KEY_MAX];
+  size_t len;
+} kv_tier_mac_t;
+
 /* Codec: write the header and tokens of a record at out (record_bytes long; the
- * payload is filled by the caller), then seal it (the checksum). */
+ * payload is filled by the caller), then seal it (flags and the checksum, or the
+ * keyed tag when mac has a key), and verify a record like cllm_kv_tier_verify
+ * with a MAC key: a keyed reader rejects untagged records and wrong tags, an
+ * unkeyed one rejects tagged records (CLLM_KV_REJECT_MAC). */
 void kv__tier_encode_head(const cllm_kv_shape_t *shape, const cllm_kv_block_id_t *id,
                           const cllm_kv_token_t *tokens, void *out);
-void kv__tier_seal(void *rec, size_t total, uint64_t secret);
+void kv__tier_seal(void *rec, size_t total, uint64_t secret, const kv_tier_mac_t *mac);
+cllm_kv_reject_t kv__tier_verify(const cllm_kv_shape_t *shape, const cllm_kv_block_id_t *id,
+                                 const cllm_kv_token_t *tokens, uint64_t secret,
+                                 const kv_tier_mac_t *mac, const void *rec, size_t len,
+                                 const void **payload);
 
 /* ---- the tier's state ---------------------------------------------------------- */
 
@@ -87,6 +102,7 @@ struct cllm_kv_tier {
   cllm_kv_store_t store;
   cllm_kv_shape_t shape;
   uint64_t secret;
+  kv_tier_mac_t mac;
   bool write_through;
   uint32_t low_water, batch, breaker_failures, n_fetch;
   int64_t op_ns, retry_ns;

@@ -857,3 +857,130 @@ Test(kv_tier, a_store_without_put_batch_spills_one_put_at_a_time) {
   cr_assert_eq(cllm_kv_seq_close(p.b, s), CLLM_OK);
   pair_down(&p);
 }
+
+/* ---- the deployment MAC key ------------------------------------------------------------------ */
+
+typedef struct reader {
+  cllm_kv_cache_t *kv;
+  cllm_kv_tier_t *t;
+} reader_t;
+
+/* A cache with a tier on the pair's store (never closed by it), MAC key `key` or none. */
+static reader_t reader(pair_t *p, const char *key) {
+  cllm_kv_config_t c = small_cfg(p->m, 64, 4);
+  reader_t r = {.kv = mk(&c)};
+  cllm_kv_tier_config_t tc = cllm_kv_tier_config_default();
+  tc.store = (cllm_kv_store_t){&p->ops_b, p->fake};
+  tc.model_id = "test-model";
+  tc.model_id_len = 10;
+  tc.op_timeout_ms = 1000;
+  tc.mac_key = key;
+  tc.mac_key_len = key ? strlen(key) : 0;
+  cr_assert_eq(cllm_kv_tier_create(r.kv, &tc, &r.t), CLLM_OK);
+  return r;
+}
+
+/* Blocks the reader fetches for the prompt; *rejects gets its record rejects. */
+static size_t reader_fetch(reader_t *r, const cllm_kv_token_t *t, size_t n, uint64_t *rejects) {
+  cllm_kv_seq_t s;
+  size_t cached, ready;
+  cr_assert_eq(cllm_kv_seq_open_with_prompt(r->kv, "r", NULL, t, n, &s, &cached), CLLM_OK);
+  cr_assert_eq(cllm_kv_tier_fetch(r->t, s, t, n, n, &ready), CLLM_OK);
+  if (ready > 0) expect_rows(r->kv, s, t, ready);
+  cr_assert_eq(cllm_kv_seq_close(r->kv, s), CLLM_OK);
+  *rejects = stats(r->kv).tier_rejects_record;
+  check(r->kv);
+  return ready;
+}
+
+static void reader_down(reader_t *r) {
+  cllm_kv_tier_destroy(r->t);
+  cllm_kv_cache_destroy(r->kv);
+}
+
+Test(kv_tier, mac_key_rejects_other_keys_no_key_and_poisoning) {
+  pair_t p;
+  memset(&p, 0, sizeof p);
+  p.m = mk_monitor(0);
+  cllm_kv_config_t c = small_cfg(p.m, 64, 4);
+  p.a = mk(&c);
+  cllm_kv_store_t st;
+  cr_assert_eq(cllm_kv_store_fake_create(&st, &p.fake), CLLM_OK);
+  p.ops_b = *st.ops;
+  p.ops_b.close = noop_close;
+  cllm_kv_tier_config_t tc = cllm_kv_tier_config_default();
+  tc.store = st;
+  tc.model_id = "test-model";
+  tc.model_id_len = 10;
+  tc.mac_key = "deployment-key-1";
+  tc.mac_key_len = 16;
+  cr_assert_eq(cllm_kv_tier_create(p.a, &tc, &p.ta), CLLM_OK);
+  cllm_kv_token_t t[21];
+  seq_tokens(t, 21, 77);
+  a_serves(&p, t, 21, 0);  // 5 tagged records
+  uint64_t rej;
+  reader_t same = reader(&p, "deployment-key-1"), other = reader(&p, "deployment-key-2"),
+           none = reader(&p, NULL);
+  cr_assert_eq(reader_fetch(&same, t, 21, &rej), 20);
+  cr_assert_eq(rej, 0);
+  cr_assert_eq(reader_fetch(&other, t, 21, &rej), 0);  // another key: rejected, counted
+  cr_assert_eq(rej, 1);
+  cr_assert_eq(reader_fetch(&none, t, 21, &rej), 0);  // no key: cannot verify, rejected
+  cr_assert_eq(rej, 1);
+  /* the record itself says it is tagged; flipping that flag or the tag is caught */
+  uint8_t d[16], root[16];
+  uint64_t ns = cllm_kv_tier_namespace(0, 0);
+  cllm_kv_shape_t sh = SHAPE;
+  sh.fingerprint = cllm_kv_tier_fingerprint(&sh, "test-model", 10);
+  cllm_kv_tier_root_digest(sh.fingerprint, ns, root);
+  cllm_kv_tier_chain_digest(root, t, 4, d);
+  char k0[CLLM_KV_TIER_KEY_MAX];
+  cllm_kv_tier_key(sh.fingerprint, ns, d, k0);
+  uint8_t rec[512], orig[512];
+  size_t len;
+  cr_assert_eq(cllm_kv_fake_raw_get(p.fake, k0, orig, sizeof orig, &len), CLLM_OK);
+  cr_assert_eq(orig[28], 1);  // flags: MAC
+  const size_t offs[3] = {200, len - 1, 28};  // payload byte, tag byte, flag byte
+  for (int i = 0; i < 3; i++) {
+    memcpy(rec, orig, len);
+    rec[offs[i]] ^= 1;
+    cr_assert_eq(cllm_kv_fake_raw_set(p.fake, k0, rec, len), CLLM_OK);
+    reader_t r = reader(&p, "deployment-key-1");
+    cr_assert_eq(reader_fetch(&r, t, 21, &rej), 0, "offset %zu", offs[i]);
+    cr_assert_eq(rej, 1);
+    reader_down(&r);
+  }
+  /* a downgrade: a valid unkeyed record (right checksum) under the same key */
+  cr_assert_eq(cllm_kv_fake_raw_del(p.fake, k0), CLLM_OK);
+  reader_t w = reader(&p, NULL);
+  cllm_kv_seq_t s;
+  size_t cached;
+  cr_assert_eq(cllm_kv_seq_open_with_prompt(w.kv, "w", NULL, t, 21, &s, &cached), CLLM_OK);
+  compute(w.kv, s, t, 0, 21);
+  cr_assert_eq(cllm_kv_seq_close(w.kv, s), CLLM_OK);
+  cr_assert_eq(cllm_kv_tier_flush(w.t, 5000), CLLM_OK);
+  cr_assert_eq(cllm_kv_fake_raw_get(p.fake, k0, rec, sizeof rec, &len), CLLM_OK);
+  cr_assert_eq(rec[28], 0);  // rewritten unkeyed
+  reader_t r = reader(&p, "deployment-key-1");
+  cr_assert_eq(reader_fetch(&r, t, 21, &rej), 0);
+  cr_assert_eq(rej, 1);
+  reader_down(&r);
+  reader_down(&w);
+  reader_down(&same);
+  reader_down(&other);
+  reader_down(&none);
+  /* bad keys are refused */
+  cllm_kv_cache_t *kv = mk(&c);
+  tc.store = (cllm_kv_store_t){&p.ops_b, p.fake};
+  tc.mac_key_len = 65;
+  cllm_kv_tier_t *bad;
+  cr_assert_eq(cllm_kv_tier_create(kv, &tc, &bad), CLLM_EINVAL);
+  tc.mac_key = NULL;
+  tc.mac_key_len = 4;
+  cr_assert_eq(cllm_kv_tier_create(kv, &tc, &bad), CLLM_EINVAL);
+  cllm_kv_cache_destroy(kv);
+  check(p.a);
+  cllm_kv_tier_destroy(p.ta);
+  cllm_kv_cache_destroy(p.a);
+  cllm_monitor_destroy(p.m);
+}

@@ -25,8 +25,9 @@
  * model fingerprint, the block's position in its chain, its digest and parent
  * digest, payload bytes), the block's token ids, the payload exactly as the pools
  * hold it (for each layer: the K rows then the V rows) and a 64-bit checksum over
- * all of it (keyed with `secret` when set). Values are immutable: a put never
- * replaces an existing key.
+ * all of it (keyed with `secret` when set), or with `mac_key` a keyed BLAKE2b
+ * tag (a MAC: without the key a valid record cannot be forged). Values are
+ * immutable: a put never replaces an existing key.
  *
  * A fetched block is used only if every field matches what the prompt implies
  * (format, shape, fingerprint, position, digest, parent, tokens, length,
@@ -40,12 +41,13 @@
  * reclaimer never wait for the tier: a CACHED block evicted before it was written
  * is dropped and counted (tier_spill_dropped).
  *
- * Network I/O runs only on the tier's two threads (spill, and fetch on behalf of
- * probe/fetch callers), each with its own store connection and with SIGPIPE
- * blocked; the cache lock is taken only for short state changes. When the store
- * fails `breaker_failures` times in a row the tier is DOWN: probes answer 0 at
- * once and nothing is spilled; the spill thread pings it every `retry_ms` and
- * reconnects, and the tier is UP again after the first good answer.
+ * Network I/O runs only on the tier's threads (one spill thread, and
+ * `fetch_threads` threads running probe/fetch callers' jobs), each with its own
+ * store connection and with SIGPIPE blocked; the cache lock is taken only for
+ * short state changes. When the store fails `breaker_failures` times in a row
+ * the tier is DOWN: probes answer 0 at once and nothing is spilled; the spill
+ * thread pings it every `retry_ms` and reconnects, and the tier is UP again
+ * after the first good answer.
  */
 #ifndef CLLM_KV_TIER_H
 #define CLLM_KV_TIER_H
@@ -191,6 +193,8 @@ typedef enum cllm_kv_reject {
   CLLM_KV_REJECT_PARENT = 5,
   CLLM_KV_REJECT_TOKENS = 6,
   CLLM_KV_REJECT_CHECKSUM = 7,
+  CLLM_KV_REJECT_MAC = 8,  // MAC tag wrong, missing (the reader has a MAC key) or
+                           // unverifiable (it has none)
   CLLM_KV_REJECT_COUNT
 } cllm_kv_reject_t;
 
@@ -221,6 +225,11 @@ typedef struct cllm_kv_tier_config {
   uint32_t retry_ms;         // ping interval while DOWN (and reconnect back-off); 0 = 100
   uint32_t fetch_threads;    // probes / fetches in flight at once, each on its own
                              // thread and connection; 0 = 1, at most 16
+  const void *mac_key;       // deployment MAC key (copied), up to 64 bytes; NULL = none.
+  size_t mac_key_len;        // With a key, records carry a keyed BLAKE2b-64 tag instead
+                             // of the checksum, and records without a valid tag are
+                             // rejected (CLLM_KV_REJECT_MAC); a tier without a key
+                             // rejects tagged records.
 } cllm_kv_tier_config_t;
 
 // Defaults as documented on the fields. Thread: any.
@@ -231,7 +240,8 @@ CLLM_API cllm_kv_tier_config_t cllm_kv_tier_config_default(void);
 // (smaller struct_size) gets the defaults for the fields it lacks; a larger one
 // is accepted only if the bytes this library does not know are zero.
 // Errors: CLLM_EINVAL (NULL, struct_size below sizeof(size_t) or unknown non-zero
-// tail, store without ops, fraction outside [0,1], fetch_threads above 16),
+// tail, store without ops, fraction outside [0,1], fetch_threads above 16,
+// mac_key_len above 64 or without mac_key),
 // CLLM_EEXIST (the cache has a tier), CLLM_ENOMEM, CLLM_ESYS (threads).
 // Thread: any.
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_tier_create(cllm_kv_cache_t *kv,
