@@ -83,6 +83,7 @@ void kv__tier_on_index_locked(cllm_kv_cache_t *kv, uint32_t b) {
   tb->has_dig = 1;
   bool from_store = tb->fetched && tb->fgen == bl->gen;
   tb->fetched = 0;
+  kv__tier_event_locked(t, from_store ? CLLM_KV_EVENT_FETCHED : CLLM_KV_EVENT_STORED, b);
   if (from_store) {  // committed by a fetch: nothing to write back
     tb->stored = STORED;
     return;
@@ -104,8 +105,9 @@ static bool blk_valid_locked(const cllm_kv_tier_t *t, uint32_t b) {
 
 void kv__tier_on_evict_locked(cllm_kv_cache_t *kv, uint32_t b) {
   cllm_kv_tier_t *t = kv->tier;
-  if (blk_valid_locked(t, b) && t->blk[b].stored == NOT_STORED && !t->blk[b].inflight)
-    CNT_ADD(t->c_skipped, 1);
+  if (!blk_valid_locked(t, b)) return;
+  kv__tier_event_locked(t, CLLM_KV_EVENT_REMOVED, b);
+  if (t->blk[b].stored == NOT_STORED && !t->blk[b].inflight) CNT_ADD(t->c_skipped, 1);
 }
 
 void kv__tier_stats_locked(const cllm_kv_cache_t *kv, cllm_kv_stats_t *st) {
@@ -308,6 +310,7 @@ static void spill_done_locked(cllm_kv_tier_t *t, sjob_t *j) {
     CNT_ADD(t->c_spills, 1);
     CNT_ADD(t->c_spill_bytes, t->rec_bytes);
     if (valid) tb->stored = STORED;
+    if (valid) kv__tier_event_locked(t, CLLM_KV_EVENT_SPILLED, j->b);
   } else if (rc == CLLM_ELIMIT || rc == CLLM_ESTATE) {
     CNT_ADD(*(rc == CLLM_ELIMIT ? &t->c_oom : &t->c_noperm), 1);
     if (valid) tb->stored = GAVE_UP;  // counted, not retried
@@ -363,6 +366,7 @@ static void *spill_main(void *arg) {
     t->kick = false;
     uint64_t flush = t->flush_req;
     pthread_mutex_unlock(&t->mu);
+    kv__tier_events_deliver(t);
     uint32_t n = 0;
     if (tier_state(t) == CLLM_KV_TIER_DOWN) {
       breaker_probe(t, &tc);
@@ -423,6 +427,7 @@ static void tier_free(cllm_kv_tier_t *t) {
   free(t->prcs);
   free(t->ring);
   free(t->blk);
+  kv__tier_events_free(t);
   free(t);
 }
 
@@ -468,7 +473,7 @@ static cllm_status_t tier_init_sync(cllm_kv_tier_t *t) {
   bool ok = pthread_condattr_init(&ca) == 0;
   if (!ok) return CLLM_ENOMEM;
   (void)pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-  ok = pthread_mutex_init(&t->mu, NULL) == 0;
+  ok = pthread_mutex_init(&t->mu, NULL) == 0 && pthread_mutex_init(&t->ev_mu, NULL) == 0;
   if (ok && pthread_cond_init(&t->cv_spill, &ca) != 0) ok = false;
   if (ok && pthread_cond_init(&t->cv_fetch, &ca) != 0) ok = false;
   if (ok && pthread_cond_init(&t->cv_done, &ca) != 0) ok = false;
@@ -516,6 +521,7 @@ cllm_status_t cllm_kv_tier_create(cllm_kv_cache_t *kv, const cllm_kv_tier_config
   t->kv = kv;
   tier_settings(t, &c);
   cllm_status_t rc = t->rec_bytes == 0 ? CLLM_EOVERFLOW : tier_alloc(t, kv->num_blocks);
+  if (rc == CLLM_OK) rc = kv__tier_events_init(t, &c);
   if (rc == CLLM_OK) rc = tier_init_sync(t);
   if (rc != CLLM_OK) {
     tier_free(t);
@@ -552,6 +558,7 @@ void kv__tier_on_cache_destroy(cllm_kv_cache_t *kv) {
   cllm__error("kv cache destroyed before its tier: the tier is stopped and detached; "
               "call cllm_kv_tier_destroy first");
   tier_stop(t, t->n_fetch, true);
+  kv__tier_events_deliver(t);
   kv->tier = NULL;
   t->kv = NULL;  // an orphan: only cllm_kv_tier_destroy remains valid
 }
@@ -559,6 +566,7 @@ void kv__tier_on_cache_destroy(cllm_kv_cache_t *kv) {
 void cllm_kv_tier_destroy(cllm_kv_tier_t *t) {
   if (t == NULL) return;
   if (t->threads_live) tier_stop(t, t->n_fetch, true);
+  kv__tier_events_deliver(t);  // the last ones (none for an orphan: delivered then)
   if (t->kv != NULL) {
     kv__lock(t->kv);
     t->kv->tier = NULL;
@@ -568,6 +576,7 @@ void cllm_kv_tier_destroy(cllm_kv_tier_t *t) {
   pthread_cond_destroy(&t->cv_spill);
   pthread_cond_destroy(&t->cv_fetch);
   pthread_cond_destroy(&t->cv_done);
+  pthread_mutex_destroy(&t->ev_mu);
   pthread_mutex_destroy(&t->mu);
   tier_free(t);
 }

@@ -128,6 +128,15 @@ struct cllm_kv_tier {
   pthread_t th_spill;
   fthread_t fth[TIER_MAX_FETCH_THREADS];  // [n_fetch]
 
+  /* block events (lib/kv_tier_events.c); ring under kv->lock, delivery under ev_mu */
+  cllm_kv_event_fn ev_fn;
+  void *ev_user;
+  uint32_t ev_batch, ev_cap, ev_head, ev_count;
+  cllm_kv_event_t *ev_ring, *ev_out;
+  cllm_kv_token_t *ev_tok, *ev_out_tok;  // [ev_cap x bt], [ev_batch x bt]
+  pthread_mutex_t ev_mu;
+  uint64_t c_ev_dropped;
+
   uint64_t c_probes, c_hit_tokens, c_fetched_bytes, c_fetch_ns, c_spills, c_spill_bytes,
       c_skipped, c_errors, c_timeouts, c_reconnects, c_oom, c_noperm, c_record;
 };
@@ -144,6 +153,12 @@ void kv__tier_conn_drop(cllm_kv_tier_t *t, tconn_t *tc);
 bool kv__tier_note_result(cllm_kv_tier_t *t, tconn_t *tc, cllm_status_t rc);
 /* The calling tier thread never receives SIGPIPE. */
 void kv__tier_block_sigpipe(void);
+/* Events: allocate (create), queue one for block b (kv->lock held; the block's
+ * tier state is valid), deliver what is queued (no lock held; any thread), free. */
+cllm_status_t kv__tier_events_init(cllm_kv_tier_t *t, const cllm_kv_tier_config_t *c);
+void kv__tier_event_locked(cllm_kv_tier_t *t, uint32_t kind, uint32_t b);
+void kv__tier_events_deliver(cllm_kv_tier_t *t);
+void kv__tier_events_free(cllm_kv_tier_t *t);
 /* A fetch thread's body (lib/kv_tier_fetch.c); arg: its fthread_t. */
 void *kv__tier_fetch_main(void *arg);
 

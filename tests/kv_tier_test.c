@@ -984,3 +984,117 @@ Test(kv_tier, mac_key_rejects_other_keys_no_key_and_poisoning) {
   cllm_kv_cache_destroy(p.a);
   cllm_monitor_destroy(p.m);
 }
+
+/* ---- block events ------------------------------------------------------------------------------ */
+
+typedef struct evlog {
+  pthread_mutex_t mu;
+  cllm_kv_event_t ev[256];
+  cllm_kv_token_t tok[256][4];
+  size_t n, calls, max_batch;
+} evlog_t;
+
+static void on_events(void *user, double ts, const cllm_kv_event_t *e, size_t n) {
+  evlog_t *l = user;
+  cr_assert_gt(ts, 1e9);
+  cr_assert_geq(n, 1);
+  pthread_mutex_lock(&l->mu);
+  l->calls++;
+  if (n > l->max_batch) l->max_batch = n;
+  for (size_t i = 0; i < n && l->n < 256; i++, l->n++) {
+    l->ev[l->n] = e[i];
+    if (e[i].tokens != NULL) memcpy(l->tok[l->n], e[i].tokens, sizeof l->tok[0]);
+    l->ev[l->n].tokens = e[i].tokens ? l->tok[l->n] : NULL;
+  }
+  pthread_mutex_unlock(&l->mu);
+}
+
+static size_t ev_count(evlog_t *l, uint32_t kind) {
+  size_t c = 0;
+  for (size_t i = 0; i < l->n; i++) c += l->ev[i].kind == kind;
+  return c;
+}
+
+static cllm_kv_tier_t *mk_tier_ev(cllm_kv_cache_t *kv, cllm_kv_store_t st, evlog_t *l) {
+  cllm_kv_tier_config_t tc = cllm_kv_tier_config_default();
+  tc.store = st;
+  tc.model_id = "test-model";
+  tc.model_id_len = 10;
+  tc.write_through = true;
+  tc.event_fn = on_events;
+  tc.event_user = l;
+  tc.event_batch = 3;
+  cllm_kv_tier_t *t = NULL;
+  cr_assert_eq(cllm_kv_tier_create(kv, &tc, &t), CLLM_OK);
+  return t;
+}
+
+Test(kv_tier, block_events_stored_spilled_fetched_removed) {
+  static evlog_t la, lb;
+  memset(&la, 0, sizeof la);
+  memset(&lb, 0, sizeof lb);
+  pthread_mutex_init(&la.mu, NULL);
+  pthread_mutex_init(&lb.mu, NULL);
+  pair_t p;
+  memset(&p, 0, sizeof p);
+  p.m = mk_monitor(0);
+  cllm_kv_config_t c = small_cfg(p.m, 8, 4);
+  p.a = mk(&c);
+  p.b = mk(&c);
+  cllm_kv_store_t st;
+  cr_assert_eq(cllm_kv_store_fake_create(&st, &p.fake), CLLM_OK);
+  p.ta = mk_tier_ev(p.a, st, &la);
+  p.tb = mk_tier_ev(p.b, borrowed(st, &p.ops_b), &lb);
+  cllm_kv_token_t t[21], u[21];
+  seq_tokens(t, 21, 31);
+  seq_tokens(u, 21, 32);
+  a_serves(&p, t, 21, 0);  // 5 blocks stored and spilled
+  cllm_kv_seq_t s;
+  cr_assert_eq(b_fetches(&p, t, 21, 0, &s), 20);  // B: 5 fetched
+  cr_assert_eq(cllm_kv_seq_close(p.b, s), CLLM_OK);
+  /* A computes another prompt in its 8 blocks: cached blocks of the first are evicted */
+  size_t cached;
+  cr_assert_eq(cllm_kv_seq_open_with_prompt(p.a, "u", NULL, u, 21, &s, &cached), CLLM_OK);
+  compute(p.a, s, u, 0, 21);
+  cr_assert_eq(cllm_kv_seq_close(p.a, s), CLLM_OK);
+  cr_assert_eq(cllm_kv_tier_events_dropped(p.ta), 0);
+  cr_assert_eq(cllm_kv_tier_events_dropped(NULL), 0);
+  cllm_kv_tier_destroy(p.ta);  // delivers what is still queued
+  cllm_kv_tier_destroy(p.tb);
+  /* A: the first prompt's 5 blocks, in chain order, with tokens and chained digests */
+  uint8_t root[16], d[16];
+  cllm_kv_shape_t sh = SHAPE;
+  sh.fingerprint = cllm_kv_tier_fingerprint(&sh, "test-model", 10);
+  cllm_kv_tier_root_digest(sh.fingerprint, cllm_kv_tier_namespace(0, 0), root);
+  memcpy(d, root, 16);
+  size_t k = 0;
+  for (size_t i = 0; i < la.n && k < 5; i++) {
+    const cllm_kv_event_t *e = &la.ev[i];
+    if (e->kind != CLLM_KV_EVENT_STORED) continue;
+    cr_assert_eq(e->position, k);
+    cr_assert_eq(e->block_tokens, 4);
+    cr_assert_eq(memcmp(e->parent, d, 16), 0);
+    cr_assert_eq(memcmp(e->tokens, t + 4 * k, 4 * sizeof *t), 0);
+    cllm_kv_tier_chain_digest(d, t + 4 * k, 4, d);
+    cr_assert_eq(memcmp(e->digest, d, 16), 0);
+    k++;
+  }
+  cr_assert_eq(k, 5);
+  cr_assert_eq(ev_count(&la, CLLM_KV_EVENT_STORED), 10);  // both prompts
+  cr_assert_geq(ev_count(&la, CLLM_KV_EVENT_SPILLED), 5);
+  cr_assert_geq(ev_count(&la, CLLM_KV_EVENT_REMOVED), 2);  // 8 blocks hold 5 + 6
+  cr_assert_eq(ev_count(&la, CLLM_KV_EVENT_FETCHED), 0);
+  for (size_t i = 0; i < la.n; i++)
+    if (la.ev[i].kind == CLLM_KV_EVENT_REMOVED || la.ev[i].kind == CLLM_KV_EVENT_SPILLED)
+      cr_assert_null(la.ev[i].tokens);
+  /* B: fetched, never stored or spilled */
+  cr_assert_eq(ev_count(&lb, CLLM_KV_EVENT_FETCHED), 5);
+  cr_assert_eq(ev_count(&lb, CLLM_KV_EVENT_STORED), 0);
+  cr_assert_eq(ev_count(&lb, CLLM_KV_EVENT_SPILLED), 0);
+  cr_assert_leq(la.max_batch, 3);  // event_batch
+  check(p.a);
+  check(p.b);
+  cllm_kv_cache_destroy(p.a);
+  cllm_kv_cache_destroy(p.b);
+  cllm_monitor_destroy(p.m);
+}

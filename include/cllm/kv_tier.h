@@ -211,6 +211,31 @@ CLLM_API cllm_kv_reject_t cllm_kv_tier_verify(const cllm_kv_shape_t *shape,
 
 typedef struct cllm_kv_tier cllm_kv_tier_t;
 
+/* Block events, for routers that track which server holds which prefix (the
+ * vLLM KV-events model: BlockStored / BlockRemoved with chain and parent hashes).
+ * Events are queued under the cache lock and delivered in batches, in order, on
+ * the tier's spill thread (and by destroy for the last ones), never under a lock. */
+typedef enum cllm_kv_event_kind {
+  CLLM_KV_EVENT_STORED = 1,   // a computed block entered the local prefix index
+  CLLM_KV_EVENT_REMOVED = 2,  // a local block left the index (evicted or reclaimed)
+  CLLM_KV_EVENT_SPILLED = 3,  // a block was written to the store
+  CLLM_KV_EVENT_FETCHED = 4,  // a block fetched from the store entered the local index
+} cllm_kv_event_kind_t;
+
+typedef struct cllm_kv_event {
+  uint32_t kind;          // cllm_kv_event_kind_t
+  uint32_t block_tokens;  // tokens per block (vLLM block_size)
+  uint64_t position;      // block index in its chain
+  uint8_t digest[16];     // chain digest (the block's hash; the store key's last part)
+  uint8_t parent[16];     // parent's chain digest (the root digest at position 0)
+  const cllm_kv_token_t *tokens;  // STORED / FETCHED: the block's token ids; else NULL
+} cllm_kv_event_t;
+
+// Receives n >= 1 events; ts: CLOCK_REALTIME seconds when the batch was taken.
+// The array and tokens are valid only during the call. It must not call into the
+// tier (it runs on the tier's thread); the cache may be used.
+typedef void (*cllm_kv_event_fn)(void *user, double ts, const cllm_kv_event_t *events, size_t n);
+
 typedef struct cllm_kv_tier_config {
   size_t struct_size;        // set by cllm_kv_tier_config_default()
   cllm_kv_store_t store;     // required; owned by the tier once create succeeds
@@ -230,6 +255,10 @@ typedef struct cllm_kv_tier_config {
                              // of the checksum, and records without a valid tag are
                              // rejected (CLLM_KV_REJECT_MAC); a tier without a key
                              // rejects tagged records.
+  cllm_kv_event_fn event_fn; // block events (NULL: none), called with event_user
+  void *event_user;
+  uint32_t event_batch;      // events per call at most; 0 = 64. Up to 4 x blocks + 256
+                             // events wait; beyond that they are dropped and counted.
 } cllm_kv_tier_config_t;
 
 // Defaults as documented on the fields. Thread: any.
@@ -287,6 +316,9 @@ CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_tier_fetch(cllm_kv_tier_t *tier, c
 // store is DOWN), CLLM_ESTATE (the cache was destroyed first). Thread: any.
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_tier_flush(cllm_kv_tier_t *tier,
                                                          uint32_t timeout_ms);
+
+// Events dropped because the queue was full (0 without event_fn). Thread: any.
+CLLM_API uint64_t cllm_kv_tier_events_dropped(const cllm_kv_tier_t *tier);
 
 // Tier states (cllm_kv_stats_t.tier_state).
 enum { CLLM_KV_TIER_NONE = 0, CLLM_KV_TIER_UP = 1, CLLM_KV_TIER_DOWN = 2 };
