@@ -641,6 +641,7 @@ fail:
 
 void cllm_kv_cache_destroy(cllm_kv_cache_t *kv) {
   if (kv == NULL) return;
+  if (kv->tier != NULL) kv__tier_on_cache_destroy(kv);  // tier hook: stops and detaches it
   kv_free_all(kv);
 }
 

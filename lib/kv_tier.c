@@ -1,6 +1,7 @@
 /* The KV cache's remote tier: chain digests of indexed blocks, the spill thread
- * (write-through and write-back), probe and fetch through the fetch thread, the
- * circuit breaker and the counters. See include/cllm/kv_tier.h.
+ * (write-through and write-back, one pipelined batch per round), the circuit
+ * breaker, the counters, create / destroy. Probe and fetch: lib/kv_tier_fetch.c.
+ * See include/cllm/kv_tier.h.
  *
  * State and locks
  *   Per-block tier state (blk[], ring) is guarded by kv->lock, like the blocks it
@@ -29,81 +30,13 @@
 
 #include "internal/fault.h"
 #include "internal/util.h"
+#include "internal/versioned.h"
 #include "kv_internal.h"
 #include "kv_tier_internal.h"
 
-typedef struct tier_blk {
-  uint8_t dig[16], pdig[16];
-  uint64_t ns;
-  uint32_t pos, dgen;
-  uint32_t fgen;  // fetched: the generation the fetch wrote (the store has it)
-  uint8_t has_dig, stored, queued, inflight, fetched;
-} tier_blk_t;
-
 enum { NOT_STORED = 0, STORED = 1, GAVE_UP = 2 };
 
-/* One tier thread's store connection. */
-typedef struct tconn {
-  void *c;
-  bool ever;        // connect tried before: a later success is a reconnect
-  int64_t next_try; // no connect attempt before this (back-off)
-} tconn_t;
-
-enum { JOB_EXISTS = 1, JOB_GET = 2 };
-typedef struct fjob {
-  int kind;
-  size_t n;
-  const char (*keys)[CLLM_KV_TIER_KEY_MAX];
-  const cllm_kv_block_id_t *ids;
-  const cllm_kv_token_t *tokens;  // block i's tokens at tokens + i * bt
-  const uint32_t *blocks;         // JOB_GET: destination blocks
-  uint8_t *present;               // JOB_EXISTS scratch
-  size_t result;                  // leading blocks present / verified
-  uint64_t bytes;
-} fjob_t;
-
-typedef struct sjob {
-  uint32_t b, gen;
-  uint8_t *rec;
-  char key[CLLM_KV_TIER_KEY_MAX];
-} sjob_t;
-
-struct cllm_kv_tier {
-  cllm_kv_cache_t *kv;
-  cllm_kv_store_t store;
-  cllm_kv_shape_t shape;
-  uint64_t secret;
-  bool write_through;
-  uint32_t low_water, batch, breaker_failures;
-  int64_t op_ns, retry_ns;
-  size_t rec_bytes, payload_off;
-
-  tier_blk_t *blk;  // [num_blocks]  (kv->lock)
-  uint32_t *ring;   // blocks indexed and not yet taken by the spill thread (kv->lock)
-  uint32_t ring_head, ring_count;
-  sjob_t *sjobs;    // [batch], spill thread only
-  uint8_t *fetch_rec;
-
-  pthread_mutex_t mu;
-  pthread_cond_t cv_spill, cv_fetch, cv_done;
-  pthread_mutex_t caller;  // one probe / fetch at a time
-  bool stop, kick;
-  uint64_t flush_req, flush_done;
-  fjob_t *job;
-  bool job_done;
-  uint32_t fails;
-  int state;
-  int64_t next_probe;
-  pthread_t th_spill, th_fetch;
-
-  uint64_t c_probes, c_hit_tokens, c_fetched_bytes, c_fetch_ns, c_spills, c_spill_bytes,
-      c_skipped, c_errors, c_timeouts, c_reconnects, c_oom, c_noperm, c_record;
-};
-
-#define CNT_ADD(field, v) __atomic_fetch_add(&(field), (uint64_t)(v), __ATOMIC_RELAXED)
-#define CNT_GET(field) __atomic_load_n(&(field), __ATOMIC_RELAXED)
-
-static int64_t now_ns(void) {
+int64_t kv__tier_now_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
@@ -150,6 +83,7 @@ void kv__tier_on_index_locked(cllm_kv_cache_t *kv, uint32_t b) {
   tb->has_dig = 1;
   bool from_store = tb->fetched && tb->fgen == bl->gen;
   tb->fetched = 0;
+  kv__tier_event_locked(t, from_store ? CLLM_KV_EVENT_FETCHED : CLLM_KV_EVENT_STORED, b);
   if (from_store) {  // committed by a fetch: nothing to write back
     tb->stored = STORED;
     return;
@@ -171,8 +105,9 @@ static bool blk_valid_locked(const cllm_kv_tier_t *t, uint32_t b) {
 
 void kv__tier_on_evict_locked(cllm_kv_cache_t *kv, uint32_t b) {
   cllm_kv_tier_t *t = kv->tier;
-  if (blk_valid_locked(t, b) && t->blk[b].stored == NOT_STORED && !t->blk[b].inflight)
-    CNT_ADD(t->c_skipped, 1);
+  if (!blk_valid_locked(t, b)) return;
+  kv__tier_event_locked(t, CLLM_KV_EVENT_REMOVED, b);
+  if (t->blk[b].stored == NOT_STORED && !t->blk[b].inflight) CNT_ADD(t->c_skipped, 1);
 }
 
 void kv__tier_stats_locked(const cllm_kv_cache_t *kv, cllm_kv_stats_t *st) {
@@ -200,7 +135,7 @@ static void breaker_fail(cllm_kv_tier_t *t, cllm_status_t rc) {
   pthread_mutex_lock(&t->mu);
   if (++t->fails >= t->breaker_failures && t->state == CLLM_KV_TIER_UP) {
     __atomic_store_n(&t->state, CLLM_KV_TIER_DOWN, __ATOMIC_RELAXED);
-    t->next_probe = now_ns() + t->retry_ns;
+    t->next_probe = kv__tier_now_ns() + t->retry_ns;
     cllm__warn("kv tier: store down after %u failures (last: %s)", t->fails,
                cllm_status_name(rc));
   }
@@ -209,7 +144,7 @@ static void breaker_fail(cllm_kv_tier_t *t, cllm_status_t rc) {
 
 /* Count a store result; a failure drops the connection (a timed-out connection is
  * dead) and may open the breaker. Returns true if the store answered. */
-static bool note_result(cllm_kv_tier_t *t, tconn_t *tc, cllm_status_t rc) {
+bool kv__tier_note_result(cllm_kv_tier_t *t, tconn_t *tc, cllm_status_t rc) {
   if (rc != CLLM_EIO && rc != CLLM_EBUSY) {
     pthread_mutex_lock(&t->mu);
     t->fails = 0;
@@ -226,10 +161,9 @@ static bool note_result(cllm_kv_tier_t *t, tconn_t *tc, cllm_status_t rc) {
   return false;
 }
 
-/* A live connection, or false (back-off, or connect failed). */
-static bool conn_get(cllm_kv_tier_t *t, tconn_t *tc) {
+bool kv__tier_conn_get(cllm_kv_tier_t *t, tconn_t *tc) {
   if (tc->c != NULL) return true;
-  int64_t now = now_ns();
+  int64_t now = kv__tier_now_ns();
   if (now < tc->next_try) {  // backing off: a failure for the breaker, not an error
     breaker_fail(t, CLLM_EIO);
     return false;
@@ -240,7 +174,7 @@ static bool conn_get(cllm_kv_tier_t *t, tconn_t *tc) {
   tc->ever = true;
   if (rc != CLLM_OK) {
     tc->next_try = now + t->retry_ns;
-    note_result(t, tc, rc == CLLM_EBUSY ? CLLM_EBUSY : CLLM_EIO);
+    kv__tier_note_result(t, tc, rc == CLLM_EBUSY ? CLLM_EBUSY : CLLM_EIO);
     return false;
   }
   if (again) CNT_ADD(t->c_reconnects, 1);
@@ -248,12 +182,12 @@ static bool conn_get(cllm_kv_tier_t *t, tconn_t *tc) {
   return true;
 }
 
-static void conn_drop(cllm_kv_tier_t *t, tconn_t *tc) {
+void kv__tier_conn_drop(cllm_kv_tier_t *t, tconn_t *tc) {
   if (tc->c != NULL) t->store.ops->disconnect(t->store.user, tc->c);
   tc->c = NULL;
 }
 
-static void block_sigpipe(void) {
+void kv__tier_block_sigpipe(void) {
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGPIPE);
@@ -318,7 +252,9 @@ void AnnotateIgnoreReadsEnd(const char *file, int line);
 #define RACY_READS_END() ((void)0)
 #endif
 
-static void spill_one(cllm_kv_tier_t *t, tconn_t *tc, sjob_t *j) {
+/* Copy job j's rows, then check under the lock that the block is still the one
+ * taken (else it is skipped). */
+static void spill_copy(cllm_kv_tier_t *t, sjob_t *j) {
   cllm_kv_cache_t *kv = t->kv;
   uint8_t *pay = j->rec + t->payload_off;
   RACY_READS_BEGIN();
@@ -328,28 +264,53 @@ static void spill_one(cllm_kv_tier_t *t, tconn_t *tc, sjob_t *j) {
   }
   RACY_READS_END();
   kv__lock(kv);
-  bool same = kv->blocks[j->b].gen == j->gen && kv->blocks[j->b].indexed;
-  if (!same) t->blk[j->b].inflight = 0;
+  j->send = kv->blocks[j->b].gen == j->gen && kv->blocks[j->b].indexed;
+  if (!j->send) t->blk[j->b].inflight = 0;
   kv__unlock(kv);
-  if (!same) {
-    CNT_ADD(t->c_skipped, 1);
+  if (!j->send) CNT_ADD(t->c_skipped, 1);
+  else kv__tier_seal(j->rec, t->rec_bytes, t->secret, &t->mac);
+}
+
+/* Send the records of the jobs still to send: one pipeline when the store has
+ * put_batch, else one put each. Sets j->rc. */
+static void spill_send(cllm_kv_tier_t *t, tconn_t *tc, uint32_t n) {
+  uint32_t m = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    sjob_t *j = &t->sjobs[i];
+    if (!j->send) continue;
+    j->rc = CLLM_EIO;
+    t->pkeys[m] = j->key, t->pvals[m] = j->rec, t->plens[m] = t->rec_bytes, m++;
+  }
+  if (t->store.ops->put_batch != NULL && m > 0) {
+    if (!kv__tier_conn_get(t, tc)) return;
+    cllm_status_t rc = t->store.ops->put_batch(t->store.user, tc->c, t->pkeys, t->pvals, t->plens,
+                                               m, t->prcs, kv__tier_now_ns() + t->op_ns * m);
+    kv__tier_note_result(t, tc, rc);
+    for (uint32_t i = 0, k = 0; i < n; i++)
+      if (t->sjobs[i].send) t->sjobs[i].rc = t->prcs[k++];
     return;
   }
-  kv__tier_seal(j->rec, t->rec_bytes, t->secret);
-  cllm_status_t rc = CLLM_EIO;
-  if (conn_get(t, tc)) {
-    rc = t->store.ops->put(t->store.user, tc->c, j->key, j->rec, t->rec_bytes,
-                           now_ns() + t->op_ns);
-    note_result(t, tc, rc);
+  for (uint32_t i = 0; i < n; i++) {
+    sjob_t *j = &t->sjobs[i];
+    if (!j->send || !kv__tier_conn_get(t, tc)) continue;
+    j->rc = t->store.ops->put(t->store.user, tc->c, j->key, j->rec, t->rec_bytes,
+                              kv__tier_now_ns() + t->op_ns);
+    kv__tier_note_result(t, tc, j->rc);
   }
-  kv__lock(kv);
+}
+
+/* Record the outcome of a sent job (kv->lock held). */
+static void spill_done_locked(cllm_kv_tier_t *t, sjob_t *j) {
+  cllm_kv_cache_t *kv = t->kv;
   tier_blk_t *tb = &t->blk[j->b];
   tb->inflight = 0;
   bool valid = kv->blocks[j->b].gen == j->gen && blk_valid_locked(t, j->b);
+  cllm_status_t rc = j->rc;
   if (rc == CLLM_OK) {
     CNT_ADD(t->c_spills, 1);
     CNT_ADD(t->c_spill_bytes, t->rec_bytes);
     if (valid) tb->stored = STORED;
+    if (valid) kv__tier_event_locked(t, CLLM_KV_EVENT_SPILLED, j->b);
   } else if (rc == CLLM_ELIMIT || rc == CLLM_ESTATE) {
     CNT_ADD(*(rc == CLLM_ELIMIT ? &t->c_oom : &t->c_noperm), 1);
     if (valid) tb->stored = GAVE_UP;  // counted, not retried
@@ -357,19 +318,27 @@ static void spill_one(cllm_kv_tier_t *t, tconn_t *tc, sjob_t *j) {
     if (rc != CLLM_EIO && rc != CLLM_EBUSY) CNT_ADD(t->c_errors, 1);
     if (valid) ring_push_locked(t, j->b);  // retried once the store answers
   }
-  kv__unlock(kv);
+}
+
+static void spill_round(cllm_kv_tier_t *t, tconn_t *tc, uint32_t n) {
+  for (uint32_t i = 0; i < n; i++) spill_copy(t, &t->sjobs[i]);
+  spill_send(t, tc, n);
+  kv__lock(t->kv);
+  for (uint32_t i = 0; i < n; i++)
+    if (t->sjobs[i].send) spill_done_locked(t, &t->sjobs[i]);
+  kv__unlock(t->kv);
 }
 
 static void breaker_probe(cllm_kv_tier_t *t, tconn_t *tc) {
   pthread_mutex_lock(&t->mu);
-  bool due = now_ns() >= t->next_probe;
+  bool due = kv__tier_now_ns() >= t->next_probe;
   pthread_mutex_unlock(&t->mu);
   if (!due) return;
   tc->next_try = 0;
   cllm_status_t rc = CLLM_EIO;
-  if (conn_get(t, tc)) {
-    rc = t->store.ops->ping(t->store.user, tc->c, now_ns() + t->op_ns);
-    note_result(t, tc, rc);
+  if (kv__tier_conn_get(t, tc)) {
+    rc = t->store.ops->ping(t->store.user, tc->c, kv__tier_now_ns() + t->op_ns);
+    kv__tier_note_result(t, tc, rc);
   }
   pthread_mutex_lock(&t->mu);
   if (rc == CLLM_OK) {
@@ -377,7 +346,7 @@ static void breaker_probe(cllm_kv_tier_t *t, tconn_t *tc) {
     __atomic_store_n(&t->state, CLLM_KV_TIER_UP, __ATOMIC_RELAXED);
     cllm__info("kv tier: store up again");
   } else {
-    t->next_probe = now_ns() + t->retry_ns;
+    t->next_probe = kv__tier_now_ns() + t->retry_ns;
   }
   pthread_mutex_unlock(&t->mu);
 }
@@ -385,7 +354,7 @@ static void breaker_probe(cllm_kv_tier_t *t, tconn_t *tc) {
 static void *spill_main(void *arg) {
   cllm_kv_tier_t *t = arg;
   tconn_t tc = {0};
-  block_sigpipe();
+  kv__tier_block_sigpipe();
   pthread_mutex_lock(&t->mu);
   while (!t->stop) {
     if (!t->kick) {
@@ -397,6 +366,7 @@ static void *spill_main(void *arg) {
     t->kick = false;
     uint64_t flush = t->flush_req;
     pthread_mutex_unlock(&t->mu);
+    kv__tier_events_deliver(t);
     uint32_t n = 0;
     if (tier_state(t) == CLLM_KV_TIER_DOWN) {
       breaker_probe(t, &tc);
@@ -404,7 +374,7 @@ static void *spill_main(void *arg) {
       kv__lock(t->kv);
       n = spill_collect_locked(t, flush != t->flush_done);
       kv__unlock(t->kv);
-      for (uint32_t i = 0; i < n; i++) spill_one(t, &tc, &t->sjobs[i]);
+      spill_round(t, &tc, n);
     }
     pthread_mutex_lock(&t->mu);
     if (n > 0) t->kick = true;  // more may be waiting
@@ -413,246 +383,21 @@ static void *spill_main(void *arg) {
     pthread_cond_broadcast(&t->cv_done);
   }
   pthread_mutex_unlock(&t->mu);
-  conn_drop(t, &tc);
+  kv__tier_conn_drop(t, &tc);
   return NULL;
-}
-
-/* ---- the fetch thread ------------------------------------------------------------- */
-
-static void run_exists(cllm_kv_tier_t *t, tconn_t *tc, fjob_t *j) {
-  j->result = 0;
-  if (!conn_get(t, tc)) return;
-  const char *ptrs[64];
-  for (size_t i = 0; i < j->n;) {  // in runs of 64 keys: one round trip each
-    size_t m = j->n - i < 64 ? j->n - i : 64;
-    for (size_t k = 0; k < m; k++) ptrs[k] = j->keys[i + k];
-    cllm_status_t rc =
-        t->store.ops->exists(t->store.user, tc->c, ptrs, m, j->present, now_ns() + t->op_ns);
-    if (!note_result(t, tc, rc) || rc != CLLM_OK) return;
-    for (size_t k = 0; k < m; k++, i++) {
-      if (!j->present[k]) return;
-      j->result++;
-    }
-  }
-}
-
-static void run_get(cllm_kv_tier_t *t, tconn_t *tc, fjob_t *j) {
-  cllm_kv_cache_t *kv = t->kv;
-  j->result = 0;
-  for (size_t i = 0; i < j->n; i++) {
-    if (!conn_get(t, tc)) return;
-    size_t len = 0;
-    cllm_status_t rc = t->store.ops->get(t->store.user, tc->c, j->keys[i], t->fetch_rec,
-                                         t->rec_bytes, &len, now_ns() + t->op_ns);
-    if (!note_result(t, tc, rc) || rc == CLLM_ENOTFOUND) return;
-    const void *payload = NULL;
-    cllm_kv_reject_t why = rc == CLLM_OK ? cllm_kv_tier_verify(&t->shape, &j->ids[i],
-                                                                j->tokens + i * kv->bt, t->secret,
-                                                                t->fetch_rec, len, &payload)
-                                         : CLLM_KV_REJECT_FORMAT;
-    if (why != CLLM_KV_REJECT_NONE) {
-      CNT_ADD(t->c_record, 1);
-      cllm__warn("kv tier: record %s rejected (reason %d, %s)", j->keys[i], (int)why,
-                 cllm_status_name(rc));
-      return;
-    }
-    const uint8_t *p = payload;
-    for (uint32_t l = 0; l < kv->layers; l++) {
-      memcpy(kv__k_ptr(kv, j->blocks[i], l), p + (size_t)(2 * l) * kv->chunk_bytes,
-             kv->chunk_bytes);
-      memcpy(kv__v_ptr(kv, j->blocks[i], l), p + (size_t)(2 * l + 1) * kv->chunk_bytes,
-             kv->chunk_bytes);
-    }
-    j->bytes += len;
-    j->result = i + 1;
-  }
-}
-
-static void *fetch_main(void *arg) {
-  cllm_kv_tier_t *t = arg;
-  tconn_t tc = {0};
-  block_sigpipe();
-  pthread_mutex_lock(&t->mu);
-  for (;;) {
-    while (t->job == NULL && !t->stop) pthread_cond_wait(&t->cv_fetch, &t->mu);
-    if (t->stop) break;
-    fjob_t *j = t->job;
-    pthread_mutex_unlock(&t->mu);
-    if (j->kind == JOB_EXISTS) run_exists(t, &tc, j);
-    else run_get(t, &tc, j);
-    pthread_mutex_lock(&t->mu);
-    t->job = NULL;
-    t->job_done = true;
-    pthread_cond_broadcast(&t->cv_done);
-  }
-  pthread_mutex_unlock(&t->mu);
-  conn_drop(t, &tc);
-  return NULL;
-}
-
-static void submit(cllm_kv_tier_t *t, fjob_t *j) {
-  pthread_mutex_lock(&t->caller);
-  pthread_mutex_lock(&t->mu);
-  t->job = j;
-  t->job_done = false;
-  pthread_cond_signal(&t->cv_fetch);
-  while (!t->job_done) pthread_cond_wait(&t->cv_done, &t->mu);
-  pthread_mutex_unlock(&t->mu);
-  pthread_mutex_unlock(&t->caller);
-}
-
-/* ---- probe and fetch ------------------------------------------------------------ */
-
-/* Check the sequence and compute the window: blocks [c0, c0 + *want). */
-static cllm_status_t seq_window_locked(cllm_kv_tier_t *t, cllm_kv_seq_t seq, size_t n,
-                                       size_t *c0, size_t *want, uint64_t *salt) {
-  cllm_kv_cache_t *kv = t->kv;
-  if (seq.slot >= kv->max_slots) return CLLM_ENOTFOUND;
-  kv_slot_t *sl = &kv->slots[seq.slot];
-  if (sl->gen != seq.gen || sl->kind != K_SEQ) return CLLM_ENOTFOUND;
-  if (sl->state == S_PREEMPTED) return CLLM_EPREEMPTED;
-  if (sl->state != S_OPEN) return CLLM_ENOTFOUND;
-  if (sl->length != sl->committed || (sl->committed & (kv->bt - 1)) != 0 || sl->tier_busy)
-    return CLLM_ESTATE;
-  *c0 = sl->committed >> kv->bt_shift;
-  size_t maxb = n == 0 ? 0 : (n - 1) >> kv->bt_shift;
-  *want = maxb > *c0 ? maxb - *c0 : 0;
-  *salt = sl->salt;
-  return CLLM_OK;
-}
-
-typedef struct window {
-  cllm_kv_block_id_t *ids;
-  char (*keys)[CLLM_KV_TIER_KEY_MAX];
-  uint8_t *present;
-  uint32_t *blocks;
-} window_t;
-
-static void window_free(window_t *w) {
-  free(w->ids);
-  free(w->keys);
-  free(w->present);
-  free(w->blocks);
-}
-
-/* Digests and keys of blocks [c0, c0 + want) of the prompt. */
-static cllm_status_t window_make(cllm_kv_tier_t *t, const cllm_kv_token_t *tokens, size_t c0,
-                                 size_t want, uint64_t salt, window_t *w) {
-  uint32_t bt = t->kv->bt;
-  memset(w, 0, sizeof *w);
-  if (CLLM_FAULT(CLLM_FAULT_MALLOC)) return CLLM_ENOMEM;
-  w->ids = calloc(want, sizeof *w->ids);
-  w->keys = calloc(want, sizeof *w->keys);
-  w->present = calloc(want < 64 ? want : 64, 1);
-  w->blocks = calloc(want, sizeof *w->blocks);
-  if (w->ids == NULL || w->keys == NULL || w->present == NULL || w->blocks == NULL) {
-    window_free(w);
-    return CLLM_ENOMEM;
-  }
-  uint64_t ns = cllm_kv_tier_namespace(salt, t->secret);
-  uint8_t d[16], nd[16];
-  cllm_kv_tier_root_digest(t->shape.fingerprint, ns, d);
-  for (size_t i = 0; i < c0 + want; i++) {
-    cllm_kv_tier_chain_digest(d, tokens + i * bt, bt, nd);
-    if (i >= c0) {
-      cllm_kv_block_id_t *id = &w->ids[i - c0];
-      id->position = i;
-      memcpy(id->parent, d, 16);
-      memcpy(id->digest, nd, 16);
-      cllm_kv_tier_key(t->shape.fingerprint, ns, nd, w->keys[i - c0]);
-    }
-    memcpy(d, nd, 16);
-  }
-  return CLLM_OK;
-}
-
-cllm_status_t cllm_kv_tier_probe(cllm_kv_tier_t *t, cllm_kv_seq_t seq,
-                                 const cllm_kv_token_t *tokens, size_t n, size_t *n_avail) {
-  if (t == NULL || tokens == NULL || n == 0 || n_avail == NULL) return CLLM_EINVAL;
-  size_t c0, want;
-  uint64_t salt;
-  kv__lock(t->kv);
-  cllm_status_t rc = seq_window_locked(t, seq, n, &c0, &want, &salt);
-  kv__unlock(t->kv);
-  if (rc != CLLM_OK) return rc;
-  CNT_ADD(t->c_probes, 1);
-  *n_avail = 0;
-  if (want == 0 || tier_state(t) == CLLM_KV_TIER_DOWN) return CLLM_OK;
-  window_t w;
-  if ((rc = window_make(t, tokens, c0, want, salt, &w)) != CLLM_OK) return rc;
-  fjob_t j = {.kind = JOB_EXISTS, .n = want, .keys = (const char(*)[CLLM_KV_TIER_KEY_MAX])w.keys,
-              .present = w.present};
-  submit(t, &j);
-  *n_avail = j.result << t->kv->bt_shift;
-  window_free(&w);
-  return CLLM_OK;
-}
-
-cllm_status_t cllm_kv_tier_fetch(cllm_kv_tier_t *t, cllm_kv_seq_t seq,
-                                 const cllm_kv_token_t *tokens, size_t n, size_t max_tokens,
-                                 size_t *n_ready) {
-  if (t == NULL || tokens == NULL || n == 0 || n_ready == NULL) return CLLM_EINVAL;
-  cllm_kv_cache_t *kv = t->kv;
-  int64_t t0 = now_ns();
-  size_t c0, want;
-  uint64_t salt;
-  *n_ready = 0;
-  kv__lock(kv);
-  cllm_status_t rc = seq_window_locked(t, seq, n, &c0, &want, &salt);
-  if (rc == CLLM_OK && want > (max_tokens >> kv->bt_shift)) want = max_tokens >> kv->bt_shift;
-  kv__unlock(kv);
-  if (rc != CLLM_OK || want == 0 || tier_state(t) == CLLM_KV_TIER_DOWN) return rc;
-  window_t w;
-  if ((rc = window_make(t, tokens, c0, want, salt, &w)) != CLLM_OK) return rc;
-  kv__lock(kv);
-  kv->slots[seq.slot].tier_busy = 1;  // never preempted while the fetch writes
-  kv__unlock(kv);
-  rc = cllm_kv_seq_reserve(kv, seq, want << kv->bt_shift, NULL);
-  if (rc == CLLM_OK) {
-    kv__lock(kv);
-    memcpy(w.blocks, kv->slots[seq.slot].table + c0, want * sizeof *w.blocks);
-    kv__unlock(kv);
-    fjob_t j = {.kind = JOB_GET, .n = want, .keys = (const char(*)[CLLM_KV_TIER_KEY_MAX])w.keys,
-                .ids = w.ids, .tokens = tokens + (c0 << kv->bt_shift), .blocks = w.blocks};
-    submit(t, &j);
-    size_t got = j.result << kv->bt_shift;
-    kv__lock(kv);
-    for (size_t i = 0; i < j.result; i++) {  // indexed by the commit below, not written back
-      t->blk[w.blocks[i]].fetched = 1;
-      t->blk[w.blocks[i]].fgen = kv->blocks[w.blocks[i]].gen;
-    }
-    kv__unlock(kv);
-    if (got > 0) {
-      cllm_status_t crc = cllm_kv_seq_commit(kv, seq, tokens + (c0 << kv->bt_shift), got);
-      cllm_assert_internal(crc == CLLM_OK);
-      (void)crc;
-    }
-    kv__lock(kv);
-    kv__seq_truncate_locked(kv, seq.slot, (uint32_t)(c0 + j.result));
-    for (size_t i = 0; i < j.result; i++) t->blk[w.blocks[i]].fetched = 0;  // duplicates
-    kv__unlock(kv);
-    *n_ready = got;
-    CNT_ADD(t->c_hit_tokens, got);
-    CNT_ADD(t->c_fetched_bytes, j.bytes);
-  }
-  kv__lock(kv);
-  kv->slots[seq.slot].tier_busy = 0;
-  kv__unlock(kv);
-  window_free(&w);
-  CNT_ADD(t->c_fetch_ns, now_ns() - t0);
-  return rc;
 }
 
 cllm_status_t cllm_kv_tier_flush(cllm_kv_tier_t *t, uint32_t timeout_ms) {
   if (t == NULL) return CLLM_EINVAL;
-  int64_t end = now_ns() + (int64_t)timeout_ms * 1000000LL;
+  if (t->kv == NULL) return CLLM_ESTATE;  // the cache was destroyed first
+  int64_t end = kv__tier_now_ns() + (int64_t)timeout_ms * 1000000LL;
   pthread_mutex_lock(&t->mu);
   uint64_t my = ++t->flush_req;
   t->kick = true;
   pthread_cond_signal(&t->cv_spill);
   cllm_status_t rc = CLLM_OK;
   while (t->flush_done < my) {
-    int64_t left = end - now_ns();
+    int64_t left = end - kv__tier_now_ns();
     if (left <= 0 || t->state == CLLM_KV_TIER_DOWN) {
       rc = CLLM_EBUSY;
       break;
@@ -674,10 +419,15 @@ cllm_kv_tier_config_t cllm_kv_tier_config_default(void) {
 static void tier_free(cllm_kv_tier_t *t) {
   if (t->sjobs != NULL)
     for (uint32_t i = 0; i < t->batch; i++) free(t->sjobs[i].rec);
+  for (uint32_t i = 0; i < t->n_fetch; i++) free(t->fth[i].rec);
   free(t->sjobs);
-  free(t->fetch_rec);
+  free(t->pkeys);
+  free(t->pvals);
+  free(t->plens);
+  free(t->prcs);
   free(t->ring);
   free(t->blk);
+  kv__tier_events_free(t);
   free(t);
 }
 
@@ -686,65 +436,96 @@ static cllm_status_t tier_alloc(cllm_kv_tier_t *t, uint32_t num_blocks) {
   t->blk = calloc(num_blocks, sizeof *t->blk);
   t->ring = calloc(num_blocks, sizeof *t->ring);
   t->sjobs = calloc(t->batch, sizeof *t->sjobs);
-  t->fetch_rec = malloc(t->rec_bytes);
-  if (t->blk == NULL || t->ring == NULL || t->sjobs == NULL || t->fetch_rec == NULL)
+  t->pkeys = calloc(t->batch, sizeof *t->pkeys);
+  t->pvals = calloc(t->batch, sizeof *t->pvals);
+  t->plens = calloc(t->batch, sizeof *t->plens);
+  t->prcs = calloc(t->batch, sizeof *t->prcs);
+  if (t->blk == NULL || t->ring == NULL || t->sjobs == NULL || t->pkeys == NULL ||
+      t->pvals == NULL || t->plens == NULL || t->prcs == NULL)
     return CLLM_ENOMEM;
-  for (uint32_t i = 0; i < t->batch; i++) {
+  for (uint32_t i = 0; i < t->batch; i++) {  // touched now: a spill never page-faults
     if (CLLM_FAULT(CLLM_FAULT_MALLOC) || (t->sjobs[i].rec = malloc(t->rec_bytes)) == NULL)
+      return CLLM_ENOMEM;
+    memset(t->sjobs[i].rec, 0, t->rec_bytes);
+  }
+  for (uint32_t i = 0; i < t->n_fetch; i++) {
+    t->fth[i].t = t;
+    if (CLLM_FAULT(CLLM_FAULT_MALLOC) || (t->fth[i].rec = malloc(t->rec_bytes)) == NULL)
       return CLLM_ENOMEM;
   }
   return CLLM_OK;
 }
 
+/* Stop and join the threads that were started (t->threads_live), then mark none. */
+static void tier_stop(cllm_kv_tier_t *t, uint32_t n_fetch_started, bool spill_started) {
+  pthread_mutex_lock(&t->mu);
+  t->stop = true;
+  pthread_cond_broadcast(&t->cv_spill);
+  pthread_cond_broadcast(&t->cv_fetch);
+  pthread_mutex_unlock(&t->mu);
+  if (spill_started) pthread_join(t->th_spill, NULL);
+  for (uint32_t i = 0; i < n_fetch_started; i++) pthread_join(t->fth[i].th, NULL);
+  t->threads_live = false;
+}
+
+static cllm_status_t tier_init_sync(cllm_kv_tier_t *t) {
+  pthread_condattr_t ca;
+  bool ok = pthread_condattr_init(&ca) == 0;
+  if (!ok) return CLLM_ENOMEM;
+  (void)pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  ok = pthread_mutex_init(&t->mu, NULL) == 0 && pthread_mutex_init(&t->ev_mu, NULL) == 0;
+  if (ok && pthread_cond_init(&t->cv_spill, &ca) != 0) ok = false;
+  if (ok && pthread_cond_init(&t->cv_fetch, &ca) != 0) ok = false;
+  if (ok && pthread_cond_init(&t->cv_done, &ca) != 0) ok = false;
+  pthread_condattr_destroy(&ca);
+  return ok ? CLLM_OK : CLLM_ENOMEM;
+}
+
+static void tier_settings(cllm_kv_tier_t *t, const cllm_kv_tier_config_t *c) {
+  cllm_kv_cache_t *kv = t->kv;
+  t->store = c->store;
+  t->shape = (cllm_kv_shape_t){kv->layers, kv->kv_heads, kv->head_dim, kv->dtype_bytes, kv->bt, 0};
+  t->shape.fingerprint = cllm_kv_tier_fingerprint(&t->shape, c->model_id, c->model_id_len);
+  t->secret = c->secret;
+  t->mac.len = c->mac_key_len;
+  if (c->mac_key_len > 0) memcpy(t->mac.key, c->mac_key, c->mac_key_len);
+  t->write_through = c->write_through;
+  double lw = c->spill_low_water == 0.0 ? 0.25 : c->spill_low_water;
+  t->low_water = (uint32_t)(lw * kv->num_blocks);
+  t->batch = c->spill_batch == 0 ? 8 : c->spill_batch;
+  if (t->batch > 1024) t->batch = 1024;
+  t->n_fetch = c->fetch_threads == 0 ? 1 : c->fetch_threads;
+  t->op_ns = (int64_t)(c->op_timeout_ms == 0 ? 200 : c->op_timeout_ms) * 1000000LL;
+  t->breaker_failures = c->breaker_failures == 0 ? 3 : c->breaker_failures;
+  t->retry_ns = (int64_t)(c->retry_ms == 0 ? 100 : c->retry_ms) * 1000000LL;
+  t->rec_bytes = cllm_kv_tier_record_bytes(&t->shape);
+  t->payload_off = CLLM_KV_TIER_HEADER_BYTES + (size_t)kv->bt * sizeof(cllm_kv_token_t);
+  t->state = CLLM_KV_TIER_UP;
+}
+
 cllm_status_t cllm_kv_tier_create(cllm_kv_cache_t *kv, const cllm_kv_tier_config_t *cfg,
                                   cllm_kv_tier_t **out) {
   if (out != NULL) *out = NULL;
-  if (kv == NULL || cfg == NULL || out == NULL ||
-      cfg->struct_size != sizeof(cllm_kv_tier_config_t) || cfg->store.ops == NULL ||
-      !(cfg->spill_low_water >= 0.0 && cfg->spill_low_water <= 1.0) ||
-      (cfg->model_id == NULL && cfg->model_id_len > 0))
+  cllm_kv_tier_config_t c = cllm_kv_tier_config_default();
+  if (kv == NULL || cfg == NULL || out == NULL || cllm__config_in(&c, sizeof c, cfg) != CLLM_OK ||
+      c.store.ops == NULL || !(c.spill_low_water >= 0.0 && c.spill_low_water <= 1.0) ||
+      (c.model_id == NULL && c.model_id_len > 0) || c.fetch_threads > TIER_MAX_FETCH_THREADS ||
+      c.mac_key_len > KV_TIER_MAC_KEY_MAX || (c.mac_key == NULL && c.mac_key_len > 0))
     return CLLM_EINVAL;
-  const cllm_kv_store_ops_t *ops = cfg->store.ops;
+  const cllm_kv_store_ops_t *ops = c.store.ops;
   if (!ops->connect || !ops->disconnect || !ops->exists || !ops->get || !ops->put || !ops->ping ||
       !ops->close)
     return CLLM_EINVAL;
   cllm_kv_tier_t *t = CLLM_FAULT(CLLM_FAULT_MALLOC) ? NULL : calloc(1, sizeof *t);
   if (t == NULL) return CLLM_ENOMEM;
   t->kv = kv;
-  t->store = cfg->store;
-  t->shape = (cllm_kv_shape_t){kv->layers, kv->kv_heads, kv->head_dim, kv->dtype_bytes, kv->bt, 0};
-  t->shape.fingerprint = cllm_kv_tier_fingerprint(&t->shape, cfg->model_id, cfg->model_id_len);
-  t->secret = cfg->secret;
-  t->write_through = cfg->write_through;
-  double lw = cfg->spill_low_water == 0.0 ? 0.25 : cfg->spill_low_water;
-  t->low_water = (uint32_t)(lw * kv->num_blocks);
-  t->batch = cfg->spill_batch == 0 ? 8 : cfg->spill_batch;
-  if (t->batch > 1024) t->batch = 1024;
-  t->op_ns = (int64_t)(cfg->op_timeout_ms == 0 ? 200 : cfg->op_timeout_ms) * 1000000LL;
-  t->breaker_failures = cfg->breaker_failures == 0 ? 3 : cfg->breaker_failures;
-  t->retry_ns = (int64_t)(cfg->retry_ms == 0 ? 100 : cfg->retry_ms) * 1000000LL;
-  t->rec_bytes = cllm_kv_tier_record_bytes(&t->shape);
-  t->payload_off = CLLM_KV_TIER_HEADER_BYTES + (size_t)kv->bt * sizeof(cllm_kv_token_t);
-  t->state = CLLM_KV_TIER_UP;
+  tier_settings(t, &c);
   cllm_status_t rc = t->rec_bytes == 0 ? CLLM_EOVERFLOW : tier_alloc(t, kv->num_blocks);
+  if (rc == CLLM_OK) rc = kv__tier_events_init(t, &c);
+  if (rc == CLLM_OK) rc = tier_init_sync(t);
   if (rc != CLLM_OK) {
     tier_free(t);
     return rc;
-  }
-  pthread_condattr_t ca;
-  bool sync_ok = pthread_condattr_init(&ca) == 0;
-  if (sync_ok) {
-    (void)pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    sync_ok = pthread_mutex_init(&t->mu, NULL) == 0;
-    if (sync_ok && pthread_mutex_init(&t->caller, NULL) != 0) sync_ok = false;
-    if (sync_ok && pthread_cond_init(&t->cv_spill, &ca) != 0) sync_ok = false;
-    if (sync_ok && pthread_cond_init(&t->cv_fetch, &ca) != 0) sync_ok = false;
-    if (sync_ok && pthread_cond_init(&t->cv_done, &ca) != 0) sync_ok = false;
-    pthread_condattr_destroy(&ca);
-  }
-  if (!sync_ok) {
-    tier_free(t);
-    return CLLM_ENOMEM;
   }
   kv__lock(kv);
   bool taken = kv->tier != NULL;
@@ -755,40 +536,47 @@ cllm_status_t cllm_kv_tier_create(cllm_kv_cache_t *kv, const cllm_kv_tier_config
     return CLLM_EEXIST;
   }
   bool spill_ok = pthread_create(&t->th_spill, NULL, spill_main, t) == 0;
-  bool fetch_ok = spill_ok && pthread_create(&t->th_fetch, NULL, fetch_main, t) == 0;
-  if (!fetch_ok) {
-    pthread_mutex_lock(&t->mu);
-    t->stop = true;
-    pthread_cond_broadcast(&t->cv_spill);
-    pthread_mutex_unlock(&t->mu);
-    if (spill_ok) pthread_join(t->th_spill, NULL);
+  uint32_t nf = 0;
+  while (spill_ok && nf < t->n_fetch &&
+         pthread_create(&t->fth[nf].th, NULL, kv__tier_fetch_main, &t->fth[nf]) == 0)
+    nf++;
+  if (nf < t->n_fetch) {
+    tier_stop(t, nf, spill_ok);
     kv__lock(kv);
     kv->tier = NULL;
     kv__unlock(kv);
     tier_free(t);
     return CLLM_ESYS;
   }
+  t->threads_live = true;
   *out = t;
   return CLLM_OK;
 }
 
+void kv__tier_on_cache_destroy(cllm_kv_cache_t *kv) {
+  cllm_kv_tier_t *t = kv->tier;
+  cllm__error("kv cache destroyed before its tier: the tier is stopped and detached; "
+              "call cllm_kv_tier_destroy first");
+  tier_stop(t, t->n_fetch, true);
+  kv__tier_events_deliver(t);
+  kv->tier = NULL;
+  t->kv = NULL;  // an orphan: only cllm_kv_tier_destroy remains valid
+}
+
 void cllm_kv_tier_destroy(cllm_kv_tier_t *t) {
   if (t == NULL) return;
-  pthread_mutex_lock(&t->mu);
-  t->stop = true;
-  pthread_cond_broadcast(&t->cv_spill);
-  pthread_cond_broadcast(&t->cv_fetch);
-  pthread_mutex_unlock(&t->mu);
-  pthread_join(t->th_spill, NULL);
-  pthread_join(t->th_fetch, NULL);
-  kv__lock(t->kv);
-  t->kv->tier = NULL;
-  kv__unlock(t->kv);
+  if (t->threads_live) tier_stop(t, t->n_fetch, true);
+  kv__tier_events_deliver(t);  // the last ones (none for an orphan: delivered then)
+  if (t->kv != NULL) {
+    kv__lock(t->kv);
+    t->kv->tier = NULL;
+    kv__unlock(t->kv);
+  }
   t->store.ops->close(t->store.user);
   pthread_cond_destroy(&t->cv_spill);
   pthread_cond_destroy(&t->cv_fetch);
   pthread_cond_destroy(&t->cv_done);
-  pthread_mutex_destroy(&t->caller);
+  pthread_mutex_destroy(&t->ev_mu);
   pthread_mutex_destroy(&t->mu);
   tier_free(t);
 }

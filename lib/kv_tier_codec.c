@@ -3,11 +3,14 @@
  *
  * Record layout (little-endian; offsets in bytes):
  *   0 magic u32 | 4 version u16 | 6 header bytes u16 | 8 layers | 12 kv_heads |
- *   16 head_dim | 20 dtype_bytes | 24 block_tokens (u32 each) | 28 zero u32 |
+ *   16 head_dim | 20 dtype_bytes | 24 block_tokens (u32 each) | 28 flags u32 |
  *   32 fingerprint u64 | 40 position u64 | 48 digest[16] | 64 parent[16] |
  *   80 payload bytes u64 | 88 zero u64 | 96 token ids (i32 x block_tokens) |
  *   payload | checksum u64 over every byte before it.
+ * flags: 0, or KV_TIER_FLAG_MAC: the last u64 is then a BLAKE2b-64 keyed with the
+ * deployment's MAC key (a MAC, not a checksum) over every byte before it.
  */
+#include <stdbool.h>
 #include <string.h>
 
 #include <cllm/kv_tier.h>
@@ -278,9 +281,20 @@ void kv__tier_encode_head(const cllm_kv_shape_t *shape, const cllm_kv_block_id_t
          (size_t)shape->block_tokens * sizeof(cllm_kv_token_t));
 }
 
-void kv__tier_seal(void *rec, size_t total, uint64_t secret) {
+static uint64_t mac_tag(const void *p, size_t n, const kv_tier_mac_t *mac) {
+  b2b_t c;
+  uint64_t out = 0;
+  b2b_init(&c, 8, mac->key, mac->len);
+  b2b_update(&c, p, n);
+  b2b_final(&c, &out);
+  return out;
+}
+
+void kv__tier_seal(void *rec, size_t total, uint64_t secret, const kv_tier_mac_t *mac) {
   uint8_t *p = rec;
-  put64(p + total - 8, checksum(p, total - 8, secret));
+  bool keyed = mac != NULL && mac->len > 0;
+  put32(p + 28, keyed ? KV_TIER_FLAG_MAC : 0);
+  put64(p + total - 8, keyed ? mac_tag(p, total - 8, mac) : checksum(p, total - 8, secret));
 }
 
 cllm_status_t cllm_kv_tier_encode(const cllm_kv_shape_t *shape, const cllm_kv_block_id_t *id,
@@ -296,7 +310,7 @@ cllm_status_t cllm_kv_tier_encode(const cllm_kv_shape_t *shape, const cllm_kv_bl
   memcpy((uint8_t *)out + CLLM_KV_TIER_HEADER_BYTES +
              (size_t)shape->block_tokens * sizeof(cllm_kv_token_t),
          payload, payload_bytes(shape));
-  kv__tier_seal(out, total, secret);
+  kv__tier_seal(out, total, secret, NULL);
   *len = total;
   return CLLM_OK;
 }
@@ -304,6 +318,13 @@ cllm_status_t cllm_kv_tier_encode(const cllm_kv_shape_t *shape, const cllm_kv_bl
 cllm_kv_reject_t cllm_kv_tier_verify(const cllm_kv_shape_t *shape, const cllm_kv_block_id_t *id,
                                      const cllm_kv_token_t *tokens, uint64_t secret,
                                      const void *rec, size_t len, const void **payload) {
+  return kv__tier_verify(shape, id, tokens, secret, NULL, rec, len, payload);
+}
+
+cllm_kv_reject_t kv__tier_verify(const cllm_kv_shape_t *shape, const cllm_kv_block_id_t *id,
+                                 const cllm_kv_token_t *tokens, uint64_t secret,
+                                 const kv_tier_mac_t *mac, const void *rec, size_t len,
+                                 const void **payload) {
   if (!shape_ok(shape) || id == NULL || tokens == NULL || rec == NULL) return CLLM_KV_REJECT_FORMAT;
   size_t total = cllm_kv_tier_record_bytes(shape);
   const uint8_t *p = rec;
@@ -323,7 +344,11 @@ cllm_kv_reject_t cllm_kv_tier_verify(const cllm_kv_shape_t *shape, const cllm_kv
   if (memcmp(p + 64, id->parent, 16) != 0) return CLLM_KV_REJECT_PARENT;
   size_t tb = (size_t)shape->block_tokens * sizeof(cllm_kv_token_t);
   if (memcmp(p + CLLM_KV_TIER_HEADER_BYTES, tokens, tb) != 0) return CLLM_KV_REJECT_TOKENS;
-  if (get64(p + total - 8) != checksum(p, total - 8, secret)) return CLLM_KV_REJECT_CHECKSUM;
+  bool keyed = mac != NULL && mac->len > 0, tagged = (get32(p + 28) & KV_TIER_FLAG_MAC) != 0;
+  if (keyed != tagged) return CLLM_KV_REJECT_MAC;  // MAC expected but absent, or unverifiable
+  if (keyed && get64(p + total - 8) != mac_tag(p, total - 8, mac)) return CLLM_KV_REJECT_MAC;
+  if (!keyed && get64(p + total - 8) != checksum(p, total - 8, secret))
+    return CLLM_KV_REJECT_CHECKSUM;
   if (payload != NULL) *payload = p + CLLM_KV_TIER_HEADER_BYTES + tb;
   return CLLM_KV_REJECT_NONE;
 }

@@ -32,6 +32,9 @@ struct cllm_kv_fake {
   bool down;
   size_t max_bytes;
   char *deny;
+  pthread_cond_t gate_cv;  // hold: operations wait here until released
+  bool hold;
+  unsigned waiting;
 };
 
 static uint32_t key_bucket(const char *k) {
@@ -64,7 +67,23 @@ static cllm_status_t fake_enter(cllm_kv_fake_t *f, int64_t deadline_ns) {
   } else if (f->down) {
     rc = CLLM_EIO;
   }
+  if (deadline_ns >= 0 && f->hold) {
+    f->waiting++;
+    while (f->hold) {
+      struct timespec ts;  // CLOCK_MONOTONIC gate_cv: wake at the deadline
+      int64_t dl = deadline_ns > 0 ? deadline_ns : now_ns() + 1000000000LL;
+      ts.tv_sec = (time_t)(dl / 1000000000LL);
+      ts.tv_nsec = (long)(dl % 1000000000LL);
+      if (pthread_cond_timedwait(&f->gate_cv, &f->lock, &ts) != 0 && deadline_ns > 0 &&
+          now_ns() >= deadline_ns) {
+        rc = CLLM_EBUSY;
+        break;
+      }
+    }
+    f->waiting--;
+  }
   pthread_mutex_unlock(&f->lock);
+  if (rc == CLLM_EBUSY) return rc;
   if (delay > 0) {
     int64_t until = now_ns() + (int64_t)delay * 1000;
     bool late = deadline_ns > 0 && until > deadline_ns;
@@ -167,6 +186,19 @@ static cllm_status_t fake_put(void *user, void *conn, const char *key, const voi
   return rc;
 }
 
+static cllm_status_t fake_put_batch(void *user, void *conn, const char *const *keys,
+                                    const void *const *vals, const size_t *lens, size_t n,
+                                    cllm_status_t *rcs, int64_t deadline_ns) {
+  for (size_t i = 0; i < n; i++) {
+    rcs[i] = fake_put(user, conn, keys[i], vals[i], lens[i], deadline_ns);
+    if (rcs[i] == CLLM_EIO || rcs[i] == CLLM_EBUSY) {  // the pipeline ends here
+      for (size_t k = i + 1; k < n; k++) rcs[k] = rcs[i];
+      return rcs[i];
+    }
+  }
+  return CLLM_OK;
+}
+
 static cllm_status_t fake_ping(void *user, void *conn, int64_t deadline_ns) {
   (void)conn;
   return fake_enter(user, deadline_ns);
@@ -182,6 +214,7 @@ static void fake_close(void *user) {
     }
   }
   free(f->deny);
+  pthread_cond_destroy(&f->gate_cv);
   pthread_mutex_destroy(&f->lock);
   free(f);
 }
@@ -194,13 +227,25 @@ static const cllm_kv_store_ops_t fake_ops = {
     .put = fake_put,
     .ping = fake_ping,
     .close = fake_close,
+    .put_batch = fake_put_batch,
 };
 
 cllm_status_t cllm_kv_store_fake_create(cllm_kv_store_t *out, cllm_kv_fake_t **fake) {
   if (out == NULL) return CLLM_EINVAL;
   cllm_kv_fake_t *f = CLLM_FAULT(CLLM_FAULT_MALLOC) ? NULL : calloc(1, sizeof *f);
   if (f == NULL) return CLLM_ENOMEM;
-  if (pthread_mutex_init(&f->lock, NULL) != 0) {
+  pthread_condattr_t ca;
+  bool ok = pthread_condattr_init(&ca) == 0;
+  if (ok) {
+    (void)pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    ok = pthread_cond_init(&f->gate_cv, &ca) == 0;
+    pthread_condattr_destroy(&ca);
+  }
+  if (ok && pthread_mutex_init(&f->lock, NULL) != 0) {
+    pthread_cond_destroy(&f->gate_cv);
+    ok = false;
+  }
+  if (!ok) {
     free(f);
     return CLLM_ENOMEM;
   }
@@ -223,6 +268,22 @@ void cllm_kv_fake_set_delay(cllm_kv_fake_t *f, uint32_t delay_us) {
   pthread_mutex_lock(&f->lock);
   f->delay_us = delay_us;
   pthread_mutex_unlock(&f->lock);
+}
+
+void cllm_kv_fake_hold(cllm_kv_fake_t *f, bool hold) {
+  if (f == NULL) return;
+  pthread_mutex_lock(&f->lock);
+  f->hold = hold;
+  if (!hold) pthread_cond_broadcast(&f->gate_cv);
+  pthread_mutex_unlock(&f->lock);
+}
+
+unsigned cllm_kv_fake_waiting(cllm_kv_fake_t *f) {
+  if (f == NULL) return 0;
+  pthread_mutex_lock(&f->lock);
+  unsigned n = f->waiting;
+  pthread_mutex_unlock(&f->lock);
+  return n;
 }
 
 void cllm_kv_fake_set_down(cllm_kv_fake_t *f, bool down) {

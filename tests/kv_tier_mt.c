@@ -1,13 +1,14 @@
 /* The remote tier under concurrency, as a plain program so it also runs under
  * ThreadSanitizer. Exit status 0 = all held.
  *
- * Two small caches share one fake store, each with a write-through tier. Three
+ * Two small caches share one fake store, each with a write-through tier (three
+ * fetch threads, block events counted by a handler on the tier's thread). Three
  * worker threads per cache run requests at once: open with a prompt drawn from a
  * few shared prefixes, probe and fetch what the store has, compute the rest (each
  * row holds a value derived from all tokens up to it), verify every row, close.
  * The caches are small, so CACHED blocks are evicted while the spill threads copy
  * them, and the store fails now and then (injected). At the end: cllm_kv_check,
- * and both caches fetched remote tokens. */
+ * both caches fetched remote tokens, and stored / spilled / fetched events came. */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -86,6 +87,14 @@ static void *worker(void *arg) {
 
 static void noop_close(void *user) { (void)user; }
 
+/* Block events: counted per kind; the handler runs on the tier's thread. */
+static uint64_t g_events[5];
+static void on_events(void *user, double ts, const cllm_kv_event_t *e, size_t n) {
+  (void)user, (void)ts;
+  for (size_t i = 0; i < n; i++)
+    if (e[i].kind >= 1 && e[i].kind <= 4) __atomic_fetch_add(&g_events[e[i].kind], 1, __ATOMIC_RELAXED);
+}
+
 int main(void) {
   g_iters = mt_iters(200);
   cllm_set_log_fn(cllm_log_discard, NULL);
@@ -105,6 +114,10 @@ int main(void) {
     tc.write_through = true;
     tc.retry_ms = 1;
     tc.breaker_failures = 1000;
+    tc.fetch_threads = 3;  // several probes / fetches in flight per tier
+    tc.event_fn = on_events;
+    tc.event_batch = 7;
+    if (c == 1) tc.spill_batch = 3;
     MT_CHECK(cllm_kv_tier_create(g_kv[c], &tc, &g_tier[c]) == CLLM_OK, "tier");
   }
   pthread_t th[2 * WORKERS];
@@ -124,7 +137,11 @@ int main(void) {
   }
   MT_CHECK(remote > 0, "no request was served from the store");
   cllm_kv_tier_destroy(g_tier[1]);
-  cllm_kv_tier_destroy(g_tier[0]);
+  cllm_kv_tier_destroy(g_tier[0]);  // both deliver their last events
+  printf("events: stored %llu removed %llu spilled %llu fetched %llu\n",
+         (unsigned long long)g_events[1], (unsigned long long)g_events[2],
+         (unsigned long long)g_events[3], (unsigned long long)g_events[4]);
+  MT_CHECK(g_events[1] > 0 && g_events[3] > 0 && g_events[4] > 0, "events missing");
   cllm_kv_cache_destroy(g_kv[0]);
   cllm_kv_cache_destroy(g_kv[1]);
   return 0;

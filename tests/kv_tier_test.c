@@ -3,7 +3,9 @@
  * write-through / write-back spilling, rejected records, tenants, the breaker,
  * deadlines, -OOM / NOPERM answers, bad input and allocation faults. */
 #include <criterion/criterion.h>
+#include <pthread.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -690,4 +692,409 @@ Test(kv_tier, allocation_failures_leave_nothing) {
   check(kv);
   cllm_kv_cache_destroy(kv);
   cllm_monitor_destroy(m);
+}
+
+/* ---- versioned config, destroy order, fetches in flight, stores without put_batch ---------- */
+
+Test(kv_tier, config_struct_size_rule) {
+  cllm_monitor_t *m = mk_monitor(0);
+  cllm_kv_config_t c = small_cfg(m, 16, 4);
+  cllm_kv_cache_t *kv = mk(&c);
+  cllm_kv_store_t st;
+  cr_assert_eq(cllm_kv_store_fake_create(&st, NULL), CLLM_OK);
+  /* an older, smaller struct: the fields it lacks (fetch_threads) keep their defaults,
+   * so a garbage byte past its end is never read */
+  struct {
+    cllm_kv_tier_config_t tc;
+    uint8_t tail[16];
+  } big;
+  memset(&big, 0, sizeof big);
+  big.tc = cllm_kv_tier_config_default();
+  big.tc.store = st;
+  big.tc.fetch_threads = 999;  // beyond the older struct: ignored
+  big.tc.struct_size = offsetof(cllm_kv_tier_config_t, fetch_threads);
+  cllm_kv_tier_t *t = NULL;
+  cr_assert_eq(cllm_kv_tier_create(kv, &big.tc, &t), CLLM_OK);
+  cllm_kv_tier_destroy(t);
+  /* a newer, larger struct: accepted with a zero tail, refused with a non-zero one */
+  cr_assert_eq(cllm_kv_store_fake_create(&st, NULL), CLLM_OK);
+  big.tc.store = st;
+  big.tc.fetch_threads = 0;
+  big.tc.struct_size = sizeof big;
+  cr_assert_eq(cllm_kv_tier_create(kv, &big.tc, &t), CLLM_OK);
+  cllm_kv_tier_destroy(t);
+  cr_assert_eq(cllm_kv_store_fake_create(&st, NULL), CLLM_OK);
+  big.tc.store = st;
+  big.tail[7] = 1;
+  t = (cllm_kv_tier_t *)1;
+  cr_assert_eq(cllm_kv_tier_create(kv, &big.tc, &t), CLLM_EINVAL);
+  cr_assert_null(t);
+  big.tail[7] = 0;
+  big.tc.fetch_threads = 17;  // above the maximum
+  cr_assert_eq(cllm_kv_tier_create(kv, &big.tc, &t), CLLM_EINVAL);
+  big.tc.struct_size = sizeof(size_t) - 1;  // not set
+  cr_assert_eq(cllm_kv_tier_create(kv, &big.tc, &t), CLLM_EINVAL);
+  st.ops->close(st.user);
+  check(kv);
+  cllm_kv_cache_destroy(kv);
+  cllm_monitor_destroy(m);
+}
+
+static int logged_errors;
+static void count_errors(void *user, cllm_log_level_t level, const char *msg) {
+  (void)user, (void)msg;
+  if (level == CLLM_LOG_ERROR) __atomic_fetch_add(&logged_errors, 1, __ATOMIC_RELAXED);
+}
+
+Test(kv_tier, cache_destroyed_before_its_tier_is_caught) {
+  cllm_monitor_t *m = mk_monitor(0);
+  cllm_kv_config_t c = small_cfg(m, 64, 4);
+  cllm_kv_cache_t *kv = mk(&c);
+  cllm_kv_store_t st;
+  cllm_kv_fake_t *f;
+  cr_assert_eq(cllm_kv_store_fake_create(&st, &f), CLLM_OK);
+  cllm_kv_tier_t *t = mk_tier(kv, st, true);
+  cllm_kv_token_t tok[21];
+  seq_tokens(tok, 21, 5);
+  cllm_kv_seq_t s;
+  size_t cached, n = 7;
+  cr_assert_eq(cllm_kv_seq_open_with_prompt(kv, "s", NULL, tok, 21, &s, &cached), CLLM_OK);
+  compute(kv, s, tok, 0, 21);
+  cr_assert_eq(cllm_kv_seq_close(kv, s), CLLM_OK);  // the spill thread has work
+  logged_errors = 0;
+  cllm_set_log_fn(count_errors, NULL);
+  cllm_kv_cache_destroy(kv);  // wrong order: logged, the tier stopped and detached
+  cllm_set_log_fn(NULL, NULL);
+  cr_assert_eq(logged_errors, 1);
+  cr_assert_eq(cllm_kv_tier_probe(t, s, tok, 21, &n), CLLM_ESTATE);
+  cr_assert_eq(cllm_kv_tier_fetch(t, s, tok, 21, 16, &n), CLLM_ESTATE);
+  cr_assert_eq(cllm_kv_tier_flush(t, 10), CLLM_ESTATE);
+  size_t before = cllm_kv_fake_count(f, NULL);
+  usleep(20000);
+  cr_assert_eq(cllm_kv_fake_count(f, NULL), before);  // nothing runs any more
+  cllm_kv_tier_destroy(t);  // still valid: closes the store, frees the tier
+  cllm_monitor_destroy(m);
+}
+
+typedef struct prober {
+  cllm_kv_tier_t *t;
+  cllm_kv_seq_t s;
+  const cllm_kv_token_t *tok;
+  size_t n, avail;
+  cllm_status_t rc;
+} prober_t;
+
+static void *probe_thread(void *arg) {
+  prober_t *p = arg;
+  p->rc = cllm_kv_tier_probe(p->t, p->s, p->tok, p->n, &p->avail);
+  return NULL;
+}
+
+Test(kv_tier, probes_of_two_sequences_are_in_flight_at_once) {
+  cllm_monitor_t *m = mk_monitor(0);
+  cllm_kv_config_t c = small_cfg(m, 64, 4);
+  cllm_kv_cache_t *kv = mk(&c);
+  cllm_kv_store_t st;
+  cllm_kv_fake_t *f;
+  cr_assert_eq(cllm_kv_store_fake_create(&st, &f), CLLM_OK);
+  cllm_kv_tier_config_t tc = cllm_kv_tier_config_default();
+  tc.store = st;
+  tc.fetch_threads = 2;
+  tc.op_timeout_ms = 30000;  // held operations must not time out
+  cllm_kv_tier_t *t = NULL;
+  cr_assert_eq(cllm_kv_tier_create(kv, &tc, &t), CLLM_OK);
+  cllm_kv_token_t tok[2][21];
+  prober_t pr[2];
+  pthread_t th[2];
+  cllm_kv_fake_hold(f, true);
+  for (int i = 0; i < 2; i++) {
+    seq_tokens(tok[i], 21, 100 + (uint32_t)i);
+    size_t cached;
+    char id[2] = {(char)('a' + i), 0};
+    pr[i] = (prober_t){.t = t, .tok = tok[i], .n = 21, .rc = CLLM_EIO};
+    cr_assert_eq(cllm_kv_seq_open_with_prompt(kv, id, NULL, tok[i], 21, &pr[i].s, &cached),
+                 CLLM_OK);
+    cr_assert_eq(pthread_create(&th[i], NULL, probe_thread, &pr[i]), 0);
+  }
+  /* both probes reach the store while it holds them: two jobs in flight, not one queued */
+  for (int w = 0; w < 2000 && cllm_kv_fake_waiting(f) < 2; w++) usleep(5000);
+  cr_assert_eq(cllm_kv_fake_waiting(f), 2);
+  cllm_kv_fake_hold(f, false);
+  for (int i = 0; i < 2; i++) {
+    pthread_join(th[i], NULL);
+    cr_assert_eq(pr[i].rc, CLLM_OK);
+    cr_assert_eq(pr[i].avail, 0);
+    cr_assert_eq(cllm_kv_seq_close(kv, pr[i].s), CLLM_OK);
+  }
+  cr_assert_eq(stats(kv).tier_probes, 2);
+  cllm_kv_tier_destroy(t);
+  check(kv);
+  cllm_kv_cache_destroy(kv);
+  cllm_monitor_destroy(m);
+}
+
+Test(kv_tier, a_store_without_put_batch_spills_one_put_at_a_time) {
+  pair_t p;
+  memset(&p, 0, sizeof p);
+  p.m = mk_monitor(0);
+  cllm_kv_config_t c = small_cfg(p.m, 64, 4);
+  p.a = mk(&c);
+  p.b = mk(&c);
+  cllm_kv_store_t st;
+  cr_assert_eq(cllm_kv_store_fake_create(&st, &p.fake), CLLM_OK);
+  static cllm_kv_store_ops_t plain;
+  plain = *st.ops;
+  plain.put_batch = NULL;
+  p.ta = mk_tier(p.a, (cllm_kv_store_t){&plain, st.user}, true);
+  p.tb = mk_tier(p.b, borrowed(st, &p.ops_b), true);
+  cllm_kv_token_t t[42];
+  seq_tokens(t, 42, 9);
+  a_serves(&p, t, 42, 0);
+  cr_assert_eq(stats(p.a).tier_spills, 10);
+  cllm_kv_seq_t s;
+  cr_assert_eq(b_fetches(&p, t, 42, 0, &s), 40);
+  expect_rows(p.b, s, t, 40);
+  cr_assert_eq(cllm_kv_seq_close(p.b, s), CLLM_OK);
+  pair_down(&p);
+}
+
+/* ---- the deployment MAC key ------------------------------------------------------------------ */
+
+typedef struct reader {
+  cllm_kv_cache_t *kv;
+  cllm_kv_tier_t *t;
+} reader_t;
+
+/* A cache with a tier on the pair's store (never closed by it), MAC key `key` or none. */
+static reader_t reader(pair_t *p, const char *key) {
+  cllm_kv_config_t c = small_cfg(p->m, 64, 4);
+  reader_t r = {.kv = mk(&c)};
+  cllm_kv_tier_config_t tc = cllm_kv_tier_config_default();
+  tc.store = (cllm_kv_store_t){&p->ops_b, p->fake};
+  tc.model_id = "test-model";
+  tc.model_id_len = 10;
+  tc.op_timeout_ms = 1000;
+  tc.mac_key = key;
+  tc.mac_key_len = key ? strlen(key) : 0;
+  cr_assert_eq(cllm_kv_tier_create(r.kv, &tc, &r.t), CLLM_OK);
+  return r;
+}
+
+/* Blocks the reader fetches for the prompt; *rejects gets its record rejects. */
+static size_t reader_fetch(reader_t *r, const cllm_kv_token_t *t, size_t n, uint64_t *rejects) {
+  cllm_kv_seq_t s;
+  size_t cached, ready;
+  cr_assert_eq(cllm_kv_seq_open_with_prompt(r->kv, "r", NULL, t, n, &s, &cached), CLLM_OK);
+  cr_assert_eq(cllm_kv_tier_fetch(r->t, s, t, n, n, &ready), CLLM_OK);
+  if (ready > 0) expect_rows(r->kv, s, t, ready);
+  cr_assert_eq(cllm_kv_seq_close(r->kv, s), CLLM_OK);
+  *rejects = stats(r->kv).tier_rejects_record;
+  check(r->kv);
+  return ready;
+}
+
+static void reader_down(reader_t *r) {
+  cllm_kv_tier_destroy(r->t);
+  cllm_kv_cache_destroy(r->kv);
+}
+
+Test(kv_tier, mac_key_rejects_other_keys_no_key_and_poisoning) {
+  pair_t p;
+  memset(&p, 0, sizeof p);
+  p.m = mk_monitor(0);
+  cllm_kv_config_t c = small_cfg(p.m, 64, 4);
+  p.a = mk(&c);
+  cllm_kv_store_t st;
+  cr_assert_eq(cllm_kv_store_fake_create(&st, &p.fake), CLLM_OK);
+  p.ops_b = *st.ops;
+  p.ops_b.close = noop_close;
+  cllm_kv_tier_config_t tc = cllm_kv_tier_config_default();
+  tc.store = st;
+  tc.model_id = "test-model";
+  tc.model_id_len = 10;
+  tc.mac_key = "deployment-key-1";
+  tc.mac_key_len = 16;
+  cr_assert_eq(cllm_kv_tier_create(p.a, &tc, &p.ta), CLLM_OK);
+  cllm_kv_token_t t[21];
+  seq_tokens(t, 21, 77);
+  a_serves(&p, t, 21, 0);  // 5 tagged records
+  uint64_t rej;
+  reader_t same = reader(&p, "deployment-key-1"), other = reader(&p, "deployment-key-2"),
+           none = reader(&p, NULL);
+  cr_assert_eq(reader_fetch(&same, t, 21, &rej), 20);
+  cr_assert_eq(rej, 0);
+  cr_assert_eq(reader_fetch(&other, t, 21, &rej), 0);  // another key: rejected, counted
+  cr_assert_eq(rej, 1);
+  cr_assert_eq(reader_fetch(&none, t, 21, &rej), 0);  // no key: cannot verify, rejected
+  cr_assert_eq(rej, 1);
+  /* the record itself says it is tagged; flipping that flag or the tag is caught */
+  uint8_t d[16], root[16];
+  uint64_t ns = cllm_kv_tier_namespace(0, 0);
+  cllm_kv_shape_t sh = SHAPE;
+  sh.fingerprint = cllm_kv_tier_fingerprint(&sh, "test-model", 10);
+  cllm_kv_tier_root_digest(sh.fingerprint, ns, root);
+  cllm_kv_tier_chain_digest(root, t, 4, d);
+  char k0[CLLM_KV_TIER_KEY_MAX];
+  cllm_kv_tier_key(sh.fingerprint, ns, d, k0);
+  uint8_t rec[512], orig[512];
+  size_t len;
+  cr_assert_eq(cllm_kv_fake_raw_get(p.fake, k0, orig, sizeof orig, &len), CLLM_OK);
+  cr_assert_eq(orig[28], 1);  // flags: MAC
+  const size_t offs[3] = {200, len - 1, 28};  // payload byte, tag byte, flag byte
+  for (int i = 0; i < 3; i++) {
+    memcpy(rec, orig, len);
+    rec[offs[i]] ^= 1;
+    cr_assert_eq(cllm_kv_fake_raw_set(p.fake, k0, rec, len), CLLM_OK);
+    reader_t r = reader(&p, "deployment-key-1");
+    cr_assert_eq(reader_fetch(&r, t, 21, &rej), 0, "offset %zu", offs[i]);
+    cr_assert_eq(rej, 1);
+    reader_down(&r);
+  }
+  /* a downgrade: a valid unkeyed record (right checksum) under the same key */
+  cr_assert_eq(cllm_kv_fake_raw_del(p.fake, k0), CLLM_OK);
+  reader_t w = reader(&p, NULL);
+  cllm_kv_seq_t s;
+  size_t cached;
+  cr_assert_eq(cllm_kv_seq_open_with_prompt(w.kv, "w", NULL, t, 21, &s, &cached), CLLM_OK);
+  compute(w.kv, s, t, 0, 21);
+  cr_assert_eq(cllm_kv_seq_close(w.kv, s), CLLM_OK);
+  cr_assert_eq(cllm_kv_tier_flush(w.t, 5000), CLLM_OK);
+  cr_assert_eq(cllm_kv_fake_raw_get(p.fake, k0, rec, sizeof rec, &len), CLLM_OK);
+  cr_assert_eq(rec[28], 0);  // rewritten unkeyed
+  reader_t r = reader(&p, "deployment-key-1");
+  cr_assert_eq(reader_fetch(&r, t, 21, &rej), 0);
+  cr_assert_eq(rej, 1);
+  reader_down(&r);
+  reader_down(&w);
+  reader_down(&same);
+  reader_down(&other);
+  reader_down(&none);
+  /* bad keys are refused */
+  cllm_kv_cache_t *kv = mk(&c);
+  tc.store = (cllm_kv_store_t){&p.ops_b, p.fake};
+  tc.mac_key_len = 65;
+  cllm_kv_tier_t *bad;
+  cr_assert_eq(cllm_kv_tier_create(kv, &tc, &bad), CLLM_EINVAL);
+  tc.mac_key = NULL;
+  tc.mac_key_len = 4;
+  cr_assert_eq(cllm_kv_tier_create(kv, &tc, &bad), CLLM_EINVAL);
+  cllm_kv_cache_destroy(kv);
+  check(p.a);
+  cllm_kv_tier_destroy(p.ta);
+  cllm_kv_cache_destroy(p.a);
+  cllm_monitor_destroy(p.m);
+}
+
+/* ---- block events ------------------------------------------------------------------------------ */
+
+typedef struct evlog {
+  pthread_mutex_t mu;
+  cllm_kv_event_t ev[256];
+  cllm_kv_token_t tok[256][4];
+  size_t n, calls, max_batch;
+} evlog_t;
+
+static void on_events(void *user, double ts, const cllm_kv_event_t *e, size_t n) {
+  evlog_t *l = user;
+  cr_assert_gt(ts, 1e9);
+  cr_assert_geq(n, 1);
+  pthread_mutex_lock(&l->mu);
+  l->calls++;
+  if (n > l->max_batch) l->max_batch = n;
+  for (size_t i = 0; i < n && l->n < 256; i++, l->n++) {
+    l->ev[l->n] = e[i];
+    if (e[i].tokens != NULL) memcpy(l->tok[l->n], e[i].tokens, sizeof l->tok[0]);
+    l->ev[l->n].tokens = e[i].tokens ? l->tok[l->n] : NULL;
+  }
+  pthread_mutex_unlock(&l->mu);
+}
+
+static size_t ev_count(evlog_t *l, uint32_t kind) {
+  size_t c = 0;
+  for (size_t i = 0; i < l->n; i++) c += l->ev[i].kind == kind;
+  return c;
+}
+
+static cllm_kv_tier_t *mk_tier_ev(cllm_kv_cache_t *kv, cllm_kv_store_t st, evlog_t *l) {
+  cllm_kv_tier_config_t tc = cllm_kv_tier_config_default();
+  tc.store = st;
+  tc.model_id = "test-model";
+  tc.model_id_len = 10;
+  tc.write_through = true;
+  tc.event_fn = on_events;
+  tc.event_user = l;
+  tc.event_batch = 3;
+  cllm_kv_tier_t *t = NULL;
+  cr_assert_eq(cllm_kv_tier_create(kv, &tc, &t), CLLM_OK);
+  return t;
+}
+
+Test(kv_tier, block_events_stored_spilled_fetched_removed) {
+  static evlog_t la, lb;
+  memset(&la, 0, sizeof la);
+  memset(&lb, 0, sizeof lb);
+  pthread_mutex_init(&la.mu, NULL);
+  pthread_mutex_init(&lb.mu, NULL);
+  pair_t p;
+  memset(&p, 0, sizeof p);
+  p.m = mk_monitor(0);
+  cllm_kv_config_t c = small_cfg(p.m, 8, 4);
+  p.a = mk(&c);
+  p.b = mk(&c);
+  cllm_kv_store_t st;
+  cr_assert_eq(cllm_kv_store_fake_create(&st, &p.fake), CLLM_OK);
+  p.ta = mk_tier_ev(p.a, st, &la);
+  p.tb = mk_tier_ev(p.b, borrowed(st, &p.ops_b), &lb);
+  cllm_kv_token_t t[21], u[21];
+  seq_tokens(t, 21, 31);
+  seq_tokens(u, 21, 32);
+  a_serves(&p, t, 21, 0);  // 5 blocks stored and spilled
+  cllm_kv_seq_t s;
+  cr_assert_eq(b_fetches(&p, t, 21, 0, &s), 20);  // B: 5 fetched
+  cr_assert_eq(cllm_kv_seq_close(p.b, s), CLLM_OK);
+  /* A computes another prompt in its 8 blocks: cached blocks of the first are evicted */
+  size_t cached;
+  cr_assert_eq(cllm_kv_seq_open_with_prompt(p.a, "u", NULL, u, 21, &s, &cached), CLLM_OK);
+  compute(p.a, s, u, 0, 21);
+  cr_assert_eq(cllm_kv_seq_close(p.a, s), CLLM_OK);
+  cr_assert_eq(cllm_kv_tier_events_dropped(p.ta), 0);
+  cr_assert_eq(cllm_kv_tier_events_dropped(NULL), 0);
+  cllm_kv_tier_destroy(p.ta);  // delivers what is still queued
+  cllm_kv_tier_destroy(p.tb);
+  /* A: the first prompt's 5 blocks, in chain order, with tokens and chained digests */
+  uint8_t root[16], d[16];
+  cllm_kv_shape_t sh = SHAPE;
+  sh.fingerprint = cllm_kv_tier_fingerprint(&sh, "test-model", 10);
+  cllm_kv_tier_root_digest(sh.fingerprint, cllm_kv_tier_namespace(0, 0), root);
+  memcpy(d, root, 16);
+  size_t k = 0;
+  for (size_t i = 0; i < la.n && k < 5; i++) {
+    const cllm_kv_event_t *e = &la.ev[i];
+    if (e->kind != CLLM_KV_EVENT_STORED) continue;
+    cr_assert_eq(e->position, k);
+    cr_assert_eq(e->block_tokens, 4);
+    cr_assert_eq(memcmp(e->parent, d, 16), 0);
+    cr_assert_eq(memcmp(e->tokens, t + 4 * k, 4 * sizeof *t), 0);
+    cllm_kv_tier_chain_digest(d, t + 4 * k, 4, d);
+    cr_assert_eq(memcmp(e->digest, d, 16), 0);
+    k++;
+  }
+  cr_assert_eq(k, 5);
+  cr_assert_eq(ev_count(&la, CLLM_KV_EVENT_STORED), 10);  // both prompts
+  cr_assert_geq(ev_count(&la, CLLM_KV_EVENT_SPILLED), 5);
+  cr_assert_geq(ev_count(&la, CLLM_KV_EVENT_REMOVED), 2);  // 8 blocks hold 5 + 6
+  cr_assert_eq(ev_count(&la, CLLM_KV_EVENT_FETCHED), 0);
+  for (size_t i = 0; i < la.n; i++)
+    if (la.ev[i].kind == CLLM_KV_EVENT_REMOVED || la.ev[i].kind == CLLM_KV_EVENT_SPILLED)
+      cr_assert_null(la.ev[i].tokens);
+  /* B: fetched, never stored or spilled */
+  cr_assert_eq(ev_count(&lb, CLLM_KV_EVENT_FETCHED), 5);
+  cr_assert_eq(ev_count(&lb, CLLM_KV_EVENT_STORED), 0);
+  cr_assert_eq(ev_count(&lb, CLLM_KV_EVENT_SPILLED), 0);
+  cr_assert_leq(la.max_batch, 3);  // event_batch
+  check(p.a);
+  check(p.b);
+  cllm_kv_cache_destroy(p.a);
+  cllm_kv_cache_destroy(p.b);
+  cllm_monitor_destroy(p.m);
 }

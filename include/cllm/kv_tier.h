@@ -25,8 +25,9 @@
  * model fingerprint, the block's position in its chain, its digest and parent
  * digest, payload bytes), the block's token ids, the payload exactly as the pools
  * hold it (for each layer: the K rows then the V rows) and a 64-bit checksum over
- * all of it (keyed with `secret` when set). Values are immutable: a put never
- * replaces an existing key.
+ * all of it (keyed with `secret` when set), or with `mac_key` a keyed BLAKE2b
+ * tag (a MAC: without the key a valid record cannot be forged). Values are
+ * immutable: a put never replaces an existing key.
  *
  * A fetched block is used only if every field matches what the prompt implies
  * (format, shape, fingerprint, position, digest, parent, tokens, length,
@@ -40,12 +41,13 @@
  * reclaimer never wait for the tier: a CACHED block evicted before it was written
  * is dropped and counted (tier_spill_dropped).
  *
- * Network I/O runs only on the tier's two threads (spill, and fetch on behalf of
- * probe/fetch callers), each with its own store connection and with SIGPIPE
- * blocked; the cache lock is taken only for short state changes. When the store
- * fails `breaker_failures` times in a row the tier is DOWN: probes answer 0 at
- * once and nothing is spilled; the spill thread pings it every `retry_ms` and
- * reconnects, and the tier is UP again after the first good answer.
+ * Network I/O runs only on the tier's threads (one spill thread, and
+ * `fetch_threads` threads running probe/fetch callers' jobs), each with its own
+ * store connection and with SIGPIPE blocked; the cache lock is taken only for
+ * short state changes. When the store fails `breaker_failures` times in a row
+ * the tier is DOWN: probes answer 0 at once and nothing is spilled; the spill
+ * thread pings it every `retry_ms` and reconnects, and the tier is UP again
+ * after the first good answer.
  */
 #ifndef CLLM_KV_TIER_H
 #define CLLM_KV_TIER_H
@@ -84,6 +86,13 @@ typedef struct cllm_kv_store_ops {
   cllm_status_t (*ping)(void *user, void *conn, int64_t deadline_ns);
   // Release the store (every connection is already disconnected).
   void (*close)(void *user);
+  // Optional (NULL: the tier calls put once per key): put keys[i] = vals[i]
+  // (lens[i] bytes) for i < n as put does, in one pipeline; rcs[i] gets each
+  // put's result. Returns CLLM_OK when every put was answered, else the failure
+  // that ended the pipeline (EBUSY / EIO; the unanswered rcs[i] hold it too).
+  cllm_status_t (*put_batch)(void *user, void *conn, const char *const *keys,
+                             const void *const *vals, const size_t *lens, size_t n,
+                             cllm_status_t *rcs, int64_t deadline_ns);
 } cllm_kv_store_ops_t;
 
 typedef struct cllm_kv_store {
@@ -110,6 +119,10 @@ CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_store_fake_create(cllm_kv_store_t 
 CLLM_API void cllm_kv_fake_fail_next(cllm_kv_fake_t *f, unsigned n, cllm_status_t rc);
 CLLM_API void cllm_kv_fake_set_delay(cllm_kv_fake_t *f, uint32_t delay_us);
 CLLM_API void cllm_kv_fake_set_down(cllm_kv_fake_t *f, bool down);
+// hold: every operation but connect waits until released (or its deadline passes:
+// CLLM_EBUSY); waiting: how many operations wait now. Thread: any.
+CLLM_API void cllm_kv_fake_hold(cllm_kv_fake_t *f, bool hold);
+CLLM_API unsigned cllm_kv_fake_waiting(cllm_kv_fake_t *f);
 CLLM_API void cllm_kv_fake_set_max_bytes(cllm_kv_fake_t *f, size_t max_bytes);
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_fake_set_deny_prefix(cllm_kv_fake_t *f,
                                                                     const char *prefix);
@@ -180,6 +193,8 @@ typedef enum cllm_kv_reject {
   CLLM_KV_REJECT_PARENT = 5,
   CLLM_KV_REJECT_TOKENS = 6,
   CLLM_KV_REJECT_CHECKSUM = 7,
+  CLLM_KV_REJECT_MAC = 8,  // MAC tag wrong, missing (the reader has a MAC key) or
+                           // unverifiable (it has none)
   CLLM_KV_REJECT_COUNT
 } cllm_kv_reject_t;
 
@@ -196,6 +211,31 @@ CLLM_API cllm_kv_reject_t cllm_kv_tier_verify(const cllm_kv_shape_t *shape,
 
 typedef struct cllm_kv_tier cllm_kv_tier_t;
 
+/* Block events, for routers that track which server holds which prefix (the
+ * vLLM KV-events model: BlockStored / BlockRemoved with chain and parent hashes).
+ * Events are queued under the cache lock and delivered in batches, in order, on
+ * the tier's spill thread (and by destroy for the last ones), never under a lock. */
+typedef enum cllm_kv_event_kind {
+  CLLM_KV_EVENT_STORED = 1,   // a computed block entered the local prefix index
+  CLLM_KV_EVENT_REMOVED = 2,  // a local block left the index (evicted or reclaimed)
+  CLLM_KV_EVENT_SPILLED = 3,  // a block was written to the store
+  CLLM_KV_EVENT_FETCHED = 4,  // a block fetched from the store entered the local index
+} cllm_kv_event_kind_t;
+
+typedef struct cllm_kv_event {
+  uint32_t kind;          // cllm_kv_event_kind_t
+  uint32_t block_tokens;  // tokens per block (vLLM block_size)
+  uint64_t position;      // block index in its chain
+  uint8_t digest[16];     // chain digest (the block's hash; the store key's last part)
+  uint8_t parent[16];     // parent's chain digest (the root digest at position 0)
+  const cllm_kv_token_t *tokens;  // STORED / FETCHED: the block's token ids; else NULL
+} cllm_kv_event_t;
+
+// Receives n >= 1 events; ts: CLOCK_REALTIME seconds when the batch was taken.
+// The array and tokens are valid only during the call. It must not call into the
+// tier (it runs on the tier's thread); the cache may be used.
+typedef void (*cllm_kv_event_fn)(void *user, double ts, const cllm_kv_event_t *events, size_t n);
+
 typedef struct cllm_kv_tier_config {
   size_t struct_size;        // set by cllm_kv_tier_config_default()
   cllm_kv_store_t store;     // required; owned by the tier once create succeeds
@@ -208,23 +248,41 @@ typedef struct cllm_kv_tier_config {
   uint32_t op_timeout_ms;    // deadline of one store operation; 0 = 200
   uint32_t breaker_failures; // failures in a row that mark the store DOWN; 0 = 3
   uint32_t retry_ms;         // ping interval while DOWN (and reconnect back-off); 0 = 100
+  uint32_t fetch_threads;    // probes / fetches in flight at once, each on its own
+                             // thread and connection; 0 = 1, at most 16
+  const void *mac_key;       // deployment MAC key (copied), up to 64 bytes; NULL = none.
+  size_t mac_key_len;        // With a key, records carry a keyed BLAKE2b-64 tag instead
+                             // of the checksum, and records without a valid tag are
+                             // rejected (CLLM_KV_REJECT_MAC); a tier without a key
+                             // rejects tagged records.
+  cllm_kv_event_fn event_fn; // block events (NULL: none), called with event_user
+  void *event_user;
+  uint32_t event_batch;      // events per call at most; 0 = 64. Up to 4 x blocks + 256
+                             // events wait; beyond that they are dropped and counted.
 } cllm_kv_tier_config_t;
 
 // Defaults as documented on the fields. Thread: any.
 CLLM_API cllm_kv_tier_config_t cllm_kv_tier_config_default(void);
 
 // Attach a tier to a cache (one per cache) and start its threads. On error the
-// store is not closed (it stays the caller's).
-// Errors: CLLM_EINVAL (NULL, bad struct_size, store without ops, fraction outside
-// [0,1]), CLLM_EEXIST (the cache has a tier), CLLM_ENOMEM, CLLM_ESYS (threads).
+// store is not closed (it stays the caller's). A cfg from an older header
+// (smaller struct_size) gets the defaults for the fields it lacks; a larger one
+// is accepted only if the bytes this library does not know are zero.
+// Errors: CLLM_EINVAL (NULL, struct_size below sizeof(size_t) or unknown non-zero
+// tail, store without ops, fraction outside [0,1], fetch_threads above 16,
+// mac_key_len above 64 or without mac_key),
+// CLLM_EEXIST (the cache has a tier), CLLM_ENOMEM, CLLM_ESYS (threads).
 // Thread: any.
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_tier_create(cllm_kv_cache_t *kv,
                                                           const cllm_kv_tier_config_t *cfg,
                                                           cllm_kv_tier_t **out);
 
 // Stop the threads (a spill in flight finishes or times out), detach from the
-// cache and close the store. NULL is a no-op. Call before destroying the cache;
-// no probe or fetch may be running. Thread: external-sync.
+// cache and close the store. NULL is a no-op; no probe or fetch may be running.
+// Order: destroy the tier, then the cache. A cache destroyed while its tier is
+// attached logs an error, stops the tier's threads and detaches it; the tier
+// handle then stays valid only for this call (probe, fetch and flush answer
+// CLLM_ESTATE), which closes the store and frees it. Thread: external-sync.
 CLLM_API void cllm_kv_tier_destroy(cllm_kv_tier_t *tier);
 
 // How many tokens after the sequence's committed prefix the store holds for this
@@ -233,8 +291,8 @@ CLLM_API void cllm_kv_tier_destroy(cllm_kv_tier_t *tier);
 // 0 at once while the store is DOWN. The sequence must have no reserved,
 // uncommitted positions and its committed tokens must equal tokens[0..).
 // Errors: CLLM_EINVAL (NULL, n 0), CLLM_ENOTFOUND, CLLM_EPREEMPTED, CLLM_ESTATE
-// (reserved positions not committed, or committed not a multiple of
-// block_tokens), CLLM_ENOMEM (key scratch). A store failure is not an error:
+// (reserved positions not committed, committed not a multiple of block_tokens,
+// or the cache was destroyed first), CLLM_ENOMEM (key scratch). A store failure is not an error:
 // *n_avail is then 0.
 // Thread: any (one caller per sequence).
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_tier_probe(cllm_kv_tier_t *tier, cllm_kv_seq_t seq,
@@ -255,9 +313,12 @@ CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_tier_fetch(cllm_kv_tier_t *tier, c
 
 // Spill every indexed block not yet stored (regardless of mode) and wait until
 // done or timeout_ms passed. Errors: CLLM_EINVAL, CLLM_EBUSY (timed out, or the
-// store is DOWN). Thread: any.
+// store is DOWN), CLLM_ESTATE (the cache was destroyed first). Thread: any.
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_tier_flush(cllm_kv_tier_t *tier,
                                                          uint32_t timeout_ms);
+
+// Events dropped because the queue was full (0 without event_fn). Thread: any.
+CLLM_API uint64_t cllm_kv_tier_events_dropped(const cllm_kv_tier_t *tier);
 
 // Tier states (cllm_kv_stats_t.tier_state).
 enum { CLLM_KV_TIER_NONE = 0, CLLM_KV_TIER_UP = 1, CLLM_KV_TIER_DOWN = 2 };

@@ -10,7 +10,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/time.h>
+#include <sys/uio.h>
 #include <time.h>
 
 #include <hiredis/hiredis.h>
@@ -424,6 +426,12 @@ static cllm_status_t r_get(void *user, void *conn, const char *key, void *buf, s
   return rc;
 }
 
+/* The status of a SET NX reply. */
+static cllm_status_t set_status(const redisReply *r) {
+  if (r->type == REDIS_REPLY_ERROR) return reply_error(r);
+  return r->type == REDIS_REPLY_STATUS || r->type == REDIS_REPLY_NIL ? CLLM_OK : CLLM_EIO;
+}
+
 static cllm_status_t r_put(void *user, void *conn, const char *key, const void *val, size_t len,
                            int64_t deadline_ns) {
   (void)user;
@@ -432,9 +440,98 @@ static cllm_status_t r_put(void *user, void *conn, const char *key, const void *
   redisReply *r;
   cllm_status_t rc = run1(conn, key, 4, argv, lens, dl_of(deadline_ns), &r);
   if (rc != CLLM_OK) return rc;
-  if (r->type == REDIS_REPLY_ERROR) rc = reply_error(r);
-  else if (r->type != REDIS_REPLY_STATUS && r->type != REDIS_REPLY_NIL) rc = CLLM_EIO;
+  rc = set_status(r);
   freeReplyObject(r);
+  return rc;
+}
+
+/* Write `SET key val NX` straight to node nd's socket (the value is not copied
+ * into hiredis's output buffer, which is empty between calls); its reply is read
+ * later with node_read. MSG_NOSIGNAL: a vanished server is EIO, never SIGPIPE. */
+static cllm_status_t node_send_set(node_t *nd, const char *key, const void *val, size_t len,
+                                   int64_t dl) {
+  char head[64 + CLLM_KV_TIER_KEY_MAX];
+  static const char tail[] = "\r\n$2\r\nNX\r\n";
+  size_t kl = strlen(key);
+  int hn = snprintf(head, sizeof head, "*4\r\n$3\r\nSET\r\n$%zu\r\n%s\r\n$%zu\r\n", kl, key, len);
+  if (hn < 0 || (size_t)hn >= sizeof head) return CLLM_EINVAL;
+  struct iovec iov[3] = {{head, (size_t)hn}, {(void *)val, len}, {(void *)tail, sizeof tail - 1}};
+  struct msghdr msg = {.msg_iov = iov, .msg_iovlen = 3};
+  cllm_status_t rc = CLLM_OK;
+  while (msg.msg_iovlen > 0 && rc == CLLM_OK) {
+    if ((rc = arm(nd->c, dl)) != CLLM_OK) break;
+    ssize_t w = sendmsg(nd->c->fd, &msg, MSG_NOSIGNAL);
+    if (w < 0) {
+      if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) continue;  // re-armed
+      rc = CLLM_EIO;
+      break;
+    }
+    size_t done = (size_t)w;
+    while (msg.msg_iovlen > 0 && done >= msg.msg_iov[0].iov_len) {
+      done -= msg.msg_iov[0].iov_len;
+      msg.msg_iov++, msg.msg_iovlen--;
+    }
+    if (msg.msg_iovlen > 0) {
+      msg.msg_iov[0].iov_base = (char *)msg.msg_iov[0].iov_base + done;
+      msg.msg_iov[0].iov_len -= done;
+    }
+  }
+  if (rc != CLLM_OK) node_drop(nd);
+  return rc;
+}
+
+/* Pipelined SET NX: commands are written to their keys' nodes while at most
+ * PIPE_BYTES are unanswered (one at a time for values that large: the server
+ * handles a pipeline of large bulk arguments far slower than single ones), every
+ * reply is read in order, and a redirected key is sent again on its own (run1). */
+#define PIPE_BYTES ((size_t)1 << 20)
+static cllm_status_t r_put_batch(void *user, void *conn, const char *const *keys,
+                                 const void *const *vals, const size_t *lens, size_t n,
+                                 cllm_status_t *rcs, int64_t deadline_ns) {
+  (void)user;
+  rconn_t *k = conn;
+  int64_t dl = dl_of(deadline_ns);
+  cllm_status_t rc = CLLM_OK;
+  int nodes[64];
+  for (size_t i0 = 0; i0 < n && rc == CLLM_OK; i0 += 64) {
+    size_t m = n - i0 < 64 ? n - i0 : 64, sent = 0, got = 0, out = 0;
+    bool redo[64] = {false}, answered[64] = {false};
+    while (got < m && rc == CLLM_OK) {
+      if (sent < m && (sent == got || out + lens[i0 + sent] <= PIPE_BYTES)) {
+        size_t i = i0 + sent;
+        if ((rc = route(k, keys[i], dl, &nodes[sent])) != CLLM_OK) break;
+        node_t *nd = &k->node[nodes[sent]];
+        if ((rc = node_open(k, nd, dl)) != CLLM_OK) break;
+        if ((rc = node_send_set(nd, keys[i], vals[i], lens[i], dl)) != CLLM_OK) break;
+        out += lens[i];
+        sent++;
+        continue;
+      }
+      redisReply *r;
+      if ((rc = node_read(&k->node[nodes[got]], dl, &r)) != CLLM_OK) break;
+      bool moved;
+      if (redirect(k, r, &moved) >= 0) redo[got] = true;
+      else rcs[i0 + got] = set_status(r), answered[got] = true;
+      freeReplyObject(r);
+      out -= lens[i0 + got];
+      got++;
+    }
+    for (size_t q = 0; q < m && rc == CLLM_OK; q++) {
+      if (!redo[q]) continue;
+      size_t i = i0 + q;
+      const char *argv[4] = {"SET", keys[i], vals[i], "NX"};
+      size_t alen[4] = {3, strlen(keys[i]), lens[i], 2};
+      redisReply *r;
+      if ((rc = run1(k, keys[i], 4, argv, alen, dl, &r)) != CLLM_OK) break;
+      rcs[i] = set_status(r), answered[q] = true;
+      freeReplyObject(r);
+    }
+    if (rc != CLLM_OK)
+      for (size_t i = i0; i < n; i++)
+        if (i >= i0 + m || !answered[i - i0]) rcs[i] = rc;
+  }
+  if (rc != CLLM_OK)  // replies may still be queued: start clean next time
+    for (int i = 0; i < k->nn; i++) node_drop(&k->node[i]);
   return rc;
 }
 
@@ -477,6 +574,7 @@ static const cllm_kv_store_ops_t redis_ops = {
     .put = r_put,
     .ping = r_ping,
     .close = r_close,
+    .put_batch = r_put_batch,
 };
 
 cllm_kv_redis_config_t cllm_kv_redis_config_default(void) {
