@@ -26,6 +26,7 @@
 #include <cllm/weights.h>
 
 #include "lib/internal/fault.h"
+#include "support/fixtures.h"
 #include "support/proc_status.h"
 
 #define MiB ((size_t)1 << 20)
@@ -351,19 +352,12 @@ Test(numa_place, loader_threads_run_on_the_node_they_fill) {
 
 /* ---- weight replicas ---------------------------------------------------------------- */
 
-static cllm_monitor_t *monitor(void) {
-  cllm_monitor_config_t mc = cllm_monitor_config_default();
-  cllm_monitor_t *m = NULL;
-  cr_assert_eq(cllm_monitor_create(&mc, &m), CLLM_OK);
-  return m;
-}
-
 /* One copy per node, each copy's pages on its node, bit-identical contents after a
  * load and (hand-written allocations) after seal, charged nodes x capacity. */
 Test(numa_place, replicas_live_on_their_nodes_and_match) {
   const cllm_topology_t *t = multi_node();
   int nodes = cllm_topology_nodes(t);
-  cllm_monitor_t *m = monitor();
+  cllm_monitor_t *m = mk_monitor(0);
   size_t file_bytes = 6 * MiB + 4096;
   char path[] = "/tmp/numa_replica_XXXXXX";
   int fd = mkstemp(path);
@@ -461,7 +455,7 @@ Test(numa_place, a_thread_on_node_k_gets_replica_k) {
  * stays mapped, the monitor is as before. */
 Test(numa_place, failure_mid_second_replica_leaves_nothing) {
   multi_node();
-  cllm_monitor_t *m = monitor();
+  cllm_monitor_t *m = mk_monitor(0);
   cllm_weights_config_t cfg = cllm_weights_config_default();
   cfg.capacity_bytes = 192 * MiB; /* three 64 MiB commit steps per replica */
   cfg.numa = CLLM_WEIGHTS_NUMA_REPLICATE;
