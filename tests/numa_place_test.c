@@ -27,6 +27,7 @@
 
 #include "lib/internal/fault.h"
 #include "support/fixtures.h"
+#include "support/heap_test_util.h"
 #include "support/proc_status.h"
 
 #define MiB ((size_t)1 << 20)
@@ -75,19 +76,6 @@ static cllm_heaps_t *numa_heaps(void) {
   cr_assert_eq(cllm_heaps_create(&cfg, &h), CLLM_OK);
   cr_assert_eq(cllm_heaps_mode(h), CLLM_HEAP_MODE_NUMA);
   return h;
-}
-
-static cllm_heaps_stats_t stats_of(const cllm_heaps_t *h) {
-  cllm_heaps_stats_t st;
-  memset(&st, 0, sizeof st);
-  st.struct_size = sizeof st;
-  cr_assert_eq(cllm_heaps_stats(h, &st), CLLM_OK);
-  return st;
-}
-
-static bool in_region(const cllm_heap_node_stats_t *ns, const void *p) {
-  const char *s = ns->region_start, *c = p;
-  return s != NULL && c >= s && c < s + ns->region_bytes;
 }
 
 /* ---- heaps ---------------------------------------------------------------------- */
@@ -145,7 +133,7 @@ Test(numa_place, thread_on_node_k_gets_pages_on_node_k) {
     cllm_heaps_stats_t st = stats_of(h);
     cr_assert(st.node[k].bound);
     cr_assert_eq(st.node[k].os_node, os_node(t, k));
-    for (int i = 0; i < j.n; i++) cr_assert(in_region(&st.node[k], j.blocks[i]), "node %d", k);
+    for (int i = 0; i < j.n; i++) cr_assert(inside(&st.node[k], j.blocks[i], 1), "node %d", k);
     printf("numa_place: node %d: %d blocks, every page on OS node %d\n", k, j.n, os_node(t, k));
     free_all(&j);
   }
@@ -180,7 +168,7 @@ Test(numa_place, cross_node_free_returns_to_the_owner_node) {
   memset(p, 1, 5000);
   cr_assert_eq(cllm_heap_node(h), 1);
   st = stats_of(h);
-  cr_assert(in_region(&st.node[1], p));
+  cr_assert(inside(&st.node[1], p, 1));
   cr_assert_eq(st.node[1].allocations, 1);
   cr_assert_eq(pages_node(p, 5000), os_node(t, 1));
   cllm_heap_free(h, p);
