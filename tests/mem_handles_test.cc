@@ -473,6 +473,47 @@ Test(KVCache, SequencesAndCopyApi) {
   cr_expect_eq(moved.stats().num_blocks, 64);
 }
 
+Test(Topology, SyntheticQueriesAndMove) {
+  cllm_topology_config_t cfg = cllm_topology_config_default();
+  cfg.synthetic = "pack:2 numa:1 core:2 pu:1";
+  Topology t(cfg);
+  cr_expect_eq(t.nodes(), 2);
+  cr_expect_not(t.isThisSystem());
+  cllm_numa_node_info_t info = t.nodeInfo(1);
+  cr_expect_eq(info.index, 1);
+  cr_expect_eq(info.n_cpus, 2);
+  std::vector<int> cpus = t.nodeCpus(1);
+  cr_assert_eq(cpus.size(), 2);
+  cr_expect_lt(cpus[0], cpus[1]);
+  cr_expect_eq(t.nodeOfCpu(cpus[0]), 1);
+  try {
+    t.nodeInfo(2);
+    cr_expect(false);
+  } catch (const Error& e) {
+    cr_expect_eq(e.status(), CLLM_ENOTFOUND);
+  }
+  cr_expect_throw(t.nodeCpus(-1), Error);
+  try {
+    t.bindThread(0);  // a synthetic topology is not this machine
+    cr_expect(false);
+  } catch (const Error& e) {
+    cr_expect_eq(e.status(), CLLM_ENOTSUP);
+  }
+  Topology moved = std::move(t);
+  cr_expect_null(t.get());
+  cr_expect_eq(t.nodes(), 0);
+  cr_expect_eq(moved.nodes(), 2);
+  Topology here;  // the running machine, loaded afresh
+  cr_expect(here.isThisSystem());
+  cr_expect_geq(here.nodes(), 1);
+  cr_expect_geq(here.nodeCpus(0).size(), 1);
+  cfg.synthetic = "not a topology";
+  cr_expect_throw(Topology bad(cfg), Error);
+  cfg.synthetic = nullptr;
+  cfg.max_nodes = -1;
+  cr_expect_throw(Topology bad(cfg), Error);
+}
+
 Test(Stats, JsonAndPrometheusStrings) {
   MemoryMonitor::instance().allocate(12345);
   Arena arena;

@@ -2,16 +2,19 @@
 // (tag "tsan"), so that they also run under --config=tsan, where Criterion crashes
 // (.bazelrc). Every C++ test that starts a thread is here: the seed's integration tests
 // (memory-manager-design.zh.md, 10.2.1 and 10.2.2, kept as written), the same with 16
-// threads and many rounds (ITER scales them), callbacks swapped under contention, and
-// a free from another thread. The single-threaded tests are Criterion suites
-// (mem_test.cc, mem_handles_test.cc). The scenarios run in one process, in order; each
-// leaves the global monitor as it found it (no limit, no callback, nothing in use).
+// threads and many rounds (ITER scales them), callbacks swapped under contention, a
+// free from another thread, and the KV tier (its own threads). The single-threaded
+// tests are Criterion suites (mem_test.cc, mem_handles_test.cc). The scenarios run in
+// one process, in order; each leaves the global monitor as it found it (no limit, no
+// callback, nothing in use).
+
+#include <cllm/seed.hpp>
 
 #include <atomic>
 #include <chrono>
-#include <cllm/seed.hpp>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <string>
 #include <thread>
 #include <vector>
@@ -238,6 +241,73 @@ static void Heaps_AllocFreeAndMove() {
   h2.check();
 }
 
+// KVTier: cache A spills a prompt's blocks into a fake store; cache B, with its own tier
+// on the same store, fetches them back bit-exact. The tiers' threads spill and ping.
+static void KVTier_SpillsAndFetchesBack() {
+  cllm_kv_config_t c = cllm_kv_config_default();
+  c.layers = 2;
+  c.kv_heads = 1;
+  c.head_dim = 4;
+  c.dtype_bytes = 4;
+  c.block_tokens = 4;
+  c.capacity_blocks = 16;
+  KVCache a(c), b(c);
+  cllm_kv_store_t store;
+  MT_CHECK(cllm_kv_store_fake_create(&store, nullptr) == CLLM_OK, "%s", __func__);
+  cllm_kv_store_ops_t borrowed = *store.ops;  // B's tier uses A's store; A's closes it
+  borrowed.close = [](void*) {};
+  cllm_kv_tier_config_t tc = cllm_kv_tier_config_default();
+  tc.model_id = "mem_mt";
+  tc.model_id_len = 6;
+  tc.store = store;
+  KVTier ta(a, tc);
+  tc.store = cllm_kv_store_t{&borrowed, store.user};
+  KVTier tb(b, tc);  // destroyed before ta, which closes the store
+
+  std::vector<cllm_kv_token_t> toks(13);
+  for (size_t i = 0; i < toks.size(); ++i) toks[i] = static_cast<cllm_kv_token_t>(100 + i);
+  const size_t block_bytes = 4 * 4 * sizeof(float);  // block_tokens x head_dim floats
+  cllm_kv_seq_t s = a.openWithPrompt("a", toks.data(), toks.size());
+  a.reserve(s, toks.size());
+  std::vector<uint32_t> blocks_a = a.blockTable(s);
+  MT_CHECK(blocks_a.size() == 4, "%s", __func__);
+  for (size_t i = 0; i < blocks_a.size(); ++i) {
+    for (uint32_t layer = 0; layer < 2; ++layer) {
+      void *k = nullptr, *v = nullptr;
+      a.blockLayer(blocks_a[i], layer, &k, &v);
+      for (size_t j = 0; j < block_bytes; ++j) {
+        static_cast<unsigned char*>(k)[j] = static_cast<unsigned char>(i * 31 + layer * 7 + j);
+        static_cast<unsigned char*>(v)[j] = static_cast<unsigned char>(i * 17 + layer * 5 + j);
+      }
+    }
+  }
+  a.commit(s, toks.data(), toks.size());
+  a.close(s);
+  MT_CHECK(ta.flush(5000), "%s", __func__);
+
+  size_t cached = 1;
+  cllm_kv_seq_t sb = b.openWithPrompt("b", toks.data(), toks.size(), &cached);
+  MT_CHECK(cached == 0, "%s", __func__);
+  size_t avail = tb.probe(sb, toks.data(), toks.size());
+  MT_CHECK(avail == 12, "%s: %zu", __func__, avail);  // whole blocks, one token left
+  MT_CHECK(tb.fetch(sb, toks.data(), toks.size(), avail) == 12, "%s", __func__);
+  MT_CHECK(b.length(sb) == 12, "%s", __func__);
+  std::vector<uint32_t> blocks_b = b.blockTable(sb);
+  MT_CHECK(blocks_b.size() == 3, "%s", __func__);
+  for (size_t i = 0; i < blocks_b.size(); ++i) {
+    for (uint32_t layer = 0; layer < 2; ++layer) {
+      void *ka, *va, *kb, *vb;
+      a.blockLayer(blocks_a[i], layer, &ka, &va);
+      b.blockLayer(blocks_b[i], layer, &kb, &vb);
+      MT_CHECK(std::memcmp(ka, kb, block_bytes) == 0, "%s: K block %zu", __func__, i);
+      MT_CHECK(std::memcmp(va, vb, block_bytes) == 0, "%s: V block %zu", __func__, i);
+    }
+  }
+  b.close(sb);
+  a.check();
+  b.check();
+}
+
 // Between scenarios: the global monitor as a fresh process has it.
 static void expect_global_monitor_idle(const char* after) {
   auto& mon = MemoryMonitor::instance();
@@ -262,6 +332,7 @@ int main() {
       {"KVCacheMemoryManagerIntegration.SixteenThreadsWithEviction",
        KVCacheMemoryManagerIntegration_SixteenThreadsWithEviction},
       {"Heaps.AllocFreeAndMove", Heaps_AllocFreeAndMove},
+      {"KVTier.SpillsAndFetchesBack", KVTier_SpillsAndFetchesBack},
   };
   for (const Scenario& s : scenarios) {
     s.fn();

@@ -1,5 +1,6 @@
 /* cllm-mem for C++, part of <cllm/mem.hpp> (include that): move-only RAII owners of
- * the C objects (Arena, WeightsHeap, Heaps, KVCache) and the stats writers as strings.
+ * the C objects (Topology, Arena, WeightsHeap, Heaps, KVCache, KVTier) and the stats
+ * writers as strings.
  * The rules (errors, callbacks, threads) are in mem.hpp's header comment.
  */
 #ifndef CLLM_MEM_HANDLES_HPP
@@ -18,10 +19,61 @@
 #include <cllm/arena.h>
 #include <cllm/heap.h>
 #include <cllm/kv_cache.h>
+#include <cllm/kv_tier.h>
+#include <cllm/numa.h>
 #include <cllm/stats.h>
 #include <cllm/weights.h>
 
 namespace cllm {
+
+/* ---- Topology: RAII over cllm_topology_t ------------------------------------------- */
+
+// A loaded NUMA topology (include/cllm/numa.h): the running machine, an XML file or a
+// synthetic description. Pass get() to components' configs; it must outlive them. The
+// shared topology of the running machine is cllm_topology_system() (never destroyed).
+// Thread: any for queries; destroyed when no one uses it.
+class Topology {
+ public:
+  // The running machine, loaded afresh. Throws Error (CLLM_ENOMEM, CLLM_ESYS).
+  Topology() : Topology(cllm_topology_config_default()) {}
+  // Throws Error (CLLM_EINVAL: two sources, max_nodes < 0, a description hwloc
+  // rejects; CLLM_ENOMEM; CLLM_ESYS).
+  explicit Topology(const cllm_topology_config_t& cfg) {
+    cllm_topology_t* t = nullptr;
+    checkStatus(cllm_topology_create(&cfg, &t), "cllm_topology_create");
+    h_.reset(t);
+  }
+
+  cllm_topology_t* get() const noexcept { return h_.get(); }
+
+  int nodes() const noexcept { return cllm_topology_nodes(get()); }
+  bool isThisSystem() const noexcept { return cllm_topology_is_this_system(get()); }
+  // Throws Error (CLLM_ENOTFOUND: no such node).
+  cllm_numa_node_info_t nodeInfo(int node) const {
+    cllm_numa_node_info_t info{};
+    checkStatus(cllm_topology_node_info(get(), node, &info), "cllm_topology_node_info");
+    return info;
+  }
+  // The node's CPUs (OS numbers, ascending). Throws Error (CLLM_ENOTFOUND).
+  std::vector<int> nodeCpus(int node) const {
+    size_t n = 0;
+    checkStatus(cllm_topology_node_cpus(get(), node, nullptr, 0, &n), "cllm_topology_node_cpus");
+    std::vector<int> cpus(n);
+    checkStatus(cllm_topology_node_cpus(get(), node, cpus.data(), cpus.size(), &n),
+                "cllm_topology_node_cpus");
+    return cpus;
+  }
+  // The node of an OS CPU number, or -1.
+  int nodeOfCpu(int cpu) const noexcept { return cllm_topology_node_of_cpu(get(), cpu); }
+  // Bind the calling thread to the node's CPUs. Throws Error (CLLM_ENOTFOUND,
+  // CLLM_ENOTSUP: not this machine, CLLM_ESYS).
+  void bindThread(int node) const {
+    checkStatus(cllm_thread_bind_node(get(), node), "cllm_thread_bind_node");
+  }
+
+ private:
+  detail::Handle<cllm_topology_t, cllm_topology_destroy> h_;
+};
 
 /* ---- Arena: RAII over cllm_arena_t ----------------------------------------------- */
 
@@ -454,6 +506,56 @@ class KVCache {
   std::unique_ptr<detail::KvEvictSlot> slot_;  // stable: the C cache points to it
   bool own_callback_ = false;
   detail::Handle<cllm_kv_cache_t, cllm_kv_cache_destroy> h_;  // last: destroyed first
+};
+
+/* ---- KVTier: RAII over cllm_kv_tier_t ---------------------------------------------- */
+
+// A KV cache's remote tier (include/cllm/kv_tier.h): spills indexed blocks to a store
+// and fetches verified ones back. It must be destroyed before its cache: declare it
+// after the KVCache. Thread: any (one caller per sequence); destroy: external-sync,
+// with no probe or fetch running.
+class KVTier {
+ public:
+  // Attach to `kv` and start the tier's threads. The store in cfg belongs to the tier
+  // once this returns; on a throw it stays the caller's. Throws Error (CLLM_EINVAL,
+  // CLLM_EEXIST: the cache has a tier, CLLM_ENOMEM, CLLM_ESYS).
+  KVTier(KVCache& kv, const cllm_kv_tier_config_t& cfg) {
+    cllm_kv_tier_t* t = nullptr;
+    checkStatus(cllm_kv_tier_create(kv.get(), &cfg, &t), "cllm_kv_tier_create");
+    h_.reset(t);
+  }
+
+  cllm_kv_tier_t* get() const noexcept { return h_.get(); }
+
+  // Tokens after the sequence's committed prefix that the store holds for this prompt
+  // (whole blocks; 0 while the store is down). Throws Error (see cllm_kv_tier_probe).
+  size_t probe(cllm_kv_seq_t seq, const cllm_kv_token_t* tokens, size_t n) {
+    size_t avail = 0;
+    checkStatus(cllm_kv_tier_probe(get(), seq, tokens, n, &avail), "cllm_kv_tier_probe");
+    return avail;
+  }
+  // Fetch up to maxTokens of the prompt into the sequence, verified and committed;
+  // returns the tokens committed. May evict or preempt (callbacks). Throws Error (see
+  // cllm_kv_tier_fetch) or the eviction callback's exception (the fetch happened).
+  size_t fetch(cllm_kv_seq_t seq, const cllm_kv_token_t* tokens, size_t n, size_t maxTokens) {
+    detail::CaptureScope scope;
+    size_t ready = 0;
+    cllm_status_t rc = cllm_kv_tier_fetch(get(), seq, tokens, n, maxTokens, &ready);
+    scope.rethrowPending();
+    checkStatus(rc, "cllm_kv_tier_fetch");
+    return ready;
+  }
+  // Spill every indexed block not yet stored and wait; false if that took longer than
+  // timeoutMs or the store is down (CLLM_EBUSY). Throws Error (CLLM_EINVAL).
+  bool flush(uint32_t timeoutMs) {
+    cllm_status_t rc = cllm_kv_tier_flush(get(), timeoutMs);
+    if (rc == CLLM_EBUSY) return false;
+    checkStatus(rc, "cllm_kv_tier_flush");
+    return true;
+  }
+
+ private:
+  detail::Handle<cllm_kv_tier_t, cllm_kv_tier_destroy> h_;
 };
 
 /* ---- stats writers ------------------------------------------------------------------ */
