@@ -4,40 +4,9 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* sched_getcpu, CPU_* macros, syscall */
 #endif
-#include <criterion/criterion.h>
-#include <errno.h>
-#include <mimalloc.h>
-#include <pthread.h>
-#include <signal.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/syscall.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <cllm/heap.h>
-#include <cllm/monitor.h>
-#include <cllm/numa.h>
-#include <cllm/status.h>
-
-#include "lib/internal/fault.h"
-#include "lib/internal/util.h"
-#include "support/fixtures.h"
 #include "support/heap_test_util.h"
-#include "support/on_node0.h"
-#include "support/proc_status.h"
 
-#define MiB ((size_t)1 << 20)
-#define MPOL_BIND_ 2
-#define MPOL_F_ADDR_ (1 << 1)
-
-/* On a multi-node machine every test runs bound to node 0 (its threads inherit the
- * binding), so the node-0 figures it asserts are its own; tests about other nodes
- * bind themselves. */
-TestSuite(heap, .init = cllm_test_on_node0);
-
+TestSuite(heap, .init = cllm_test_on_node0); /* bound to node 0: see on_node0.h */
 
 /* ---- attach and topologies ---------------------------------------------------------- */
 

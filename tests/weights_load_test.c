@@ -1,33 +1,7 @@
 /* Criterion suite for the pinned weights heap (lib/weights.c): bit-exact loads of a
  * generated file (one and two readers), progress, load failures that leave the heap as
  * it was, and fault injection for every OS call. Each Test runs in its own process. */
-#include <criterion/criterion.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <linux/capability.h>
-#include <signal.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/mman.h>
-#include <sys/resource.h>
-#include <sys/syscall.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <cllm/weights.h>
-
-#include "lib/internal/fault.h"
-
-#include "support/fixtures.h"
 #include "support/weights_test_util.h"
-
-#define MiB ((size_t)1 << 20)
-#define MPOL_DEFAULT_ 0
-#define MPOL_BIND_ 2
-#define MPOL_INTERLEAVE_ 3
-#define MPOL_F_ADDR_ 2
 
 /* ---- loading ----------------------------------------------------------------------------- */
 

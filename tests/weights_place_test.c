@@ -2,34 +2,8 @@
  * from the kernel, locking (as root, in a forked child without CAP_IPC_LOCK, and by
  * fault injection), and replicas where there is one node. Each Test runs in its own
  * process. */
-#include <criterion/criterion.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <linux/capability.h>
-#include <signal.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/mman.h>
-#include <sys/resource.h>
-#include <sys/syscall.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <cllm/weights.h>
-
-#include "lib/internal/fault.h"
-
 #include "support/child.h"
-#include "support/fixtures.h"
 #include "support/weights_test_util.h"
-
-#define MiB ((size_t)1 << 20)
-#define MPOL_DEFAULT_ 0
-#define MPOL_BIND_ 2
-#define MPOL_INTERLEAVE_ 3
-#define MPOL_F_ADDR_ 2
 
 /* ---- placement ------------------------------------------------------------------------- */
 

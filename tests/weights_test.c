@@ -3,34 +3,8 @@
  * writing), huge pages read back from the kernel. Placement, locking and replicas are
  * in weights_place_test.c; loads and fault injection in weights_load_test.c. Each Test
  * runs in its own process. */
-#include <criterion/criterion.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <linux/capability.h>
-#include <signal.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/mman.h>
-#include <sys/resource.h>
-#include <sys/syscall.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <cllm/weights.h>
-
-#include "lib/internal/fault.h"
-
 #include "support/child.h"
-#include "support/fixtures.h"
 #include "support/weights_test_util.h"
-
-#define MiB ((size_t)1 << 20)
-#define MPOL_DEFAULT_ 0
-#define MPOL_BIND_ 2
-#define MPOL_INTERLEAVE_ 3
-#define MPOL_F_ADDR_ 2
 
 /* ---- config and bad input ---------------------------------------------------------- */
 

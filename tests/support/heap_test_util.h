@@ -1,25 +1,40 @@
-/* Helpers shared by the heap suites (tests/heap_*_test.c): a log counter, heaps and
- * their stats, region membership, a warm-up that loads what the first create loads,
- * and a byte pattern. Failures of the helpers' own calls fail the test (cr_assert). */
+/* What the heap suites (tests/heap_*_test.c) share: their includes, a log counter,
+ * heaps and their stats, region membership, a warm-up that loads what the first create
+ * loads, a byte pattern, sized-free sizes, and a thread parked on the heaps. Failures
+ * of the helpers' own calls fail the test (cr_assert). */
 #ifndef CLLM_TEST_HEAP_TEST_UTIL_H
 #define CLLM_TEST_HEAP_TEST_UTIL_H
 
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <mimalloc.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cllm/heap.h>
+#include <cllm/monitor.h>
 #include <cllm/numa.h>
 #include <cllm/status.h>
 
+#include "fixtures.h"
+#include "lib/internal/fault.h"
+#include "lib/internal/util.h"
+#include "on_node0.h"
 #include "proc_status.h"
 
 #ifndef MiB
 #define MiB ((size_t)1 << 20)
 #endif
+#define MPOL_BIND_ 2
+#define MPOL_F_ADDR_ (1 << 1)
 
 static int g_warnings;
 static char g_last_msg[512];

@@ -1,5 +1,5 @@
-/* Helpers shared by the weights suites (tests/weights_*_test.c): configs and stats,
- * the memory policy of an address, generated files with their checksums, a log
+/* What the weights suites (tests/weights_*_test.c) share: their includes, configs and
+ * stats, the memory policy of an address, generated files with their checksums, a log
  * capture, and the per-node page figures. Failures of the helpers' own calls fail the
  * test (cr_assert). */
 #ifndef CLLM_TEST_WEIGHTS_TEST_UTIL_H
@@ -8,22 +8,32 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/capability.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cllm/numa.h>
 #include <cllm/weights.h>
 
+#include "fixtures.h"
+#include "lib/internal/fault.h"
 #include "proc_status.h"
 
 #ifndef MiB
 #define MiB ((size_t)1 << 20)
 #endif
+#define MPOL_DEFAULT_ 0
+#define MPOL_BIND_ 2
+#define MPOL_INTERLEAVE_ 3
 #define MPOL_F_ADDR_ 2
 
 /* A field of /proc/self/status in kB ("VmSize", "VmLck"); the file must be readable. */
