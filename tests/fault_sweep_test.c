@@ -25,6 +25,7 @@
 #include <cllm/weights.h>
 
 #include "lib/internal/fault.h"
+#include "support/fixtures.h"
 
 #define MAX_N 400
 
@@ -45,14 +46,6 @@ typedef struct sweep_case {
   cllm_status_t allowed[6];          /* documented failure statuses (0-terminated) */
 } sweep_case_t;
 
-static cllm_monitor_t *new_monitor(size_t limit) {
-  cllm_monitor_config_t cfg = cllm_monitor_config_default();
-  cfg.limit_bytes = limit;
-  cllm_monitor_t *m;
-  cr_assert_eq(cllm_monitor_create(&cfg, &m), CLLM_OK);
-  return m;
-}
-
 static bool allowed(const sweep_case_t *sc, cllm_status_t rc) {
   for (int i = 0; i < 6 && sc->allowed[i] != CLLM_OK; i++)
     if (sc->allowed[i] == rc) return true;
@@ -65,7 +58,7 @@ static unsigned long sweep(const sweep_case_t *sc) {
   for (unsigned long n = 1; n <= MAX_N; n++) {
     sweep_ctx_t c;
     memset(&c, 0, sizeof c);
-    c.mon = new_monitor(0);
+    c.mon = mk_monitor(0);
     if (sc->setup != NULL) sc->setup(&c);
     cllm_fault_reset();
     cllm_fault_arm_any(n);

@@ -26,6 +26,8 @@
 #include <cllm/weights.h>
 
 #include "lib/internal/fault.h"
+#include "support/fixtures.h"
+#include "support/heap_test_util.h"
 #include "support/proc_status.h"
 
 #define MiB ((size_t)1 << 20)
@@ -74,19 +76,6 @@ static cllm_heaps_t *numa_heaps(void) {
   cr_assert_eq(cllm_heaps_create(&cfg, &h), CLLM_OK);
   cr_assert_eq(cllm_heaps_mode(h), CLLM_HEAP_MODE_NUMA);
   return h;
-}
-
-static cllm_heaps_stats_t stats_of(const cllm_heaps_t *h) {
-  cllm_heaps_stats_t st;
-  memset(&st, 0, sizeof st);
-  st.struct_size = sizeof st;
-  cr_assert_eq(cllm_heaps_stats(h, &st), CLLM_OK);
-  return st;
-}
-
-static bool in_region(const cllm_heap_node_stats_t *ns, const void *p) {
-  const char *s = ns->region_start, *c = p;
-  return s != NULL && c >= s && c < s + ns->region_bytes;
 }
 
 /* ---- heaps ---------------------------------------------------------------------- */
@@ -144,7 +133,7 @@ Test(numa_place, thread_on_node_k_gets_pages_on_node_k) {
     cllm_heaps_stats_t st = stats_of(h);
     cr_assert(st.node[k].bound);
     cr_assert_eq(st.node[k].os_node, os_node(t, k));
-    for (int i = 0; i < j.n; i++) cr_assert(in_region(&st.node[k], j.blocks[i]), "node %d", k);
+    for (int i = 0; i < j.n; i++) cr_assert(inside(&st.node[k], j.blocks[i], 1), "node %d", k);
     printf("numa_place: node %d: %d blocks, every page on OS node %d\n", k, j.n, os_node(t, k));
     free_all(&j);
   }
@@ -179,7 +168,7 @@ Test(numa_place, cross_node_free_returns_to_the_owner_node) {
   memset(p, 1, 5000);
   cr_assert_eq(cllm_heap_node(h), 1);
   st = stats_of(h);
-  cr_assert(in_region(&st.node[1], p));
+  cr_assert(inside(&st.node[1], p, 1));
   cr_assert_eq(st.node[1].allocations, 1);
   cr_assert_eq(pages_node(p, 5000), os_node(t, 1));
   cllm_heap_free(h, p);
@@ -351,19 +340,12 @@ Test(numa_place, loader_threads_run_on_the_node_they_fill) {
 
 /* ---- weight replicas ---------------------------------------------------------------- */
 
-static cllm_monitor_t *monitor(void) {
-  cllm_monitor_config_t mc = cllm_monitor_config_default();
-  cllm_monitor_t *m = NULL;
-  cr_assert_eq(cllm_monitor_create(&mc, &m), CLLM_OK);
-  return m;
-}
-
 /* One copy per node, each copy's pages on its node, bit-identical contents after a
  * load and (hand-written allocations) after seal, charged nodes x capacity. */
 Test(numa_place, replicas_live_on_their_nodes_and_match) {
   const cllm_topology_t *t = multi_node();
   int nodes = cllm_topology_nodes(t);
-  cllm_monitor_t *m = monitor();
+  cllm_monitor_t *m = mk_monitor(0);
   size_t file_bytes = 6 * MiB + 4096;
   char path[] = "/tmp/numa_replica_XXXXXX";
   int fd = mkstemp(path);
@@ -461,7 +443,7 @@ Test(numa_place, a_thread_on_node_k_gets_replica_k) {
  * stays mapped, the monitor is as before. */
 Test(numa_place, failure_mid_second_replica_leaves_nothing) {
   multi_node();
-  cllm_monitor_t *m = monitor();
+  cllm_monitor_t *m = mk_monitor(0);
   cllm_weights_config_t cfg = cllm_weights_config_default();
   cfg.capacity_bytes = 192 * MiB; /* three 64 MiB commit steps per replica */
   cfg.numa = CLLM_WEIGHTS_NUMA_REPLICATE;

@@ -15,13 +15,14 @@
  *   std::string json = cllm::statsJson();               // the stats writers' output
  *
  * Files: this header includes mem_core.hpp (errors, callbacks, Monitor, Reclaimer) and
- * mem_handles.hpp (Arena, WeightsHeap, Heaps, KVCache, statsJson/statsPrometheus).
+ * mem_handles.hpp (Topology, Arena, WeightsHeap, Heaps, KVCache, KVTier,
+ * statsJson/statsPrometheus).
  * Include only <cllm/mem.hpp>.
  *
  * Classes: Monitor (a private cllm_monitor_t), Reclaimer (a registered reclaimer),
- * Arena, WeightsHeap, Heaps, KVCache. Each owns its handle (move-only; a moved-from
- * object holds none and its calls fail with CLLM_EINVAL), and get() gives the C handle
- * for C calls.
+ * Topology, Arena, WeightsHeap, Heaps, KVCache, KVTier. Each owns its C object
+ * (move-only; a moved-from object holds none and its calls fail with CLLM_EINVAL), and
+ * get() gives the C handle for C calls.
  *
  * Errors. The rule mirrors the C API: a method over a C call that returns a
  * cllm_status_t throws cllm::Error (a std::runtime_error carrying the status) on
@@ -49,8 +50,8 @@
  * second exception in the same call) the exception is discarded and counted:
  * cllm::droppedCallbackExceptions().
  *
- * Thread: as the C objects underneath (Monitor, KVCache, Heaps::free: any; Arena,
- * WeightsHeap mutation: external-sync; Heaps::alloc: owner).
+ * Thread: as the C objects underneath (Monitor, Topology queries, KVCache, KVTier,
+ * Heaps::free: any; Arena, WeightsHeap mutation: external-sync; Heaps::alloc: owner).
  */
 #ifndef CLLM_MEM_HPP
 #define CLLM_MEM_HPP

@@ -118,6 +118,18 @@ class CaptureScope {
   std::exception_ptr outer_;
 };
 
+// The owner of one C object: a unique_ptr whose deleter is the C destroy function.
+// The classes over C objects hold one and get their moves from it (move-only; a
+// moved-from object holds nullptr, so its C calls fail with CLLM_EINVAL). A class whose
+// C object points into another member (a callback slot) declares the handle last, so
+// the C object is destroyed first.
+template <class T, void (*Destroy)(T*)>
+struct Destroyer {
+  void operator()(T* p) const noexcept { Destroy(p); }
+};
+template <class T, void (*Destroy)(T*)>
+using Handle = std::unique_ptr<T, Destroyer<T, Destroy>>;
+
 // A std::function that C code calls through a trampoline: swapped under `mu`, copied
 // out (a shared_ptr copy: never throws) before the call, which runs unlocked.
 template <class Fn>
@@ -200,62 +212,50 @@ class Monitor {
   explicit Monitor(const cllm_monitor_config_t& cfg) : slot_(new detail::LimitSlot) {
     cllm_monitor_t* m = nullptr;
     checkStatus(cllm_monitor_create(&cfg, &m), "cllm_monitor_create");
-    m_ = m;
+    h_.reset(m);
   }
-  ~Monitor() { cllm_monitor_destroy(m_); }
-  Monitor(Monitor&& o) noexcept : m_(std::exchange(o.m_, nullptr)), slot_(std::move(o.slot_)) {}
-  Monitor& operator=(Monitor&& o) noexcept {
-    if (this != &o) {
-      cllm_monitor_destroy(m_);
-      m_ = std::exchange(o.m_, nullptr);
-      slot_ = std::move(o.slot_);
-    }
-    return *this;
-  }
-  Monitor(const Monitor&) = delete;
-  Monitor& operator=(const Monitor&) = delete;
 
-  cllm_monitor_t* get() const noexcept { return m_; }
+  cllm_monitor_t* get() const noexcept { return h_.get(); }
 
   // Reserve exactly (reclaimers, then the limit callback on refusal). Throws
   // LimitError (nothing reserved) or Error (CLLM_EINVAL: bad category).
   void reserve(cllm_category_t cat, size_t bytes) {
-    detail::monitorReserve(m_, cat, bytes, "cllm_monitor_reserve");
+    detail::monitorReserve(get(), cat, bytes, "cllm_monitor_reserve");
   }
   // No reclaimers, no callback: false if a limit refuses. Throws Error (CLLM_EINVAL).
   bool tryReserve(cllm_category_t cat, size_t bytes) {
-    cllm_status_t rc = cllm_monitor_try_reserve(m_, cat, bytes);
+    cllm_status_t rc = cllm_monitor_try_reserve(get(), cat, bytes);
     if (rc == CLLM_ELIMIT) return false;
     checkStatus(rc, "cllm_monitor_try_reserve");
     return true;
   }
   // Throws Error (CLLM_EINVAL: more than `cat` holds; nothing changes).
   void release(cllm_category_t cat, size_t bytes) {
-    checkStatus(cllm_monitor_release(m_, cat, bytes), "cllm_monitor_release");
+    checkStatus(cllm_monitor_release(get(), cat, bytes), "cllm_monitor_release");
   }
-  void setLimit(size_t bytes) { checkStatus(cllm_monitor_set_limit(m_, bytes), "cllm_monitor_set_limit"); }
+  void setLimit(size_t bytes) { checkStatus(cllm_monitor_set_limit(get(), bytes), "cllm_monitor_set_limit"); }
   void setCategoryLimit(cllm_category_t cat, size_t bytes) {
-    checkStatus(cllm_monitor_set_category_limit(m_, cat, bytes), "cllm_monitor_set_category_limit");
+    checkStatus(cllm_monitor_set_category_limit(get(), cat, bytes), "cllm_monitor_set_category_limit");
   }
-  size_t limit() const noexcept { return cllm_monitor_limit(m_); }
+  size_t limit() const noexcept { return cllm_monitor_limit(get()); }
   // In total (CLLM_CAT_COUNT) or in one category.
-  size_t used(cllm_category_t cat = CLLM_CAT_COUNT) const noexcept { return cllm_monitor_used(m_, cat); }
-  size_t peak(cllm_category_t cat = CLLM_CAT_COUNT) const noexcept { return cllm_monitor_peak(m_, cat); }
-  void resetPeak() { checkStatus(cllm_monitor_reset_peak(m_), "cllm_monitor_reset_peak"); }
+  size_t used(cllm_category_t cat = CLLM_CAT_COUNT) const noexcept { return cllm_monitor_used(get(), cat); }
+  size_t peak(cllm_category_t cat = CLLM_CAT_COUNT) const noexcept { return cllm_monitor_peak(get(), cat); }
+  void resetPeak() { checkStatus(cllm_monitor_reset_peak(get()), "cllm_monitor_reset_peak"); }
   // Replace the limit callback (empty: none). Thread: any.
-  void setLimitCallback(LimitCallback cb) { detail::monitorSetLimitCallback(m_, *slot_, std::move(cb)); }
+  void setLimitCallback(LimitCallback cb) { detail::monitorSetLimitCallback(get(), *slot_, std::move(cb)); }
   cllm_monitor_stats_t stats() const {
     cllm_monitor_stats_t st{};
     st.struct_size = sizeof st;
-    checkStatus(cllm_monitor_stats(m_, &st), "cllm_monitor_stats");
+    checkStatus(cllm_monitor_stats(get(), &st), "cllm_monitor_stats");
     return st;
   }
   // Throws Error (CLLM_ECORRUPT) if an invariant is violated.
-  void check() const { checkStatus(cllm_monitor_check(m_), "cllm_monitor_check"); }
+  void check() const { checkStatus(cllm_monitor_check(get()), "cllm_monitor_check"); }
 
  private:
-  cllm_monitor_t* m_ = nullptr;
   std::unique_ptr<detail::LimitSlot> slot_;  // stable address: the C monitor points to it
+  detail::Handle<cllm_monitor_t, cllm_monitor_destroy> h_;  // last: destroyed first
 };
 
 /* ---- Reclaimer: a registered cllm_reclaim_fn ---------------------------------------- */
@@ -284,7 +284,7 @@ class Reclaimer {
   ~Reclaimer() {
     if (fn_ && cllm_monitor_remove_reclaimer(m_, &trampoline, fn_.get()) != CLLM_OK) (void)fn_.release();
   }
-  Reclaimer(Reclaimer&& o) noexcept : m_(o.m_), fn_(std::move(o.fn_)) {}
+  Reclaimer(Reclaimer&&) noexcept = default;
   Reclaimer& operator=(Reclaimer&&) = delete;
   Reclaimer(const Reclaimer&) = delete;
   Reclaimer& operator=(const Reclaimer&) = delete;

@@ -1,5 +1,6 @@
 /* cllm-mem for C++, part of <cllm/mem.hpp> (include that): move-only RAII owners of
- * the C objects (Arena, WeightsHeap, Heaps, KVCache) and the stats writers as strings.
+ * the C objects (Topology, Arena, WeightsHeap, Heaps, KVCache, KVTier) and the stats
+ * writers as strings.
  * The rules (errors, callbacks, threads) are in mem.hpp's header comment.
  */
 #ifndef CLLM_MEM_HANDLES_HPP
@@ -18,10 +19,61 @@
 #include <cllm/arena.h>
 #include <cllm/heap.h>
 #include <cllm/kv_cache.h>
+#include <cllm/kv_tier.h>
+#include <cllm/numa.h>
 #include <cllm/stats.h>
 #include <cllm/weights.h>
 
 namespace cllm {
+
+/* ---- Topology: RAII over cllm_topology_t ------------------------------------------- */
+
+// A loaded NUMA topology (include/cllm/numa.h): the running machine, an XML file or a
+// synthetic description. Pass get() to components' configs; it must outlive them. The
+// shared topology of the running machine is cllm_topology_system() (never destroyed).
+// Thread: any for queries; destroyed when no one uses it.
+class Topology {
+ public:
+  // The running machine, loaded afresh. Throws Error (CLLM_ENOMEM, CLLM_ESYS).
+  Topology() : Topology(cllm_topology_config_default()) {}
+  // Throws Error (CLLM_EINVAL: two sources, max_nodes < 0, a description hwloc
+  // rejects; CLLM_ENOMEM; CLLM_ESYS).
+  explicit Topology(const cllm_topology_config_t& cfg) {
+    cllm_topology_t* t = nullptr;
+    checkStatus(cllm_topology_create(&cfg, &t), "cllm_topology_create");
+    h_.reset(t);
+  }
+
+  cllm_topology_t* get() const noexcept { return h_.get(); }
+
+  int nodes() const noexcept { return cllm_topology_nodes(get()); }
+  bool isThisSystem() const noexcept { return cllm_topology_is_this_system(get()); }
+  // Throws Error (CLLM_ENOTFOUND: no such node).
+  cllm_numa_node_info_t nodeInfo(int node) const {
+    cllm_numa_node_info_t info{};
+    checkStatus(cllm_topology_node_info(get(), node, &info), "cllm_topology_node_info");
+    return info;
+  }
+  // The node's CPUs (OS numbers, ascending). Throws Error (CLLM_ENOTFOUND).
+  std::vector<int> nodeCpus(int node) const {
+    size_t n = 0;
+    checkStatus(cllm_topology_node_cpus(get(), node, nullptr, 0, &n), "cllm_topology_node_cpus");
+    std::vector<int> cpus(n);
+    checkStatus(cllm_topology_node_cpus(get(), node, cpus.data(), cpus.size(), &n),
+                "cllm_topology_node_cpus");
+    return cpus;
+  }
+  // The node of an OS CPU number, or -1.
+  int nodeOfCpu(int cpu) const noexcept { return cllm_topology_node_of_cpu(get(), cpu); }
+  // Bind the calling thread to the node's CPUs. Throws Error (CLLM_ENOTFOUND,
+  // CLLM_ENOTSUP: not this machine, CLLM_ESYS).
+  void bindThread(int node) const {
+    checkStatus(cllm_thread_bind_node(get(), node), "cllm_thread_bind_node");
+  }
+
+ private:
+  detail::Handle<cllm_topology_t, cllm_topology_destroy> h_;
+};
 
 /* ---- Arena: RAII over cllm_arena_t ----------------------------------------------- */
 
@@ -37,27 +89,16 @@ class Arena {
     if (scope.pending()) cllm_arena_destroy(a);
     scope.rethrowPending();
     checkStatus(rc, "cllm_arena_create");
-    a_ = a;
+    h_.reset(a);
   }
-  ~Arena() { cllm_arena_destroy(a_); }
-  Arena(Arena&& o) noexcept : a_(std::exchange(o.a_, nullptr)) {}
-  Arena& operator=(Arena&& o) noexcept {
-    if (this != &o) {
-      cllm_arena_destroy(a_);
-      a_ = std::exchange(o.a_, nullptr);
-    }
-    return *this;
-  }
-  Arena(const Arena&) = delete;
-  Arena& operator=(const Arena&) = delete;
 
-  cllm_arena_t* get() const noexcept { return a_; }
+  cllm_arena_t* get() const noexcept { return h_.get(); }
 
   // The inline bump path; nullptr on failure (cllm_last_status() says why). A limit
   // callback exception raised while getting a chunk is dropped (noexcept: counted).
-  void* alloc(size_t bytes) noexcept { return cllm_arena_alloc(a_, bytes); }
+  void* alloc(size_t bytes) noexcept { return cllm_arena_alloc(get(), bytes); }
   void* allocAligned(size_t bytes, size_t align) noexcept {
-    return cllm_arena_alloc_aligned(a_, bytes, align);
+    return cllm_arena_alloc_aligned(get(), bytes, align);
   }
   // n objects of T (uninitialised), aligned to max(64, alignof(T)); nullptr if n *
   // sizeof(T) overflows (CLLM_EINVAL) or on failure.
@@ -66,40 +107,40 @@ class Arena {
     size_t bytes = 0;
     if (__builtin_mul_overflow(n, sizeof(T), &bytes)) bytes = SIZE_MAX;  // refused: EINVAL
     size_t align = alignof(T) > CLLM_ARENA_DEFAULT_ALIGN ? alignof(T) : CLLM_ARENA_DEFAULT_ALIGN;
-    return static_cast<T*>(cllm_arena_alloc_aligned(a_, bytes, align));
+    return static_cast<T*>(cllm_arena_alloc_aligned(get(), bytes, align));
   }
-  cllm_float_array_t floats(size_t n) noexcept { return cllm_arena_floats(a_, n); }
+  cllm_float_array_t floats(size_t n) noexcept { return cllm_arena_floats(get(), n); }
 
   // End the step (every allocation released). Throws Error (CLLM_EINVAL: no arena).
   void reset() {
     detail::CaptureScope scope;  // a coalesce may obtain a chunk
-    cllm_status_t rc = cllm_arena_reset(a_);
+    cllm_status_t rc = cllm_arena_reset(get());
     scope.rethrowPending();
     checkStatus(rc, "cllm_arena_reset");
   }
   // Throws Error (CLLM_EINVAL, CLLM_ENOMEM) when no mark could be taken.
   cllm_arena_mark_t mark() {
-    cllm_arena_mark_t m = cllm_arena_mark(a_);
+    cllm_arena_mark_t m = cllm_arena_mark(get());
     if (m.id_ == 0) throwStatus(cllm_last_status(), "cllm_arena_mark");
     return m;
   }
   // Throws Error (CLLM_EINVAL, CLLM_ESTATE: stale mark; nothing changed).
-  void rewind(const cllm_arena_mark_t& m) { checkStatus(cllm_arena_rewind(a_, m), "cllm_arena_rewind"); }
+  void rewind(const cllm_arena_mark_t& m) { checkStatus(cllm_arena_rewind(get(), m), "cllm_arena_rewind"); }
   // Throws Error / LimitError (nothing changed).
   void reserve(size_t bytes) {
     detail::CaptureScope scope;
-    cllm_status_t rc = cllm_arena_reserve(a_, bytes);
+    cllm_status_t rc = cllm_arena_reserve(get(), bytes);
     scope.rethrowPending();
     checkStatus(rc, "cllm_arena_reserve");
   }
-  void trim() { checkStatus(cllm_arena_trim(a_), "cllm_arena_trim"); }
+  void trim() { checkStatus(cllm_arena_trim(get()), "cllm_arena_trim"); }
   cllm_arena_stats_t stats() const {
     cllm_arena_stats_t st{};
     st.struct_size = sizeof st;
-    checkStatus(cllm_arena_stats(a_, &st), "cllm_arena_stats");
+    checkStatus(cllm_arena_stats(get(), &st), "cllm_arena_stats");
     return st;
   }
-  void check() const { checkStatus(cllm_arena_check(a_), "cllm_arena_check"); }
+  void check() const { checkStatus(cllm_arena_check(get()), "cllm_arena_check"); }
 
   // Takes a mark now and rewinds to it at scope exit (errors ignored: a scope made
   // stale by a reset inside it is harmless).
@@ -159,7 +200,7 @@ class Arena {
   };
 
  private:
-  cllm_arena_t* a_ = nullptr;
+  detail::Handle<cllm_arena_t, cllm_arena_destroy> h_;
 };
 
 /* ---- WeightsHeap: RAII over cllm_weights_t --------------------------------------- */
@@ -186,28 +227,16 @@ class WeightsHeap {
     if (scope.pending()) cllm_weights_destroy(w);
     scope.rethrowPending();
     checkStatus(rc, "cllm_weights_create");
-    w_ = w;
+    h_.reset(w);
   }
-  ~WeightsHeap() { cllm_weights_destroy(w_); }
-  WeightsHeap(WeightsHeap&& o) noexcept : w_(std::exchange(o.w_, nullptr)), slot_(std::move(o.slot_)) {}
-  WeightsHeap& operator=(WeightsHeap&& o) noexcept {
-    if (this != &o) {
-      cllm_weights_destroy(w_);
-      w_ = std::exchange(o.w_, nullptr);
-      slot_ = std::move(o.slot_);
-    }
-    return *this;
-  }
-  WeightsHeap(const WeightsHeap&) = delete;
-  WeightsHeap& operator=(const WeightsHeap&) = delete;
 
-  cllm_weights_t* get() const noexcept { return w_; }
+  cllm_weights_t* get() const noexcept { return h_.get(); }
 
   // Zero-filled, aligned to align (0 = 64). Throws Error (CLLM_EINVAL, CLLM_ESTATE,
   // CLLM_ENOMEM: does not fit).
   void* alloc(size_t bytes, size_t align = 0) {
     void* p = nullptr;
-    checkStatus(cllm_weights_alloc(w_, bytes, align, &p), "cllm_weights_alloc");
+    checkStatus(cllm_weights_alloc(get(), bytes, align, &p), "cllm_weights_alloc");
     return p;
   }
   // A file range, bit-exact, 64-byte aligned. Throws Error (see cllm_weights_load_path),
@@ -215,7 +244,7 @@ class WeightsHeap {
   void* load(const std::string& path, uint64_t offset, size_t bytes) {
     detail::CaptureScope scope;
     void* p = nullptr;
-    cllm_status_t rc = cllm_weights_load_path(w_, path.c_str(), offset, bytes, &p);
+    cllm_status_t rc = cllm_weights_load_path(get(), path.c_str(), offset, bytes, &p);
     scope.rethrowPending();
     checkStatus(rc, "cllm_weights_load_path");
     return p;
@@ -223,20 +252,20 @@ class WeightsHeap {
   void* loadFd(int fd, uint64_t offset, size_t bytes) {
     detail::CaptureScope scope;
     void* p = nullptr;
-    cllm_status_t rc = cllm_weights_load_fd(w_, fd, offset, bytes, &p);
+    cllm_status_t rc = cllm_weights_load_fd(get(), fd, offset, bytes, &p);
     scope.rethrowPending();
     checkStatus(rc, "cllm_weights_load_fd");
     return p;
   }
-  void seal() { checkStatus(cllm_weights_seal(w_), "cllm_weights_seal"); }
-  const void* base() const noexcept { return cllm_weights_base(w_); }
+  void seal() { checkStatus(cllm_weights_seal(get()), "cllm_weights_seal"); }
+  const void* base() const noexcept { return cllm_weights_base(get()); }
   cllm_weights_stats_t stats() const {
     cllm_weights_stats_t st{};
     st.struct_size = sizeof st;
-    checkStatus(cllm_weights_stats(w_, &st), "cllm_weights_stats");
+    checkStatus(cllm_weights_stats(get(), &st), "cllm_weights_stats");
     return st;
   }
-  void check() const { checkStatus(cllm_weights_check(w_), "cllm_weights_check"); }
+  void check() const { checkStatus(cllm_weights_check(get()), "cllm_weights_check"); }
 
  private:
   static bool progressTrampoline(void* user, size_t done, size_t total) noexcept {
@@ -249,8 +278,8 @@ class WeightsHeap {
     }
   }
 
-  cllm_weights_t* w_ = nullptr;
   std::unique_ptr<detail::CallbackSlot<ProgressCallback>> slot_;
+  detail::Handle<cllm_weights_t, cllm_weights_destroy> h_;  // last: destroyed first
 };
 
 /* ---- Heaps: RAII over cllm_heaps_t ----------------------------------------------- */
@@ -264,46 +293,35 @@ class Heaps {
   explicit Heaps(const cllm_heaps_config_t& cfg) {
     cllm_heaps_t* h = nullptr;
     checkStatus(cllm_heaps_create(&cfg, &h), "cllm_heaps_create");
-    h_ = h;
+    h_.reset(h);
   }
-  ~Heaps() { cllm_heaps_destroy(h_); }
-  Heaps(Heaps&& o) noexcept : h_(std::exchange(o.h_, nullptr)) {}
-  Heaps& operator=(Heaps&& o) noexcept {
-    if (this != &o) {
-      cllm_heaps_destroy(h_);
-      h_ = std::exchange(o.h_, nullptr);
-    }
-    return *this;
-  }
-  Heaps(const Heaps&) = delete;
-  Heaps& operator=(const Heaps&) = delete;
 
-  cllm_heaps_t* get() const noexcept { return h_; }
-  cllm_heap_mode_t mode() const noexcept { return cllm_heaps_mode(h_); }
-  void attach(int node) { checkStatus(cllm_heap_attach(h_, node), "cllm_heap_attach"); }
-  int node() noexcept { return cllm_heap_node(h_); }
+  cllm_heaps_t* get() const noexcept { return h_.get(); }
+  cllm_heap_mode_t mode() const noexcept { return cllm_heaps_mode(get()); }
+  void attach(int node) { checkStatus(cllm_heap_attach(get(), node), "cllm_heap_attach"); }
+  int node() noexcept { return cllm_heap_node(get()); }
   // nullptr on failure (cllm_last_status() says why). Thread: owner.
-  void* alloc(size_t bytes) noexcept { return cllm_heap_alloc(h_, bytes); }
+  void* alloc(size_t bytes) noexcept { return cllm_heap_alloc(get(), bytes); }
   void* allocAligned(size_t bytes, size_t align) noexcept {
-    return cllm_heap_alloc_aligned(h_, bytes, align);
+    return cllm_heap_alloc_aligned(get(), bytes, align);
   }
-  void* calloc(size_t n, size_t size) noexcept { return cllm_heap_calloc(h_, n, size); }
-  void* realloc(void* p, size_t bytes) noexcept { return cllm_heap_realloc(h_, p, bytes); }
+  void* calloc(size_t n, size_t size) noexcept { return cllm_heap_calloc(get(), n, size); }
+  void* realloc(void* p, size_t bytes) noexcept { return cllm_heap_realloc(get(), p, bytes); }
   // Thread: any.
-  void free(void* p) noexcept { cllm_heap_free(h_, p); }
-  size_t usableSize(const void* p) const noexcept { return cllm_heap_usable_size(h_, p); }
-  void threadFlush() { checkStatus(cllm_heap_thread_flush(h_), "cllm_heap_thread_flush"); }
+  void free(void* p) noexcept { cllm_heap_free(get(), p); }
+  size_t usableSize(const void* p) const noexcept { return cllm_heap_usable_size(get(), p); }
+  void threadFlush() { checkStatus(cllm_heap_thread_flush(get()), "cllm_heap_thread_flush"); }
   cllm_heaps_stats_t stats() const {
     auto st = std::make_unique<cllm_heaps_stats_t>();  // large (per-node array)
     std::memset(st.get(), 0, sizeof *st);
     st->struct_size = sizeof *st;
-    checkStatus(cllm_heaps_stats(h_, st.get()), "cllm_heaps_stats");
+    checkStatus(cllm_heaps_stats(get(), st.get()), "cllm_heaps_stats");
     return *st;
   }
-  void check() const { checkStatus(cllm_heaps_check(h_), "cllm_heaps_check"); }
+  void check() const { checkStatus(cllm_heaps_check(get()), "cllm_heaps_check"); }
 
  private:
-  cllm_heaps_t* h_ = nullptr;
+  detail::Handle<cllm_heaps_t, cllm_heaps_destroy> h_;
 };
 
 /* ---- KVCache: RAII over cllm_kv_cache_t ------------------------------------------ */
@@ -346,24 +364,10 @@ class KVCache {
     }
     cllm_kv_cache_t* kv = nullptr;
     checkStatus(cllm_kv_cache_create(&cfg, &kv), "cllm_kv_cache_create");
-    kv_ = kv;
+    h_.reset(kv);
   }
-  ~KVCache() { cllm_kv_cache_destroy(kv_); }
-  KVCache(KVCache&& o) noexcept
-      : kv_(std::exchange(o.kv_, nullptr)), slot_(std::move(o.slot_)), own_callback_(o.own_callback_) {}
-  KVCache& operator=(KVCache&& o) noexcept {
-    if (this != &o) {
-      cllm_kv_cache_destroy(kv_);
-      kv_ = std::exchange(o.kv_, nullptr);
-      slot_ = std::move(o.slot_);
-      own_callback_ = o.own_callback_;
-    }
-    return *this;
-  }
-  KVCache(const KVCache&) = delete;
-  KVCache& operator=(const KVCache&) = delete;
 
-  cllm_kv_cache_t* get() const noexcept { return kv_; }
+  cllm_kv_cache_t* get() const noexcept { return h_.get(); }
 
   // Thread: any; runs outside every lock, on the thread whose call evicted.
   void setEvictionCallback(EvictionCallback cb) {
@@ -371,18 +375,18 @@ class KVCache {
     slot_->store(std::move(cb));
   }
 
-  size_t blockBytes() const noexcept { return cllm_kv_block_bytes(kv_); }
-  size_t numBlocks() const noexcept { return cllm_kv_num_blocks(kv_); }
-  uint32_t blockTokens() const noexcept { return cllm_kv_block_tokens(kv_); }
+  size_t blockBytes() const noexcept { return cllm_kv_block_bytes(get()); }
+  size_t numBlocks() const noexcept { return cllm_kv_num_blocks(get()); }
+  uint32_t blockTokens() const noexcept { return cllm_kv_block_tokens(get()); }
   // K and V data of `block` in `layer` (either out may be nullptr). Throws Error.
   void blockLayer(uint32_t block, uint32_t layer, void** k, void** v) const {
-    checkStatus(cllm_kv_block_layer(kv_, block, layer, k, v), "cllm_kv_block_layer");
+    checkStatus(cllm_kv_block_layer(get(), block, layer, k, v), "cllm_kv_block_layer");
   }
 
   /* sequences: each throws Error with the C call's status */
   cllm_kv_seq_t open(const std::string& id, const cllm_kv_seq_opts_t* opts = nullptr) {
     cllm_kv_seq_t s{};
-    checkStatus(cllm_kv_seq_open(kv_, detail::kvId(id, "cllm_kv_seq_open"), opts, &s), "cllm_kv_seq_open");
+    checkStatus(cllm_kv_seq_open(get(), detail::kvId(id, "cllm_kv_seq_open"), opts, &s), "cllm_kv_seq_open");
     return s;
   }
   // Shares the longest cached prefix; *nCached (optional) gets the tokens present.
@@ -390,7 +394,7 @@ class KVCache {
                                size_t* nCached = nullptr, const cllm_kv_seq_opts_t* opts = nullptr) {
     cllm_kv_seq_t s{};
     size_t cached = 0;
-    checkStatus(cllm_kv_seq_open_with_prompt(kv_, detail::kvId(id, "cllm_kv_seq_open_with_prompt"), opts,
+    checkStatus(cllm_kv_seq_open_with_prompt(get(), detail::kvId(id, "cllm_kv_seq_open_with_prompt"), opts,
                                              tokens, n, &s, &cached),
                 "cllm_kv_seq_open_with_prompt");
     if (nCached != nullptr) *nCached = cached;
@@ -398,25 +402,25 @@ class KVCache {
   }
   cllm_kv_seq_t find(const std::string& id) {
     cllm_kv_seq_t s{};
-    checkStatus(cllm_kv_seq_find(kv_, detail::kvId(id, "cllm_kv_seq_find"), &s), "cllm_kv_seq_find");
+    checkStatus(cllm_kv_seq_find(get(), detail::kvId(id, "cllm_kv_seq_find"), &s), "cllm_kv_seq_find");
     return s;
   }
   // May evict or preempt (callbacks); locs (optional) gets nTokens entries.
   void reserve(cllm_kv_seq_t seq, size_t nTokens, cllm_kv_loc_t* locs = nullptr) {
     detail::CaptureScope scope;
-    cllm_status_t rc = cllm_kv_seq_reserve(kv_, seq, nTokens, locs);
+    cllm_status_t rc = cllm_kv_seq_reserve(get(), seq, nTokens, locs);
     scope.rethrowPending();
     checkStatus(rc, "cllm_kv_seq_reserve");
   }
   void commit(cllm_kv_seq_t seq, const cllm_kv_token_t* tokens, size_t n) {
-    checkStatus(cllm_kv_seq_commit(kv_, seq, tokens, n), "cllm_kv_seq_commit");
+    checkStatus(cllm_kv_seq_commit(get(), seq, tokens, n), "cllm_kv_seq_commit");
   }
   std::vector<uint32_t> blockTable(cllm_kv_seq_t seq) {
     for (;;) {
       size_t n = 0;
-      checkStatus(cllm_kv_seq_block_table(kv_, seq, nullptr, 0, &n), "cllm_kv_seq_block_table");
+      checkStatus(cllm_kv_seq_block_table(get(), seq, nullptr, 0, &n), "cllm_kv_seq_block_table");
       std::vector<uint32_t> out(n);
-      cllm_status_t rc = cllm_kv_seq_block_table(kv_, seq, out.data(), out.size(), &n);
+      cllm_status_t rc = cllm_kv_seq_block_table(get(), seq, out.data(), out.size(), &n);
       if (rc == CLLM_ERANGE) continue;  // grew meanwhile
       checkStatus(rc, "cllm_kv_seq_block_table");
       out.resize(n);
@@ -425,25 +429,25 @@ class KVCache {
   }
   size_t length(cllm_kv_seq_t seq) {
     size_t n = 0;
-    checkStatus(cllm_kv_seq_length(kv_, seq, &n), "cllm_kv_seq_length");
+    checkStatus(cllm_kv_seq_length(get(), seq, &n), "cllm_kv_seq_length");
     return n;
   }
-  void touch(cllm_kv_seq_t seq) { checkStatus(cllm_kv_seq_touch(kv_, seq), "cllm_kv_seq_touch"); }
-  void close(cllm_kv_seq_t seq) { checkStatus(cllm_kv_seq_close(kv_, seq), "cllm_kv_seq_close"); }
+  void touch(cllm_kv_seq_t seq) { checkStatus(cllm_kv_seq_touch(get(), seq), "cllm_kv_seq_touch"); }
+  void close(cllm_kv_seq_t seq) { checkStatus(cllm_kv_seq_close(get(), seq), "cllm_kv_seq_close"); }
   cllm_kv_seq_t fork(cllm_kv_seq_t parent, const std::string& childId) {
     cllm_kv_seq_t s{};
-    checkStatus(cllm_kv_seq_fork(kv_, parent, detail::kvId(childId, "cllm_kv_seq_fork"), &s),
+    checkStatus(cllm_kv_seq_fork(get(), parent, detail::kvId(childId, "cllm_kv_seq_fork"), &s),
                 "cllm_kv_seq_fork");
     return s;
   }
   size_t pin(cllm_kv_seq_t seq) {
     size_t n = 0;
-    checkStatus(cllm_kv_seq_pin(kv_, seq, &n), "cllm_kv_seq_pin");
+    checkStatus(cllm_kv_seq_pin(get(), seq, &n), "cllm_kv_seq_pin");
     return n;
   }
   size_t unpin(cllm_kv_seq_t seq) {
     size_t n = 0;
-    checkStatus(cllm_kv_seq_unpin(kv_, seq, &n), "cllm_kv_seq_unpin");
+    checkStatus(cllm_kv_seq_unpin(get(), seq, &n), "cllm_kv_seq_unpin");
     return n;
   }
 
@@ -456,7 +460,7 @@ class KVCache {
            size_t nValues) {
     const char* cid = detail::kvId(id, "cllm_kv_put");
     detail::CaptureScope scope;
-    cllm_status_t rc = cllm_kv_put(kv_, cid, keys, nKeys, values, nValues);
+    cllm_status_t rc = cllm_kv_put(get(), cid, keys, nKeys, values, nValues);
     scope.rethrowPending();
     checkStatus(rc, "cllm_kv_put");
   }
@@ -466,12 +470,12 @@ class KVCache {
     const char* cid = detail::kvId(id, "cllm_kv_get");
     for (;;) {
       size_t nk = 0, nv = 0;
-      cllm_status_t rc = cllm_kv_get(kv_, cid, nullptr, 0, &nk, nullptr, 0, &nv);
+      cllm_status_t rc = cllm_kv_get(get(), cid, nullptr, 0, &nk, nullptr, 0, &nv);
       if (rc == CLLM_ENOTFOUND) return false;
       checkStatus(rc, "cllm_kv_get");
       keys.resize(nk);
       values.resize(nv);
-      rc = cllm_kv_get(kv_, cid, keys.data(), keys.size(), &nk, values.data(), values.size(), &nv);
+      rc = cllm_kv_get(get(), cid, keys.data(), keys.size(), &nk, values.data(), values.size(), &nv);
       if (rc == CLLM_ENOTFOUND) return false;  // evicted meanwhile
       if (rc == CLLM_ERANGE) continue;          // replaced by a larger entry meanwhile
       checkStatus(rc, "cllm_kv_get");
@@ -482,26 +486,76 @@ class KVCache {
   }
   // Drop entry `id` (no callback); false if there is none.
   bool evict(const std::string& id) {
-    cllm_status_t rc = cllm_kv_evict(kv_, detail::kvId(id, "cllm_kv_evict"));
+    cllm_status_t rc = cllm_kv_evict(get(), detail::kvId(id, "cllm_kv_evict"));
     if (rc == CLLM_ENOTFOUND) return false;
     checkStatus(rc, "cllm_kv_evict");
     return true;
   }
-  size_t usedBytes() const noexcept { return cllm_kv_used_bytes(kv_); }
-  size_t totalBytes() const noexcept { return cllm_kv_total_bytes(kv_); }
+  size_t usedBytes() const noexcept { return cllm_kv_used_bytes(get()); }
+  size_t totalBytes() const noexcept { return cllm_kv_total_bytes(get()); }
 
   cllm_kv_stats_t stats() const {
     cllm_kv_stats_t st{};
     st.struct_size = sizeof st;
-    checkStatus(cllm_kv_stats(kv_, &st), "cllm_kv_stats");
+    checkStatus(cllm_kv_stats(get(), &st), "cllm_kv_stats");
     return st;
   }
-  void check() const { checkStatus(cllm_kv_check(kv_), "cllm_kv_check"); }
+  void check() const { checkStatus(cllm_kv_check(get()), "cllm_kv_check"); }
 
  private:
-  cllm_kv_cache_t* kv_ = nullptr;
   std::unique_ptr<detail::KvEvictSlot> slot_;  // stable: the C cache points to it
   bool own_callback_ = false;
+  detail::Handle<cllm_kv_cache_t, cllm_kv_cache_destroy> h_;  // last: destroyed first
+};
+
+/* ---- KVTier: RAII over cllm_kv_tier_t ---------------------------------------------- */
+
+// A KV cache's remote tier (include/cllm/kv_tier.h): spills indexed blocks to a store
+// and fetches verified ones back. It must be destroyed before its cache: declare it
+// after the KVCache. Thread: any (one caller per sequence); destroy: external-sync,
+// with no probe or fetch running.
+class KVTier {
+ public:
+  // Attach to `kv` and start the tier's threads. The store in cfg belongs to the tier
+  // once this returns; on a throw it stays the caller's. Throws Error (CLLM_EINVAL,
+  // CLLM_EEXIST: the cache has a tier, CLLM_ENOMEM, CLLM_ESYS).
+  KVTier(KVCache& kv, const cllm_kv_tier_config_t& cfg) {
+    cllm_kv_tier_t* t = nullptr;
+    checkStatus(cllm_kv_tier_create(kv.get(), &cfg, &t), "cllm_kv_tier_create");
+    h_.reset(t);
+  }
+
+  cllm_kv_tier_t* get() const noexcept { return h_.get(); }
+
+  // Tokens after the sequence's committed prefix that the store holds for this prompt
+  // (whole blocks; 0 while the store is down). Throws Error (see cllm_kv_tier_probe).
+  size_t probe(cllm_kv_seq_t seq, const cllm_kv_token_t* tokens, size_t n) {
+    size_t avail = 0;
+    checkStatus(cllm_kv_tier_probe(get(), seq, tokens, n, &avail), "cllm_kv_tier_probe");
+    return avail;
+  }
+  // Fetch up to maxTokens of the prompt into the sequence, verified and committed;
+  // returns the tokens committed. May evict or preempt (callbacks). Throws Error (see
+  // cllm_kv_tier_fetch) or the eviction callback's exception (the fetch happened).
+  size_t fetch(cllm_kv_seq_t seq, const cllm_kv_token_t* tokens, size_t n, size_t maxTokens) {
+    detail::CaptureScope scope;
+    size_t ready = 0;
+    cllm_status_t rc = cllm_kv_tier_fetch(get(), seq, tokens, n, maxTokens, &ready);
+    scope.rethrowPending();
+    checkStatus(rc, "cllm_kv_tier_fetch");
+    return ready;
+  }
+  // Spill every indexed block not yet stored and wait; false if that took longer than
+  // timeoutMs or the store is down (CLLM_EBUSY). Throws Error (CLLM_EINVAL).
+  bool flush(uint32_t timeoutMs) {
+    cllm_status_t rc = cllm_kv_tier_flush(get(), timeoutMs);
+    if (rc == CLLM_EBUSY) return false;
+    checkStatus(rc, "cllm_kv_tier_flush");
+    return true;
+  }
+
+ private:
+  detail::Handle<cllm_kv_tier_t, cllm_kv_tier_destroy> h_;
 };
 
 /* ---- stats writers ------------------------------------------------------------------ */

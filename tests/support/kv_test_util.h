@@ -12,15 +12,9 @@
 #include <cllm/kv_cache.h>
 #include <cllm/monitor.h>
 
-/* ---- helpers -------------------------------------------------------------------- */
+#include "fixtures.h"
 
-static cllm_monitor_t *mk_monitor(size_t limit) {
-  cllm_monitor_config_t mc = cllm_monitor_config_default();
-  mc.limit_bytes = limit;
-  cllm_monitor_t *m = NULL;
-  cr_assert_eq(cllm_monitor_create(&mc, &m), CLLM_OK);
-  return m;
-}
+/* ---- helpers -------------------------------------------------------------------- */
 
 /* layers 2, 1 head of dim 4, fp32: a row is 16 bytes, a chunk bt x 16. */
 static cllm_kv_config_t small_cfg(cllm_monitor_t *m, size_t blocks, uint32_t bt) {

@@ -1,9 +1,12 @@
-/* Helpers shared by the C++ test programs (tests/mem_test.cc, tests/mem_handles_test.cc). */
+/* Helpers shared by the C++ tests (tests/mem_test.cc, mem_handles_test.cc, mem_mt.cc). */
 #ifndef CLLM_TESTS_MEM_TEST_UTIL_HPP
 #define CLLM_TESTS_MEM_TEST_UTIL_HPP
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <limits>
 #include <vector>
 
 namespace mem_test {
@@ -29,6 +32,12 @@ inline void payload(int id, size_t n, std::vector<float>& k, std::vector<float>&
     k[i] = static_cast<float>(id * 1000 + static_cast<int>(i % 1000));
     v[i] = -k[i];
   }
+}
+
+// The tolerance of gtest's EXPECT_FLOAT_EQ (4 ULPs) around `expected`, for
+// cr_expect_float_eq.
+inline float ulps4(float expected) {
+  return 4 * std::numeric_limits<float>::epsilon() * std::max(1.0f, std::fabs(expected));
 }
 
 inline bool aligned(const void* p, size_t a) { return reinterpret_cast<uintptr_t>(p) % a == 0; }
