@@ -20,8 +20,7 @@ static _Atomic uint64_t g_arena_serial = 1;
 static _Thread_local char t_self_tag;
 #define SELF_TAG ((uintptr_t)&t_self_tag)
 
-void cllm__arena_dbg_enter(arena_t *A, bool claim, bool check_owner) {
-  if (CLLM_DEBUG < 1) return;
+void cllm__arena_debug_enter(arena_t *A, bool claim, bool check_owner) {
   uintptr_t prev = atomic_exchange_explicit(&A->busy, SELF_TAG, memory_order_acq_rel);
   if (prev != 0 && prev != SELF_TAG) {
     cllm__error("arena %p used from two threads at once", (void *)A);
@@ -46,8 +45,7 @@ void cllm__arena_dbg_enter(arena_t *A, bool claim, bool check_owner) {
   }
 }
 
-void cllm__arena_dbg_leave(arena_t *A) {
-  if (CLLM_DEBUG < 1) return;
+void cllm__arena_debug_leave(arena_t *A) {
   cllm__atomic_store_release(&A->busy, (uintptr_t)0);
 }
 

@@ -112,17 +112,6 @@ size_t cllm__arena_growth_size(const arena_t *A, size_t bytes) {
   return size > need ? size : need;
 }
 
-void cllm__arena_release_after(arena_t *A, size_t c, size_t off) {
-  if (A->n_chunks == 0) return;
-  for (size_t k = c; k <= A->cur_idx; k++) {
-    chunk_t *ch = &A->chunks[k];
-    uintptr_t lo = k == c ? ch->base + off : ch->base;
-    uintptr_t hi = k == A->cur_idx ? A->pub.cur_ : ch->base + ch->used;
-    if (CLLM_HAVE_ASAN || CLLM_DEBUG >= 2) release_range(lo, hi);
-    ch->used = 0;
-  }
-}
-
 /* Keeps the smallest chunk that is large enough, else gives everything back and
  * obtains one chunk of `target`. A mapped chunk shrinks in place (unmap of its tail);
  * a heap-backed one is replaced when a smaller one can be obtained, else kept. */

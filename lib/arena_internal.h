@@ -208,11 +208,18 @@ static inline bool charges_step(const arena_t *A) { return A->cfg.heaps == NULL;
 
 /* ---- between the arena's files ---- */
 
-/* Debug (CLLM_DEBUG >= 1): enter an out-of-line call. claim: this call allocates (or
- * marks) for the step; check_owner: the step's owner (if any) must be this thread.
- * Two threads at once, or two within one step, is a debug assertion. */
-void cllm__arena_dbg_enter(arena_t *A, bool claim, bool check_owner);
-void cllm__arena_dbg_leave(arena_t *A);
+/* Debug (CLLM_DEBUG >= 1; nothing otherwise): enter / leave an out-of-line call.
+ * claim: this call allocates (or marks) for the step; check_owner: the step's owner
+ * (if any) must be this thread. Two threads at once, or two within one step, is a
+ * debug assertion. */
+void cllm__arena_debug_enter(arena_t *A, bool claim, bool check_owner);
+void cllm__arena_debug_leave(arena_t *A);
+static inline void cllm__arena_dbg_enter(arena_t *A, bool claim, bool check_owner) {
+  if (CLLM_DEBUG >= 1) cllm__arena_debug_enter(A, claim, check_owner);
+}
+static inline void cllm__arena_dbg_leave(arena_t *A) {
+  if (CLLM_DEBUG >= 1) cllm__arena_debug_leave(A);
+}
 
 /* arena.c: the slow path of an allocation (valid bytes >= 1 and align, no cursor
  * out): bump in the current chunk, move to a later free chunk or add one. NULL with
@@ -235,9 +242,6 @@ void cllm__arena_chunk_insert(arena_t *A, size_t pos, const chunk_t *c);
 void cllm__arena_chunk_remove(arena_t *A, size_t pos);
 /* Size of a new growth chunk able to hold `bytes`. */
 size_t cllm__arena_growth_size(const arena_t *A, size_t bytes);
-/* Release (fill and poison) everything from (chunk c, offset off) up to the current
- * position; every chunk's `used` from c on becomes 0. */
-void cllm__arena_release_after(arena_t *A, size_t c, size_t off);
 /* With nothing in use: leave one chunk able to hold `target` bytes (none for 0),
  * shrunk to target when `shrink`. Returns the status of the obtain it needed (the
  * arena is then empty but usable). */

@@ -9,6 +9,19 @@
 
 /* ---- cursors --------------------------------------------------------------------------- */
 
+/* Release (fill and poison) everything from (chunk c, offset off) up to the current
+ * position; every chunk's `used` from c on becomes 0. */
+static void release_after(arena_t *A, size_t c, size_t off) {
+  if (A->n_chunks == 0) return;
+  for (size_t k = c; k <= A->cur_idx; k++) {
+    chunk_t *ch = &A->chunks[k];
+    uintptr_t lo = k == c ? ch->base + off : ch->base;
+    uintptr_t hi = k == A->cur_idx ? A->pub.cur_ : ch->base + ch->used;
+    if (CLLM_HAVE_ASAN || CLLM_DEBUG >= 2) release_range(lo, hi);
+    ch->used = 0;
+  }
+}
+
 /* Lend the position: save it, close the inline fast path (cur_ = end_ = 0). */
 static void lend_position(arena_t *A) {
   A->held_cur = A->pub.cur_;
@@ -152,7 +165,7 @@ cllm_status_t cllm_arena_rewind(cllm_arena_t *a, cllm_arena_mark_t m) {
   const mark_slot_t s = A->marks[m.depth_];
   note_hw(A);
   if (A->n_chunks > 0) {
-    cllm__arena_release_after(A, s.chunk, s.off);
+    release_after(A, s.chunk, s.off);
     A->used_before = s.used_before;
     set_current(A, s.chunk, A->chunks[s.chunk].base + s.off);
   }
@@ -194,7 +207,7 @@ cllm_status_t cllm_arena_reset(cllm_arena_t *a) {
   note_hw(A);
   size_t hw = A->step_hw;
   bool spilled = A->transitions > 0;
-  cllm__arena_release_after(A, 0, 0);
+  release_after(A, 0, 0);
   A->n_marks = 0;
   A->resets++;
   A->last_hw = hw;
