@@ -108,9 +108,8 @@ cllm_status_t cllm_arena_create(const cllm_arena_config_t *cfg, cllm_arena_t **o
   cllm_status_t crc = config_check(cfg, &c, &min_chunk, &max_chunk);
   if (crc != CLLM_OK) return crc;
 
-  arena_t *A = CLLM_FAULT(CLLM_FAULT_MALLOC) ? NULL : aligned_alloc(64, sizeof *A);
+  arena_t *A = CLLM_FAULT(CLLM_FAULT_MALLOC) ? NULL : calloc(1, sizeof *A);
   if (A == NULL) return CLLM_ENOMEM;
-  memset(A, 0, sizeof *A); /* sizeof is a multiple of 64 (_Alignas) */
   A->marks = CLLM_FAULT(CLLM_FAULT_MALLOC) ? NULL : malloc(MARKS_INITIAL * sizeof *A->marks);
   if (A->marks == NULL) {
     free(A);

@@ -87,10 +87,7 @@ typedef struct mark_slot {
 } mark_slot_t;
 
 typedef struct arena {
-  /* must stay first: the header's fast path works on it. Cache-line aligned (and
-   * the struct padded to whole lines) so that two threads' arenas never share a
-   * line with a hot bump pointer. */
-  _Alignas(64) cllm_arena_t pub;
+  cllm_arena_t pub; /* first: the header's fast path works on it */
   cllm_arena_config_t cfg;
   cllm_monitor_t *mon;
   size_t min_chunk, max_chunk;

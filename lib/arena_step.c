@@ -17,7 +17,7 @@ static void release_after(arena_t *A, size_t c, size_t off) {
     chunk_t *ch = &A->chunks[k];
     uintptr_t lo = k == c ? ch->base + off : ch->base;
     uintptr_t hi = k == A->cur_idx ? A->pub.cur_ : ch->base + ch->used;
-    if (CLLM_HAVE_ASAN || CLLM_DEBUG >= 2) release_range(lo, hi);
+    release_range(lo, hi);
     ch->used = 0;
   }
 }
@@ -214,7 +214,7 @@ cllm_status_t cllm_arena_reset(cllm_arena_t *a) {
   if (hw > A->all_hw) A->all_hw = hw;
   A->used_before = 0;
   A->step_hw = 0;
-  if (CLLM_UNLIKELY(A->n_chunks > 1)) {
+  if (A->n_chunks > 1) {
     /* Coalesce into one chunk of the step's high-water (plus the alignment slack a
      * single-chunk layout may need). A step that spilled did not fit chunk 0, so
      * the new chunk is larger than chunk 0 even when padding hid that in hw. */

@@ -16,62 +16,47 @@
  *   cllm_arena_destroy(a);
  *
  * Model. An arena owns a list of chunks and bumps a pointer through them. The fast
- * path (cllm_arena_alloc / cllm_arena_alloc_aligned) is inline below: align, add,
- * compare; it takes no lock, touches no atomic and calls neither mimalloc nor the
- * monitor. Hot loops that write through char pointers use a cursor instead
- * (cllm_arena_cursor_begin, below): the same bump with the pointer in registers.
- * When the current chunk is full the out-of-line slow path moves to the
- * next chunk or adds one (geometric growth, capped by max_chunk_bytes; a request
- * above the cap gets a dedicated chunk of its own). Each chunk is charged to the
- * monitor's STEP category when it is obtained (cllm_monitor_reserve, so the
- * monitor's reclaimers, e.g. the KV cache, may free memory first) and released
- * when it is given back. The geometric part of a growth chunk, beyond what the
- * request needs, is speculative: it is charged with cllm_monitor_try_reserve (no
- * reclaimer runs for it) and if it is refused a chunk of just the needed size
- * (rounded to CLLM_ARENA_GRANULE) is obtained instead.
+ * path (cllm_arena_alloc*, inline below) aligns, adds and compares: no lock, no atomic,
+ * no call. Hot loops that store through char pointers use a cursor (below): the same
+ * bump with the pointer in registers. When the current chunk is full the slow path
+ * moves to the next chunk or adds one: geometric growth capped by max_chunk_bytes, a
+ * dedicated chunk for a request above the cap.
  *
- * cllm_arena_reset() ends a step. If the step fit in one chunk it is O(1): the
- * pointer goes back to the start and nothing is returned to the kernel. If the step
- * spilled into more chunks, reset replaces them by ONE chunk of the step's
- * high-water size, so from the next step on a steady workload makes zero allocator
- * calls and zero monitor calls. An optional shrink policy (shrink_after_steps,
- * shrink_fraction) and cllm_arena_trim() give memory back when the high-water
- * stays well below the capacity.
+ * Steps. cllm_arena_reset() ends a step: O(1) when the step fit in one chunk; after a
+ * spill the chunks are replaced by ONE chunk of the step's high-water size, so a
+ * steady workload makes no allocator and no monitor call per step. The shrink policy
+ * (shrink_after_steps, shrink_fraction) and cllm_arena_trim() give memory back.
  *
- * Chunks. With cfg.heaps set, chunks come from cllm_heap_alloc_aligned(heaps, size,
- * 2 MiB) on the calling thread (the thread's NUMA node); the heaps charge them to
- * the monitor's HEAP category, so such an arena does not charge STEP as well (each
- * byte is counted once in the monitor's total). Without heaps (default)
- * they are mapped directly, 2 MiB aligned, advised for transparent huge pages and
- * pre-faulted once (MADV_POPULATE_WRITE), so no step pays page faults. Chunk sizes
- * are multiples of CLLM_ARENA_GRANULE (2 MiB).
+ * Chunks and the monitor. Without cfg.heaps (default) chunks are mapped, 2 MiB
+ * aligned, advised for transparent huge pages and pre-faulted once
+ * (MADV_POPULATE_WRITE), in multiples of CLLM_ARENA_GRANULE, and charged to the
+ * monitor's STEP category (cllm_monitor_reserve, so its reclaimers may free memory
+ * first; the geometric part beyond the request with cllm_monitor_try_reserve, which
+ * runs no reclaimer: if refused, a chunk of just the needed size is obtained). With
+ * cfg.heaps, chunks come from cllm_heap_alloc_aligned on the calling thread and are
+ * charged to HEAP by the heaps, not to STEP (each byte is counted once).
  *
- * Residency. A mapped chunk is charged to STEP in full before it is mapped and
- * pre-faulted, and released after it is unmapped, so the arena's resident bytes
- * (stats: resident_bytes, read back from the kernel) never exceed its charge
+ * Residency. A mapped chunk is charged in full before it is mapped and released after
+ * it is unmapped: resident_bytes (read back from the kernel) never exceeds the charge
  * (capacity_bytes); no slack. cllm_arena_footprint gives what create charges.
  *
- * Sanitizers and debug. Under AddressSanitizer (the library and the caller built
- * with -fsanitize=address), memory past the bump pointer and everything released by
- * reset or rewind is poisoned, so a use after reset is reported; the inline fast
- * path then calls an out-of-line unpoison. With CLLM_DEBUG >= 2 (the library's
- * debug builds) released memory is also filled with 0xDB. With CLLM_DEBUG >= 1 the
- * out-of-line calls detect use of one arena from two threads at once, and from two
- * threads within one step (see "Thread" below); a detection is a debug assertion
- * (abort). Release builds add nothing to the fast path.
+ * Sanitizers and debug. Under AddressSanitizer (library and caller built with it),
+ * memory past the bump pointer and memory released by reset or rewind is poisoned.
+ * CLLM_DEBUG >= 2 fills released memory with 0xDB; CLLM_DEBUG >= 1 aborts when one
+ * arena is used by two threads at once or within one step. Release builds add
+ * nothing to the fast path.
  *
- * Thread: an arena is `Thread: external-sync` (one worker thread uses it without
- * locks). In debug builds one step (between two resets) must be allocated by one
- * thread: hand an arena to another thread between steps (e.g. the main thread may
- * reset the workers' arenas after a join). Functions are not thread-safe unless
- * tagged otherwise.
+ * Thread: an arena is external-sync (one worker thread uses it without locks); in
+ * debug builds one step (between two resets) is allocated by one thread, so hand an
+ * arena over between steps (e.g. the main thread resets the workers' arenas after a
+ * join). Functions are not thread-safe unless tagged otherwise.
  *
- * Pointer-returning calls return NULL on failure and record the reason for the
- * calling thread (cllm_last_status()) and in the stats.
+ * Errors. Pointer-returning calls return NULL and record the reason for the calling
+ * thread (cllm_last_status()) and in the stats.
  *
  * Inline fast paths follow the rule written in cllm/monitor.h: the structs below exist
- * so that the static inline functions run without a call; their fields marked private
- * are read and written only by those functions and lib/arena*.c; names ending in `_`
+ * so that the static inline functions run without a call; their private fields are
+ * read and written only by those functions and lib/arena*.c; names ending in `_`
  * (functions, types, macros) serve the inline functions and are not API; the layouts
  * and the `_` helpers are part of the ABI of a major version.
  */
@@ -176,8 +161,7 @@ CLLM_API void cllm_arena_destroy(cllm_arena_t *a);
 
 // Not API (the inline calls' helpers). The slow path: moves to or adds a chunk, handles
 // bad input. Thread: external-sync.
-CLLM_API CLLM_MALLOC_ATTR void *cllm_arena_alloc_slow_(cllm_arena_t *a, size_t bytes,
-                                                       size_t align);
+CLLM_API void *cllm_arena_alloc_slow_(cllm_arena_t *a, size_t bytes, size_t align);
 // Not API. Under AddressSanitizer: mark [p, p+bytes) addressable (a no-op without
 // ASan). Thread: external-sync.
 CLLM_API void cllm_arena_asan_unpoison_(void *p, size_t bytes);
@@ -190,9 +174,9 @@ CLLM_API void cllm_arena_asan_unpoison_(void *p, size_t bytes);
 // Thread: as its caller.
 static inline uintptr_t cllm_arena_bump_(uintptr_t *cur, uintptr_t end, size_t bytes,
                                          size_t align) {
-  if (CLLM_LIKELY((align & (align - 1)) == 0 && align - 1 < CLLM_ARENA_MAX_ALIGN)) {
+  if (CLLM_LIKELY(align != 0 && (align & (align - 1)) == 0 && align <= CLLM_ARENA_MAX_ALIGN)) {
     uintptr_t p = (*cur + (align - 1)) & ~(uintptr_t)(align - 1), q = p + bytes;
-    if (CLLM_LIKELY(bytes - 1 < CLLM_ARENA_MAX_REQUEST && q <= end)) { // 1 <= bytes
+    if (CLLM_LIKELY(bytes != 0 && bytes <= CLLM_ARENA_MAX_REQUEST && q <= end)) {
       *cur = q;
       CLLM_ARENA_NONNULL_(p); // p >= the chunk's base (no chunk: end == 0 < q)
 #if CLLM_ARENA_ASAN_
@@ -214,7 +198,7 @@ static inline uintptr_t cllm_arena_bump_(uintptr_t *cur, uintptr_t end, size_t b
 // CLLM_ENOMEM (the system or the heap had no memory), CLLM_ESTATE (a cursor is out:
 // allocate from the cursor). A failed call changes nothing: the arena stays usable
 // with the chunks it has. Thread: external-sync.
-static inline CLLM_MALLOC_ATTR void *cllm_arena_alloc_aligned(cllm_arena_t *a, size_t bytes,
+static inline void *cllm_arena_alloc_aligned(cllm_arena_t *a, size_t bytes,
                                                               size_t align) {
   if (CLLM_LIKELY(a != NULL)) {
     uintptr_t p = cllm_arena_bump_(&a->cur_, a->end_, bytes, align);
@@ -224,7 +208,7 @@ static inline CLLM_MALLOC_ATTR void *cllm_arena_alloc_aligned(cllm_arena_t *a, s
 }
 
 // cllm_arena_alloc_aligned(a, bytes, CLLM_ARENA_DEFAULT_ALIGN). Thread: external-sync.
-static inline CLLM_MALLOC_ATTR void *cllm_arena_alloc(cllm_arena_t *a, size_t bytes) {
+static inline void *cllm_arena_alloc(cllm_arena_t *a, size_t bytes) {
   return cllm_arena_alloc_aligned(a, bytes, CLLM_ARENA_DEFAULT_ALIGN);
 }
 
@@ -250,12 +234,11 @@ CLLM_API CLLM_NODISCARD cllm_status_t cllm_arena_reset(cllm_arena_t *a);
  *   if (cllm_arena_cursor_end(a, &c) != CLLM_OK) ...;      // the arena takes it back
  *   cllm_arena_reset(a);
  *
- * Why. cllm_arena_alloc keeps the bump pointer in the arena, in memory; a store through
- * a char or uint8_t pointer may alias it (C's aliasing rules), so after each such store
- * the compiler must reload the pointer (a store-to-load forwarding chain per
- * allocation). A cursor is a local copy of the position: as long as its address never
- * escapes (pass &c only to the cllm_arena_cursor_* inline functions below, keep it in
- * a local variable), the compiler keeps it in registers, like a hand-written bump.
+ * Why. cllm_arena_alloc keeps the bump pointer in the arena, in memory, and a store
+ * through a char pointer may alias it (C's aliasing rules): the compiler reloads it
+ * after each such store. A cursor is a local copy of the position; while its address
+ * does not escape (pass &c only to the cllm_arena_cursor_* functions, keep c a local
+ * variable) it stays in registers.
  *
  * Rules. While a cursor is out, the arena lends it its position: every other call on
  * the arena that allocates or moves the position (cllm_arena_alloc*, mark, rewind,
@@ -322,7 +305,7 @@ static inline CLLM_NODISCARD cllm_status_t cllm_arena_cursor_begin(cllm_arena_t 
 // Also NULL with CLLM_EINVAL (c NULL, or a cursor whose begin failed or that was
 // altered) or CLLM_ESTATE (the cursor was ended, or is a stale copy of an earlier
 // cursor), detected only when the call takes the slow path. Thread: external-sync.
-static inline CLLM_MALLOC_ATTR void *cllm_arena_cursor_alloc_aligned(cllm_arena_cursor_t *c,
+static inline void *cllm_arena_cursor_alloc_aligned(cllm_arena_cursor_t *c,
                                                                      size_t bytes,
                                                                      size_t align) {
   if (CLLM_LIKELY(c != NULL)) {
@@ -339,7 +322,7 @@ static inline CLLM_MALLOC_ATTR void *cllm_arena_cursor_alloc_aligned(cllm_arena_
 }
 
 // cllm_arena_cursor_alloc_aligned(c, bytes, CLLM_ARENA_DEFAULT_ALIGN). Thread: external-sync.
-static inline CLLM_MALLOC_ATTR void *cllm_arena_cursor_alloc(cllm_arena_cursor_t *c,
+static inline void *cllm_arena_cursor_alloc(cllm_arena_cursor_t *c,
                                                              size_t bytes) {
   return cllm_arena_cursor_alloc_aligned(c, bytes, CLLM_ARENA_DEFAULT_ALIGN);
 }
