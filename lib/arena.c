@@ -218,7 +218,7 @@ void *cllm_arena_alloc_slow_(cllm_arena_t *a, size_t bytes, size_t align) {
     return NULL;
   }
   arena_t *A = impl(a);
-  if (!cllm__is_pow2(align) || align > CLLM_ARENA_MAX_ALIGN || bytes > CLLM_ARENA_MAX_REQUEST) {
+  if (!request_valid(bytes, align)) {
     A->einval++;
     cllm__set_last_status(CLLM_EINVAL);
     return NULL;

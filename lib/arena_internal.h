@@ -135,6 +135,12 @@ static inline size_t round_granule(size_t x) {
   return r;
 }
 
+/* What the slow paths accept (the inline bump refuses more: also bytes == 0, which
+ * the slow paths turn into 1). */
+static inline bool request_valid(size_t bytes, size_t align) {
+  return cllm__is_pow2(align) && align <= CLLM_ARENA_MAX_ALIGN && bytes <= CLLM_ARENA_MAX_REQUEST;
+}
+
 static inline bool cursor_out(const arena_t *A) { return A->pub.cursor_id_ != 0; }
 
 /* The bump pointer: the arena's, or while a cursor is out the position it last saw. */

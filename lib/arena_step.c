@@ -72,7 +72,7 @@ cllm_arena_span_t cllm_arena_cursor_refill_(cllm_arena_t *a, uint64_t id, uintpt
     return none;
   }
   arena_t *A = impl(a);
-  if (!cllm__is_pow2(align) || align > CLLM_ARENA_MAX_ALIGN || bytes > CLLM_ARENA_MAX_REQUEST) {
+  if (!request_valid(bytes, align)) {
     A->einval++;
     cllm__set_last_status(CLLM_EINVAL);
     return none;
