@@ -174,7 +174,8 @@ CLLM_API void cllm_arena_asan_unpoison_(void *p, size_t bytes);
 // Thread: as its caller.
 static inline uintptr_t cllm_arena_bump_(uintptr_t *cur, uintptr_t end, size_t bytes,
                                          size_t align) {
-  if (CLLM_LIKELY(align != 0 && (align & (align - 1)) == 0 && align <= CLLM_ARENA_MAX_ALIGN)) {
+  if (CLLM_LIKELY(align != 0 && (align & (align - 1)) == 0 &&
+                  align <= CLLM_ARENA_MAX_ALIGN)) {
     uintptr_t p = (*cur + (align - 1)) & ~(uintptr_t)(align - 1), q = p + bytes;
     if (CLLM_LIKELY(bytes != 0 && bytes <= CLLM_ARENA_MAX_REQUEST && q <= end)) {
       *cur = q;
@@ -198,8 +199,7 @@ static inline uintptr_t cllm_arena_bump_(uintptr_t *cur, uintptr_t end, size_t b
 // CLLM_ENOMEM (the system or the heap had no memory), CLLM_ESTATE (a cursor is out:
 // allocate from the cursor). A failed call changes nothing: the arena stays usable
 // with the chunks it has. Thread: external-sync.
-static inline void *cllm_arena_alloc_aligned(cllm_arena_t *a, size_t bytes,
-                                                              size_t align) {
+static inline void *cllm_arena_alloc_aligned(cllm_arena_t *a, size_t bytes, size_t align) {
   if (CLLM_LIKELY(a != NULL)) {
     uintptr_t p = cllm_arena_bump_(&a->cur_, a->end_, bytes, align);
     if (CLLM_LIKELY(p != 0)) return (void *)p;
@@ -305,9 +305,8 @@ static inline CLLM_NODISCARD cllm_status_t cllm_arena_cursor_begin(cllm_arena_t 
 // Also NULL with CLLM_EINVAL (c NULL, or a cursor whose begin failed or that was
 // altered) or CLLM_ESTATE (the cursor was ended, or is a stale copy of an earlier
 // cursor), detected only when the call takes the slow path. Thread: external-sync.
-static inline void *cllm_arena_cursor_alloc_aligned(cllm_arena_cursor_t *c,
-                                                                     size_t bytes,
-                                                                     size_t align) {
+static inline void *cllm_arena_cursor_alloc_aligned(cllm_arena_cursor_t *c, size_t bytes,
+                                                    size_t align) {
   if (CLLM_LIKELY(c != NULL)) {
     uintptr_t p = cllm_arena_bump_(&c->cur_, c->end_, bytes, align);
     if (CLLM_LIKELY(p != 0)) return (void *)p;
@@ -322,8 +321,7 @@ static inline void *cllm_arena_cursor_alloc_aligned(cllm_arena_cursor_t *c,
 }
 
 // cllm_arena_cursor_alloc_aligned(c, bytes, CLLM_ARENA_DEFAULT_ALIGN). Thread: external-sync.
-static inline void *cllm_arena_cursor_alloc(cllm_arena_cursor_t *c,
-                                                             size_t bytes) {
+static inline void *cllm_arena_cursor_alloc(cllm_arena_cursor_t *c, size_t bytes) {
   return cllm_arena_cursor_alloc_aligned(c, bytes, CLLM_ARENA_DEFAULT_ALIGN);
 }
 
