@@ -31,7 +31,11 @@
  * that holds the arena's chunk or the bump buffer, from /proc/self/smaps; -1 unknown).
  *
  *   tools/bazel run -c opt //bench:arena_bench -- --quick
- *   own flags: --impl NAME (only that impl), --case vary|fixed
+ *   own flags: --impl NAME (only that impl), --case vary|fixed,
+ *              --steps N (N steps per repetition, no calibration: with --threads 1 the
+ *              work is the same from run to run, e.g. for instruction counts:
+ *   valgrind --tool=callgrind --toggle-collect=run_steps --toggle-collect=reset_loop \
+ *     arena_bench --impl cllm_arena --case fixed --threads 1 --reps 1 --steps 200)
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -134,6 +138,7 @@ typedef struct shared {
   pthread_barrier_t bar;
   int impl, kase, nthreads;
   long steps;          /* steps per repetition, set by thread 0 after warm-up */
+  long fixed_steps;    /* --steps: steps per repetition without calibration (0: off) */
   int reps;
   double budget_ns;    /* per repetition */
   double ns[BENCH_MAX_REPS];
@@ -260,7 +265,7 @@ static bool run_step(worker_t *w, int impl, const size_t *sz) {
   return false;
 }
 
-static bool run_steps(worker_t *w, long steps, long *cursor) {
+static __attribute__((noinline)) bool run_steps(worker_t *w, long steps, long *cursor) {
   int impl = w->sh->impl;
   for (long s = 0; s < steps; s++) {
     const size_t *sz = w->sizes + (size_t)(*cursor % w->ntab) * PER_STEP;
@@ -298,6 +303,16 @@ static double thp_fraction(const void *p) {
   return huge < 0 || size <= 0 ? -1 : huge / size;
 }
 
+/* Reset cost: a one-allocation step, n times; ns per step. */
+static __attribute__((noinline)) double reset_loop(cllm_arena_t *a, long n) {
+  double s = bench_now_ns();
+  for (long i = 0; i < n; i++) {
+    touch(cllm_arena_alloc(a, 64), (int)i);
+    CLLM_DISCARD(cllm_arena_reset(a));
+  }
+  return (bench_now_ns() - s) / (double)n;
+}
+
 static void *worker_main(void *arg) {
   worker_t *w = arg;
   shared_t *sh = w->sh;
@@ -331,7 +346,7 @@ static void *worker_main(void *arg) {
   if (ok) ok = run_steps(w, warm, &cursor);
   /* calibration: double the step count until a run takes 1/10 of the budget */
   double per_step = 1;
-  for (long n = 1; ok; n *= 2) {
+  for (long n = 1; ok && sh->fixed_steps == 0; n *= 2) {
     double t0 = bench_now_ns();
     ok = run_steps(w, n, &cursor);
     double el = bench_now_ns() - t0;
@@ -345,6 +360,7 @@ static void *worker_main(void *arg) {
     if (steps < 2) steps = 2;
     if (steps > 2000000) steps = 2000000;
     sh->steps = sh->kase == C_VARY ? ((steps + w->ntab - 1) / w->ntab) * w->ntab : steps;
+    if (sh->fixed_steps > 0) sh->steps = sh->fixed_steps;
   }
   pthread_barrier_wait(&sh->bar);
   unsigned long long calls0 = arena_chunk_calls(w->arena);
@@ -376,14 +392,7 @@ static void *worker_main(void *arg) {
       if (cllm_arena_cursor_end(w->arena, &c) != CLLM_OK) sh->failed = 1;
     }
     CLLM_DISCARD(cllm_arena_reset(w->arena));
-    /* reset cost: a one-allocation step, 1e6 times */
-    const long n = 1000000;
-    double s = bench_now_ns();
-    for (long i = 0; i < n; i++) {
-      touch(cllm_arena_alloc(w->arena, 64), (int)i);
-      CLLM_DISCARD(cllm_arena_reset(w->arena));
-    }
-    sh->reset_ns = (bench_now_ns() - s) / (double)n;
+    sh->reset_ns = reset_loop(w->arena, 1000000);
   }
   pthread_barrier_wait(&sh->bar); /* nobody tears down while others still measure */
   cllm_arena_destroy(w->arena);
@@ -392,7 +401,7 @@ static void *worker_main(void *arg) {
   return NULL;
 }
 
-static void run_row(const bench_opts_t *o, int impl, int kase, int nthreads) {
+static void run_row(const bench_opts_t *o, int impl, int kase, int nthreads, long steps) {
   if (impl == I_JE && je_mallocx == NULL) {
     bench_note(o, "arena_bench: jemalloc skipped: %s", je_why);
     return;
@@ -408,6 +417,7 @@ static void run_row(const bench_opts_t *o, int impl, int kase, int nthreads) {
   sh.nthreads = nthreads;
   sh.reps = o->reps;
   sh.budget_ns = o->quick ? 20e6 : 100e6;
+  sh.fixed_steps = steps;
   pthread_barrier_init(&sh.bar, NULL, (unsigned)nthreads);
   pthread_t th[256];
   worker_t *w = calloc((size_t)nthreads, sizeof *w);
@@ -463,10 +473,17 @@ static int pick(const char *name, const char *const *names, int n, int argc, cha
 }
 
 int main(int argc, char **argv) {
-  bench_opts_t o = bench_parse(argc, argv, "arena_bench", "--impl,--case");
+  bench_opts_t o = bench_parse(argc, argv, "arena_bench", "--impl,--case,--steps");
   reexec_with_static_tls(argv);
   int only_impl = pick("impl", k_impl, I_COUNT, argc, argv, "--impl");
   int only_case = pick("case", k_case, C_COUNT, argc, argv, "--case");
+  long steps = 0;
+  for (int i = 1; i + 1 < argc; i++)
+    if (strcmp(argv[i], "--steps") == 0) steps = strtol(argv[i + 1], NULL, 10);
+  if (steps < 0) {
+    fprintf(stderr, "arena_bench: --steps needs a positive number\n");
+    exit(2);
+  }
   load_others();
   cllm_set_log_fn(cllm_log_discard, NULL);
   int counts[16], nc = 0;
@@ -480,7 +497,7 @@ int main(int argc, char **argv) {
       if (counts[k] > 256) continue;
       for (int i = 0; i < I_COUNT; i++) {
         if (only_impl >= 0 && i != only_impl) continue;
-        run_row(&o, i, c, counts[k]);
+        run_row(&o, i, c, counts[k], steps);
       }
     }
   }

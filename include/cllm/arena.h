@@ -16,59 +16,49 @@
  *   cllm_arena_destroy(a);
  *
  * Model. An arena owns a list of chunks and bumps a pointer through them. The fast
- * path (cllm_arena_alloc / cllm_arena_alloc_aligned) is inline below: align, add,
- * compare; it takes no lock, touches no atomic and calls neither mimalloc nor the
- * monitor. Hot loops that write through char pointers use a cursor instead
- * (cllm_arena_cursor_begin, below): the same bump with the pointer in registers.
- * When the current chunk is full the out-of-line slow path moves to the
- * next chunk or adds one (geometric growth, capped by max_chunk_bytes; a request
- * above the cap gets a dedicated chunk of its own). Each chunk is charged to the
- * monitor's STEP category when it is obtained (cllm_monitor_reserve, so the
- * monitor's reclaimers, e.g. the KV cache, may free memory first) and released
- * when it is given back. The geometric part of a growth chunk, beyond what the
- * request needs, is speculative: it is charged with cllm_monitor_try_reserve (no
- * reclaimer runs for it) and if it is refused a chunk of just the needed size
- * (rounded to CLLM_ARENA_GRANULE) is obtained instead.
+ * path (cllm_arena_alloc*, inline below) aligns, adds and compares: no lock, no atomic,
+ * no call. Hot loops that store through char pointers use a cursor (below): the same
+ * bump with the pointer in registers. When the current chunk is full the slow path
+ * moves to the next chunk or adds one: geometric growth capped by max_chunk_bytes, a
+ * dedicated chunk for a request above the cap.
  *
- * cllm_arena_reset() ends a step. If the step fit in one chunk it is O(1): the
- * pointer goes back to the start and nothing is returned to the kernel. If the step
- * spilled into more chunks, reset replaces them by ONE chunk of the step's
- * high-water size, so from the next step on a steady workload makes zero allocator
- * calls and zero monitor calls. An optional shrink policy (shrink_after_steps,
- * shrink_fraction) and cllm_arena_trim() give memory back when the high-water
- * stays well below the capacity.
+ * Steps. cllm_arena_reset() ends a step: O(1) when the step fit in one chunk; after a
+ * spill the chunks are replaced by ONE chunk of the step's high-water size, so a
+ * steady workload makes no allocator and no monitor call per step. The shrink policy
+ * (shrink_after_steps, shrink_fraction) and cllm_arena_trim() give memory back.
  *
- * Chunks. With cfg.heaps set, chunks come from cllm_heap_alloc_aligned(heaps, size,
- * 2 MiB) on the calling thread (the thread's NUMA node); the heaps charge them to
- * the monitor's HEAP category, so such an arena does not charge STEP as well (each
- * byte is counted once in the monitor's total). Without heaps (default)
- * they are mapped directly, 2 MiB aligned, advised for transparent huge pages and
- * pre-faulted once (MADV_POPULATE_WRITE), so no step pays page faults (pre-faulting
- * is far cheaper than first touches; figures in bench/RESULTS.md). Chunk sizes are
- * multiples of CLLM_ARENA_GRANULE (2 MiB).
+ * Chunks and the monitor. Without cfg.heaps (default) chunks are mapped, 2 MiB
+ * aligned, advised for transparent huge pages and pre-faulted once
+ * (MADV_POPULATE_WRITE), in multiples of CLLM_ARENA_GRANULE, and charged to the
+ * monitor's STEP category (cllm_monitor_reserve, so its reclaimers may free memory
+ * first; the geometric part beyond the request with cllm_monitor_try_reserve, which
+ * runs no reclaimer: if refused, a chunk of just the needed size is obtained). With
+ * cfg.heaps, chunks come from cllm_heap_alloc_aligned on the calling thread and are
+ * charged to HEAP by the heaps, not to STEP (each byte is counted once).
  *
- * Residency. A mapped chunk is charged to STEP in full before it is mapped and
- * pre-faulted, and released after it is unmapped, so the arena's resident bytes
- * (stats: resident_bytes, read back from the kernel) never exceed its charge
+ * Residency. A mapped chunk is charged in full before it is mapped and released after
+ * it is unmapped: resident_bytes (read back from the kernel) never exceeds the charge
  * (capacity_bytes); no slack. cllm_arena_footprint gives what create charges.
  *
- * Sanitizers and debug. Under AddressSanitizer (the library and the caller built
- * with -fsanitize=address), memory past the bump pointer and everything released by
- * reset or rewind is poisoned, so a use after reset is reported; the inline fast
- * path then calls an out-of-line unpoison. With CLLM_DEBUG >= 2 (the library's
- * debug builds) released memory is also filled with 0xDB. With CLLM_DEBUG >= 1 the
- * out-of-line calls detect use of one arena from two threads at once, and from two
- * threads within one step (see "Thread" below); a detection is a debug assertion
- * (abort). Release builds add nothing to the fast path.
+ * Sanitizers and debug. Under AddressSanitizer (library and caller built with it),
+ * memory past the bump pointer and memory released by reset or rewind is poisoned.
+ * CLLM_DEBUG >= 2 fills released memory with 0xDB; CLLM_DEBUG >= 1 aborts when one
+ * arena is used by two threads at once or within one step. Release builds add
+ * nothing to the fast path.
  *
- * Thread: an arena is `Thread: external-sync` (one worker thread uses it without
- * locks). In debug builds one step (between two resets) must be allocated by one
- * thread: hand an arena to another thread between steps (e.g. the main thread may
- * reset the workers' arenas after a join). Functions are not thread-safe unless
- * tagged otherwise.
+ * Thread: an arena is external-sync (one worker thread uses it without locks); in
+ * debug builds one step (between two resets) is allocated by one thread, so hand an
+ * arena over between steps (e.g. the main thread resets the workers' arenas after a
+ * join). Functions are not thread-safe unless tagged otherwise.
  *
- * Pointer-returning calls return NULL on failure and record the reason for the
- * calling thread (cllm_last_status()) and in the stats.
+ * Errors. Pointer-returning calls return NULL and record the reason for the calling
+ * thread (cllm_last_status()) and in the stats.
+ *
+ * Inline fast paths follow the rule written in cllm/monitor.h: the structs below exist
+ * so that the static inline functions run without a call; their private fields are
+ * read and written only by those functions and lib/arena*.c; names ending in `_`
+ * (functions, types, macros) serve the inline functions and are not API; the layouts
+ * and the `_` helpers are part of the ABI of a major version.
  */
 #ifndef CLLM_ARENA_H
 #define CLLM_ARENA_H
@@ -93,8 +83,8 @@ CLLM_EXTERN_C_BEGIN
 // Largest request accepted; above it: NULL, CLLM_EINVAL (an "overflowing size").
 #define CLLM_ARENA_MAX_REQUEST (SIZE_MAX >> 2)
 
-// The inline fast paths tell the compiler that a successful bump is not NULL (it lies
-// in a chunk), so a caller's NULL check costs nothing there.
+// Not API. A successful bump is not NULL (it lies in a chunk): telling the compiler
+// lets a caller's NULL check vanish from the fast path.
 #if defined(__GNUC__) || defined(__clang__)
 #define CLLM_ARENA_NONNULL_(p) \
   do {                          \
@@ -104,7 +94,7 @@ CLLM_EXTERN_C_BEGIN
 #define CLLM_ARENA_NONNULL_(p) ((void)0)
 #endif
 
-// Is the including translation unit built with AddressSanitizer?
+// Not API. Is the including translation unit built with AddressSanitizer?
 #if defined(__SANITIZE_ADDRESS__)
 #define CLLM_ARENA_ASAN_ 1
 #elif defined(__has_feature)
@@ -138,15 +128,14 @@ typedef struct cllm_arena_config {
 CLLM_API cllm_arena_config_t cllm_arena_config_default(void);
 
 /* ---- the arena ------------------------------------------------------------------------
- * The struct is public only so that the fast path can be inline. Its fields are
- * private: never read or write them, never declare a cllm_arena_t yourself (only
- * cllm_arena_create makes one; the rest of the state lies behind it). */
-typedef struct cllm_arena {
-  uintptr_t cur_;       // private: the bump pointer (0 when the arena has no chunk or
-                        // while a cursor is out)
-  uintptr_t end_;       // private: end of the current chunk (a multiple of
-                        // CLLM_ARENA_GRANULE; 0 when no chunk or while a cursor is out)
-  uint64_t cursor_id_;  // private: id of the cursor that is out, 0 when none
+ * Public only so that the fast path can be inline (rule above). Never declare a
+ * cllm_arena_t yourself: only cllm_arena_create makes one (the rest of the state lies
+ * behind it). */
+typedef struct cllm_arena { // all fields private
+  uintptr_t cur_;      // the bump pointer; 0 without a chunk or while a cursor is out
+  uintptr_t end_;      // end of the current chunk (a multiple of CLLM_ARENA_GRANULE);
+                       // 0 without a chunk or while a cursor is out
+  uint64_t cursor_id_; // id of the cursor that is out, 0 when none
 } cllm_arena_t;
 
 // Create an arena (and its first chunk when cfg->initial_bytes > 0). cfg NULL =
@@ -168,35 +157,27 @@ CLLM_API size_t cllm_arena_footprint(const cllm_arena_config_t *cfg);
 // Thread: external-sync.
 CLLM_API void cllm_arena_destroy(cllm_arena_t *a);
 
-// Slow path of the inline allocation calls (call those instead): moves to or adds a
-// chunk, handles bad input. Thread: external-sync.
-CLLM_API CLLM_MALLOC_ATTR void *cllm_arena_alloc_slow_(cllm_arena_t *a, size_t bytes,
-                                                       size_t align);
-// Under AddressSanitizer: mark [p, p+bytes) addressable (called by the inline fast
-// path; a no-op in builds without ASan). Thread: external-sync.
+/* ---- allocation ----------------------------------------------------------------------- */
+
+// Not API (the inline calls' helpers). The slow path: moves to or adds a chunk, handles
+// bad input. Thread: external-sync.
+CLLM_API void *cllm_arena_alloc_slow_(cllm_arena_t *a, size_t bytes, size_t align);
+// Not API. Under AddressSanitizer: mark [p, p+bytes) addressable (a no-op without
+// ASan). Thread: external-sync.
 CLLM_API void cllm_arena_asan_unpoison_(void *p, size_t bytes);
 
-// Allocate `bytes` aligned to `align`, a power of two up to CLLM_ARENA_MAX_ALIGN.
-// The memory lives until the next reset, or a rewind to a mark taken before it; it is
-// not zeroed. bytes == 0 returns a unique valid pointer (one byte is reserved, like
-// malloc(0) on glibc). NULL on failure, with the reason in cllm_last_status() and in
-// the stats: CLLM_EINVAL (a NULL, align 0, not a power of two or above
-// CLLM_ARENA_MAX_ALIGN, bytes above CLLM_ARENA_MAX_REQUEST, e.g. SIZE_MAX),
-// CLLM_ELIMIT (the monitor refused a new chunk even after its reclaimers ran),
-// CLLM_ENOMEM (the system or the heap had no memory), CLLM_ESTATE (a cursor is out:
-// allocate from the cursor). A failed call changes nothing: the arena stays usable
-// with the chunks it has. Thread: external-sync.
-// Internal: the bump shared by the arena and its cursors (align, add, compare).
-// Returns the block and advances *cur, or returns 0 and changes nothing when align
-// or bytes is invalid or the request does not fit before `end` (the caller's slow
-// path then sorts out which). `end` is a multiple of CLLM_ARENA_MAX_ALIGN and
-// *cur <= end, so the aligned p <= end; with bytes <= CLLM_ARENA_MAX_REQUEST,
-// p + bytes cannot wrap.
+// Not API. The bump shared by the arena and its cursors (align, add, compare): returns
+// the block and advances *cur, or returns 0 and changes nothing when align or bytes is
+// invalid or the request does not fit before `end` (the slow path then sorts out
+// which). `end` is a multiple of CLLM_ARENA_MAX_ALIGN and *cur <= end, so the aligned
+// p <= end; with bytes <= CLLM_ARENA_MAX_REQUEST, p + bytes cannot wrap.
+// Thread: as its caller.
 static inline uintptr_t cllm_arena_bump_(uintptr_t *cur, uintptr_t end, size_t bytes,
                                          size_t align) {
-  if (CLLM_LIKELY((align & (align - 1)) == 0 && align - 1 < CLLM_ARENA_MAX_ALIGN)) {
+  if (CLLM_LIKELY(align != 0 && (align & (align - 1)) == 0 &&
+                  align <= CLLM_ARENA_MAX_ALIGN)) {
     uintptr_t p = (*cur + (align - 1)) & ~(uintptr_t)(align - 1), q = p + bytes;
-    if (CLLM_LIKELY(bytes - 1 < CLLM_ARENA_MAX_REQUEST && q <= end)) { // 1 <= bytes
+    if (CLLM_LIKELY(bytes != 0 && bytes <= CLLM_ARENA_MAX_REQUEST && q <= end)) {
       *cur = q;
       CLLM_ARENA_NONNULL_(p); // p >= the chunk's base (no chunk: end == 0 < q)
 #if CLLM_ARENA_ASAN_
@@ -208,8 +189,17 @@ static inline uintptr_t cllm_arena_bump_(uintptr_t *cur, uintptr_t end, size_t b
   return 0;
 }
 
-static inline CLLM_MALLOC_ATTR void *cllm_arena_alloc_aligned(cllm_arena_t *a, size_t bytes,
-                                                              size_t align) {
+// Allocate `bytes` aligned to `align`, a power of two up to CLLM_ARENA_MAX_ALIGN.
+// The memory lives until the next reset, or a rewind to a mark taken before it; it is
+// not zeroed. bytes == 0 returns a unique valid pointer (one byte is reserved, like
+// malloc(0) on glibc). NULL on failure, with the reason in cllm_last_status() and in
+// the stats: CLLM_EINVAL (a NULL, align 0, not a power of two or above
+// CLLM_ARENA_MAX_ALIGN, bytes above CLLM_ARENA_MAX_REQUEST, e.g. SIZE_MAX),
+// CLLM_ELIMIT (the monitor refused a new chunk even after its reclaimers ran),
+// CLLM_ENOMEM (the system or the heap had no memory), CLLM_ESTATE (a cursor is out:
+// allocate from the cursor). A failed call changes nothing: the arena stays usable
+// with the chunks it has. Thread: external-sync.
+static inline void *cllm_arena_alloc_aligned(cllm_arena_t *a, size_t bytes, size_t align) {
   if (CLLM_LIKELY(a != NULL)) {
     uintptr_t p = cllm_arena_bump_(&a->cur_, a->end_, bytes, align);
     if (CLLM_LIKELY(p != 0)) return (void *)p;
@@ -218,7 +208,7 @@ static inline CLLM_MALLOC_ATTR void *cllm_arena_alloc_aligned(cllm_arena_t *a, s
 }
 
 // cllm_arena_alloc_aligned(a, bytes, CLLM_ARENA_DEFAULT_ALIGN). Thread: external-sync.
-static inline CLLM_MALLOC_ATTR void *cllm_arena_alloc(cllm_arena_t *a, size_t bytes) {
+static inline void *cllm_arena_alloc(cllm_arena_t *a, size_t bytes) {
   return cllm_arena_alloc_aligned(a, bytes, CLLM_ARENA_DEFAULT_ALIGN);
 }
 
@@ -244,12 +234,11 @@ CLLM_API CLLM_NODISCARD cllm_status_t cllm_arena_reset(cllm_arena_t *a);
  *   if (cllm_arena_cursor_end(a, &c) != CLLM_OK) ...;      // the arena takes it back
  *   cllm_arena_reset(a);
  *
- * Why. cllm_arena_alloc keeps the bump pointer in the arena, in memory; a store through
- * a char or uint8_t pointer may alias it (C's aliasing rules), so after each such store
- * the compiler must reload the pointer (a store-to-load forwarding chain per
- * allocation). A cursor is a local copy of the position: as long as its address never
- * escapes (pass &c only to the cllm_arena_cursor_* inline functions below, keep it in
- * a local variable), the compiler keeps it in registers, like a hand-written bump.
+ * Why. cllm_arena_alloc keeps the bump pointer in the arena, in memory, and a store
+ * through a char pointer may alias it (C's aliasing rules): the compiler reloads it
+ * after each such store. A cursor is a local copy of the position; while its address
+ * does not escape (pass &c only to the cllm_arena_cursor_* functions, keep c a local
+ * variable) it stays in registers.
  *
  * Rules. While a cursor is out, the arena lends it its position: every other call on
  * the arena that allocates or moves the position (cllm_arena_alloc*, mark, rewind,
@@ -268,23 +257,26 @@ CLLM_API CLLM_NODISCARD cllm_status_t cllm_arena_reset(cllm_arena_t *a);
  * stale copy, a cursor of another arena) is detected at the cursor's next slow path or
  * at cursor_end. */
 
-// A lent position of one arena, a value type; fields are private.
-typedef struct cllm_arena_cursor {
-  uintptr_t cur_;       // private: bump pointer
-  uintptr_t end_;       // private: end of the current chunk
-  cllm_arena_t *arena_; // private: the arena it belongs to
-  uint64_t id_;         // private: serial (unique per arena, never reused); 0 = none
+// A lent position of one arena, a value type.
+typedef struct cllm_arena_cursor { // all fields private
+  uintptr_t cur_;       // bump pointer
+  uintptr_t end_;       // end of the current chunk
+  cllm_arena_t *arena_; // the arena it belongs to
+  uint64_t id_;         // serial (unique per arena, never reused); 0 = none
 } cllm_arena_cursor_t;
 
-// Internal (call the inline functions below). A chunk position {p, end}.
-typedef struct cllm_arena_span_ {
+// Not API (the inline cursor calls' helpers). A chunk position {p, end}.
+typedef struct cllm_arena_span_ { // all fields private
   uintptr_t p_;
   uintptr_t end_;
 } cllm_arena_span_t;
+// Not API. Lend a's position (saved in a; closes a's fast path). Thread: external-sync.
 CLLM_API cllm_status_t cllm_arena_cursor_begin_(cllm_arena_t *a);
+// Not API. A cursor's slow path: validate, allocate, lend again. Thread: external-sync.
 CLLM_API cllm_arena_span_t cllm_arena_cursor_refill_(cllm_arena_t *a, uint64_t id,
                                                      uintptr_t cur, uintptr_t end,
                                                      size_t bytes, size_t align);
+// Not API. Validate a cursor and take its position back. Thread: external-sync.
 CLLM_API cllm_status_t cllm_arena_cursor_end_(cllm_arena_t *a, const cllm_arena_t *owner,
                                               uint64_t id, uintptr_t cur, uintptr_t end);
 
@@ -313,9 +305,8 @@ static inline CLLM_NODISCARD cllm_status_t cllm_arena_cursor_begin(cllm_arena_t 
 // Also NULL with CLLM_EINVAL (c NULL, or a cursor whose begin failed or that was
 // altered) or CLLM_ESTATE (the cursor was ended, or is a stale copy of an earlier
 // cursor), detected only when the call takes the slow path. Thread: external-sync.
-static inline CLLM_MALLOC_ATTR void *cllm_arena_cursor_alloc_aligned(cllm_arena_cursor_t *c,
-                                                                     size_t bytes,
-                                                                     size_t align) {
+static inline void *cllm_arena_cursor_alloc_aligned(cllm_arena_cursor_t *c, size_t bytes,
+                                                    size_t align) {
   if (CLLM_LIKELY(c != NULL)) {
     uintptr_t p = cllm_arena_bump_(&c->cur_, c->end_, bytes, align);
     if (CLLM_LIKELY(p != 0)) return (void *)p;
@@ -330,8 +321,7 @@ static inline CLLM_MALLOC_ATTR void *cllm_arena_cursor_alloc_aligned(cllm_arena_
 }
 
 // cllm_arena_cursor_alloc_aligned(c, bytes, CLLM_ARENA_DEFAULT_ALIGN). Thread: external-sync.
-static inline CLLM_MALLOC_ATTR void *cllm_arena_cursor_alloc(cllm_arena_cursor_t *c,
-                                                             size_t bytes) {
+static inline void *cllm_arena_cursor_alloc(cllm_arena_cursor_t *c, size_t bytes) {
   return cllm_arena_cursor_alloc_aligned(c, bytes, CLLM_ARENA_DEFAULT_ALIGN);
 }
 
@@ -354,13 +344,13 @@ static inline CLLM_NODISCARD cllm_status_t cllm_arena_cursor_end(cllm_arena_t *a
 
 /* ---- marks: nested scopes inside a step --------------------------------------------- */
 
-// A position in an arena, for cllm_arena_rewind. A value type; fields are private.
-// A mark stays valid until the arena is reset or rewound to an earlier mark;
-// rewinding to it again is allowed (a per-layer loop may rewind to one mark N times).
-typedef struct cllm_arena_mark {
-  const cllm_arena_t *arena_; // private: the arena it belongs to
-  uint64_t id_;               // private: serial (unique per arena, never reused); 0 = none
-  size_t depth_;              // private: its slot in the arena's mark stack
+// A position in an arena, for cllm_arena_rewind. A value type. A mark stays valid
+// until the arena is reset or rewound to an earlier mark; rewinding to it again is
+// allowed (a per-layer loop may rewind to one mark N times).
+typedef struct cllm_arena_mark { // all fields private
+  const cllm_arena_t *arena_; // the arena it belongs to
+  uint64_t id_;               // serial (unique per arena, never reused); 0 = none
+  size_t depth_;              // its slot in the arena's mark stack
 } cllm_arena_mark_t;
 
 // Take a mark at the current position. On failure (a NULL: CLLM_EINVAL; the mark
@@ -437,23 +427,31 @@ CLLM_API CLLM_NODISCARD cllm_status_t cllm_arena_stats(const cllm_arena_t *a,
 // violation (logged), CLLM_EINVAL for NULL. Thread: external-sync.
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_arena_check(const cllm_arena_t *a);
 
-/* ---- float arrays (the seed's FloatArray) -------------------------------------------- */
+/* ---- float arrays -----------------------------------------------------------------------
+ * An aligned float array with its length (the C side of the C++ layer's FloatArray).
+ * From an arena (released by reset / rewind; cllm_float_array_free only clears it) or
+ * from the heaps or mimalloc (freed by cllm_float_array_free). data NULL, n 0 on
+ * failure. */
 
-// An aligned float array with its length. From an arena (released by reset/rewind,
-// cllm_float_array_free is a no-op for it) or from the heaps (freed by
-// cllm_float_array_free). data is NULL and n 0 on failure.
+// Not API. Where an array's memory comes from (its kind_).
+typedef enum cllm_float_array_kind_ {
+  CLLM_FLOAT_ARRAY_ARENA_ = 0,   // an arena, or an empty array: nothing to free
+  CLLM_FLOAT_ARRAY_HEAPS_ = 1,   // cllm_heap_alloc_aligned(heaps_, ...)
+  CLLM_FLOAT_ARRAY_MIMALLOC_ = 2 // mi_malloc_aligned
+} cllm_float_array_kind_t;
+
 typedef struct cllm_float_array {
-  float *data;         // 64-byte aligned
-  size_t n;            // number of floats
-  cllm_heaps_t *heaps_; // private: owner for heap-backed arrays
-  int kind_;           // private: 0 arena / empty, 1 cllm heaps, 2 mimalloc
+  float *data;          // 64-byte aligned
+  size_t n;             // number of floats
+  cllm_heaps_t *heaps_; // private: owner of a heap-backed array
+  int kind_;            // private: a cllm_float_array_kind_t
 } cllm_float_array_t;
 
 // n floats from the arena, 64-byte aligned (n == 0: a unique pointer, n 0). NULL data
 // on failure as cllm_arena_alloc (n * sizeof(float) overflowing: CLLM_EINVAL).
 // Thread: external-sync.
 static inline cllm_float_array_t cllm_arena_floats(cllm_arena_t *a, size_t n) {
-  cllm_float_array_t f = {NULL, 0, NULL, 0};
+  cllm_float_array_t f = {NULL, 0, NULL, CLLM_FLOAT_ARRAY_ARENA_};
   size_t bytes;
   if (__builtin_mul_overflow(n, sizeof(float), &bytes)) bytes = SIZE_MAX; // refused: EINVAL
   f.data = (float *)cllm_arena_alloc(a, bytes);
@@ -461,10 +459,10 @@ static inline cllm_float_array_t cllm_arena_floats(cllm_arena_t *a, size_t n) {
   return f;
 }
 
-// n floats, 64-byte aligned, from `heaps` (the calling thread's heap, Thread: owner)
-// or, with heaps NULL, from mimalloc (mi_malloc_aligned, Thread: any). Free with
-// cllm_float_array_free. Errors (data NULL): CLLM_EINVAL (n * sizeof(float)
-// overflows), CLLM_ENOMEM / CLLM_ELIMIT (from the heap).
+// n floats, 64-byte aligned, from `heaps` (the calling thread's heap) or, with heaps
+// NULL, from mimalloc. Free with cllm_float_array_free. Errors (data NULL):
+// CLLM_EINVAL (n * sizeof(float) overflows), CLLM_ENOMEM / CLLM_ELIMIT (from the heap).
+// Thread: any (with heaps: as cllm_heap_alloc_aligned).
 CLLM_API cllm_float_array_t cllm_heap_floats(cllm_heaps_t *heaps, size_t n);
 
 // Free a heap-backed array and set *f to {NULL, 0}; for an arena-backed or empty
@@ -479,16 +477,19 @@ typedef struct cllm_arena_scope {
   cllm_arena_mark_t mark;
 } cllm_arena_scope_t;
 
+// Not API (CLLM_ARENA_SCOPE's helpers): take a mark; rewind to it unless the scope is
+// stale (the arena was reset inside it: the refusal is harmless). Thread: external-sync.
 static inline cllm_arena_scope_t cllm_arena_scope_begin_(cllm_arena_t *a) {
   cllm_arena_scope_t s;
   s.arena = a;
   s.mark = cllm_arena_mark(a);
   return s;
 }
+// Not API. Thread: external-sync.
 static inline void cllm_arena_scope_end_(cllm_arena_scope_t *s) {
   if (s->arena != NULL && s->mark.id_ != 0) {
     cllm_status_t rc = cllm_arena_rewind(s->arena, s->mark);
-    (void)rc; // a stale scope (the arena was reset inside it) is refused and harmless
+    (void)rc;
   }
 }
 
@@ -497,12 +498,12 @@ static inline void cllm_arena_scope_end_(cllm_arena_scope_t *s) {
 #if defined(__GNUC__) || defined(__clang__)
 #define CLLM_ARENA_HAVE_CLEANUP 1
 // CLLM_ARENA_SCOPE(a);  takes a mark now and rewinds to it when the enclosing block
-// exits (by any path: return, break, goto out of it). One per line.
+// exits (by any path: return, break, goto out of it). One per line. Thread: external-sync.
 #define CLLM_ARENA_SCOPE(a)                                                   \
   __attribute__((cleanup(cllm_arena_scope_end_), unused)) cllm_arena_scope_t  \
   CLLM_ARENA_CAT_(cllm_arena_scope_, __LINE__) = cllm_arena_scope_begin_(a)
 // CLLM_FLOAT_ARRAY_AUTO cllm_float_array_t w = cllm_heap_floats(h, n);  freed at
-// scope exit by cllm_float_array_free.
+// scope exit by cllm_float_array_free. Thread: as cllm_float_array_free.
 #define CLLM_FLOAT_ARRAY_AUTO __attribute__((cleanup(cllm_float_array_free)))
 #else
 #define CLLM_ARENA_HAVE_CLEANUP 0
