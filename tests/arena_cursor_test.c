@@ -389,7 +389,7 @@ static void cursor_two_threads_one_step(void) {
 Test(arena_cursor, two_threads_in_one_step_abort_in_debug) {
   if (CLLM_DEBUG < 1) cr_skip_test("CLLM_DEBUG == 0: the check is compiled out");
   char err[4096];
-  int status = run_child(cursor_two_threads_one_step, err, sizeof err);
+  int status = run_void_child(cursor_two_threads_one_step, err, sizeof err);
   cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT, "child status %#x:\n%s", status, err);
   cr_assert(strstr(err, "two threads within one step") != NULL, "%s", err);
 }

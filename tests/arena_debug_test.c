@@ -72,7 +72,7 @@ Test(arena_asan, use_after_reset_rewind_and_overflow_are_reported) {
                            cursor_read_after_reset, cursor_read_past_bump};
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     char err[8192];
-    int status = run_child(cases[i], err, sizeof err);
+    int status = run_void_child(cases[i], err, sizeof err);
     cr_assert(!(WIFEXITED(status) && WEXITSTATUS(status) == 0), "case %zu: child read freely", i);
     cr_assert(strstr(err, "use-after-poison") != NULL, "case %zu: no ASan report:\n%s", i, err);
   }
@@ -131,7 +131,7 @@ static void two_threads_one_step(void) {
 Test(arena, two_threads_in_one_step_abort_in_debug) {
   if (CLLM_DEBUG < 1) cr_skip_test("CLLM_DEBUG == 0: the check is compiled out");
   char err[4096];
-  int status = run_child(two_threads_one_step, err, sizeof err);
+  int status = run_void_child(two_threads_one_step, err, sizeof err);
   cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT, "child status %#x:\n%s", status, err);
   cr_assert(strstr(err, "two threads within one step") != NULL, "%s", err);
 }

@@ -19,19 +19,13 @@
 
 #include "lib/internal/fault.h"
 #include "lib/internal/util.h"
+#include "child.h"
+#include "fixtures.h"
 #include "mt_check.h"
 
 #define MiB ((size_t)1 << 20)
 #define KiB ((size_t)1 << 10)
 #define G CLLM_ARENA_GRANULE
-
-static cllm_monitor_t *mk_monitor(size_t limit) {
-  cllm_monitor_config_t cfg = cllm_monitor_config_default();
-  cfg.limit_bytes = limit;
-  cllm_monitor_t *m = NULL;
-  cr_assert_eq(cllm_monitor_create(&cfg, &m), CLLM_OK);
-  return m;
-}
 
 static cllm_arena_t *mk_arena(cllm_monitor_t *mon, size_t initial, size_t min_chunk,
                               size_t max_chunk) {
@@ -58,26 +52,15 @@ static size_t step_used(cllm_monitor_t *m) { return cllm_monitor_used(m, CLLM_CA
 
 static size_t round_up(size_t x, size_t g) { return (x + g - 1) / g * g; }
 
-/* Run fn in a forked child with stderr captured; returns the child's wait status. */
-static int run_child(void (*fn)(void), char *err, size_t errlen) {
-  int fds[2];
-  cr_assert_eq(pipe(fds), 0);
-  pid_t pid = fork();
-  cr_assert(pid >= 0);
-  if (pid == 0) {
-    close(fds[0]);
-    dup2(fds[1], 2);
-    fn();
-    _exit(0);
-  }
-  close(fds[1]);
-  size_t got = 0;
-  ssize_t r;
-  while ((r = read(fds[0], err + got, errlen - 1 - got)) > 0) got += (size_t)r;
-  err[got] = 0;
-  close(fds[0]);
-  int status = 0;
-  cr_assert_eq(waitpid(pid, &status, 0), pid);
+/* Run fn in a forked child with stderr captured (tests/support/child.h); returns the
+ * child's wait status. */
+static int call_void_fn(void *fn) {
+  (*(void (**)(void))fn)();
+  return 0;
+}
+static int run_void_child(void (*fn)(void), char *err, size_t errlen) {
+  int status = run_child(call_void_fn, &fn, err, errlen);
+  cr_assert(status != -1, "the child could not be started");
   return status;
 }
 
