@@ -525,7 +525,7 @@ void cllm_heap_free_sized(cllm_heaps_t *h, void *p, size_t bytes) {
   free_slow(h, p, true, bytes);
 }
 
-size_t cllm_heap_usable_size(cllm_heaps_t *h, const void *p) {
+size_t cllm_heap_usable_size(const cllm_heaps_t *h, const void *p) {
   if (h == NULL || p == NULL || node_of_ptr(h, p) < 0) return 0;
   return mi_usable_size(p);
 }

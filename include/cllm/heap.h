@@ -171,7 +171,7 @@ CLLM_API void cllm_heap_free(cllm_heaps_t *h, void *p);
 // block is freed and the HEAP figure is off by the difference. Thread: any.
 CLLM_API void cllm_heap_free_sized(cllm_heaps_t *h, void *p, size_t bytes);
 // Usable bytes of p (0 for NULL or a foreign pointer). Thread: any.
-CLLM_API size_t cllm_heap_usable_size(cllm_heaps_t *h, const void *p);
+CLLM_API size_t cllm_heap_usable_size(const cllm_heaps_t *h, const void *p);
 // Return the calling thread's batch credit and its kept blocks now (for a thread
 // that stops allocating for long; it takes them again as it allocates).
 // Thread: owner.
