@@ -62,6 +62,7 @@
 
 #include "internal/fault.h"
 #include "internal/util.h"
+#include "internal/versioned.h"
 #include "heap_internal.h"
 
 #define DEFAULT_BYTES_PER_NODE ((size_t)1 << 30)
@@ -86,9 +87,11 @@ static inline tstate_t *heap_tstate_get(cllm_heaps_t *h) {
 
 const char *cllm_heap_mode_name(cllm_heap_mode_t mode) {
   switch (mode) {
-  case CLLM_HEAP_MODE_NUMA: return "numa";
-  case CLLM_HEAP_MODE_SINGLE: return "single";
-  case CLLM_HEAP_MODE_PLAIN: return "plain";
+#define CLLM_HEAP_MODE_NAME_(id, value, name) \
+  case CLLM_HEAP_MODE_##id:                   \
+    return name;
+    CLLM_HEAP_MODE_MAP(CLLM_HEAP_MODE_NAME_)
+#undef CLLM_HEAP_MODE_NAME_
   }
   return "unknown";
 }
@@ -115,8 +118,8 @@ cllm_heaps_config_t cllm_heaps_config_default(void) {
 cllm_status_t cllm_heaps_create(const cllm_heaps_config_t *cfg_in, cllm_heaps_t **out) {
   if (out == NULL) return CLLM_EINVAL;
   *out = NULL;
-  cllm_heaps_config_t cfg = cfg_in != NULL ? *cfg_in : cllm_heaps_config_default();
-  if (cfg.struct_size < sizeof(cllm_heaps_config_t) || cfg.max_nodes < 0 ||
+  cllm_heaps_config_t cfg = cllm_heaps_config_default();
+  if (cllm__config_in(&cfg, sizeof cfg, cfg_in) != CLLM_OK || cfg.max_nodes < 0 ||
       cfg.batch_bytes > SIZE_MAX / 8)
     return CLLM_EINVAL;
   size_t bytes = cfg.bytes_per_node != 0 ? cfg.bytes_per_node : DEFAULT_BYTES_PER_NODE;
@@ -522,7 +525,7 @@ void cllm_heap_free_sized(cllm_heaps_t *h, void *p, size_t bytes) {
   free_slow(h, p, true, bytes);
 }
 
-size_t cllm_heap_usable_size(cllm_heaps_t *h, const void *p) {
+size_t cllm_heap_usable_size(const cllm_heaps_t *h, const void *p) {
   if (h == NULL || p == NULL || node_of_ptr(h, p) < 0) return 0;
   return mi_usable_size(p);
 }

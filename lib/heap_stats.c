@@ -9,6 +9,7 @@
 
 #include "internal/prim.h"
 #include "internal/util.h"
+#include "internal/versioned.h"
 #include "heap_internal.h"
 
 static void counts_add(heap_counts_t *sum, const node_ctr_t *c) {
@@ -38,16 +39,15 @@ size_t cllm_heaps_footprint(const cllm_heaps_config_t *cfg) {
 }
 
 size_t cllm_heaps_thread_footprint(const cllm_heaps_config_t *cfg) {
-  cllm_heaps_config_t c = cfg != NULL ? *cfg : cllm_heaps_config_default();
-  if (c.struct_size < sizeof c || c.batch_bytes > SIZE_MAX / 8) return 0;
+  cllm_heaps_config_t c = cllm_heaps_config_default();
+  if (cllm__config_in(&c, sizeof c, cfg) != CLLM_OK || c.batch_bytes > SIZE_MAX / 8) return 0;
   return 2 * (c.batch_bytes != 0 ? c.batch_bytes : CLLM_MONITOR_BATCH_DEFAULT_BYTES);
 }
 
 cllm_status_t cllm_heaps_stats(const cllm_heaps_t *h, cllm_heaps_stats_t *st) {
-  if (h == NULL || st == NULL || st->struct_size < sizeof(cllm_heaps_stats_t)) return CLLM_EINVAL;
+  if (h == NULL || cllm__stats_size(st, sizeof *st) == 0) return CLLM_EINVAL;
   cllm_heaps_stats_t s;
   memset(&s, 0, sizeof s);
-  s.struct_size = sizeof s;
   s.mode = h->mode;
   s.nodes = h->nodes;
   s.foreign_frees = heap_ld(&h->foreign_frees);
@@ -82,36 +82,35 @@ cllm_status_t cllm_heaps_stats(const cllm_heaps_t *h, cllm_heaps_stats_t *st) {
     if (cllm__prim_resident_bytes(h->rstart[i], s.node[i].region_bytes, &rb) == 0)
       s.resident_bytes += rb;
   }
-  *st = s;
+  cllm__stats_out(st, &s, sizeof s);
+  return CLLM_OK;
+}
+
+/* The checks made under the heaps lock (CLLM_CHECK returns, the caller unlocks);
+ * *in_use: the bytes handed out and not freed, all nodes. */
+static cllm_status_t check_counts_locked(const cllm_heaps_t *h, uint64_t *in_use) {
+  CLLM_CHECK(cllm__heap_is_live_locked(h, h->id), "heaps", "object is not live");
+  *in_use = 0;
+  for (int i = 0; i < h->nodes; i++) {
+    heap_counts_t v = cllm__heap_node_sum_locked(h, i);
+    CLLM_CHECK(v.frees <= v.allocs && v.bytes_freed <= v.bytes_alloc, "heaps",
+               "node %d freed more than it allocated (%llu > %llu blocks)", i,
+               (unsigned long long)v.frees, (unsigned long long)v.allocs);
+    *in_use += heap_counts_in_use(&v);
+  }
   return CLLM_OK;
 }
 
 cllm_status_t cllm_heaps_check(const cllm_heaps_t *h) {
   if (h == NULL) return CLLM_EINVAL;
-  cllm_status_t rc = CLLM_OK;
-  uint64_t in_use = 0;
+  uint64_t in_use;
   pthread_mutex_lock(&cllm__heap_lock);
-  if (!cllm__heap_is_live_locked(h, h->id)) {
-    cllm__error("heaps check: object is not live");
-    rc = CLLM_ECORRUPT;
-  }
-  for (int i = 0; i < h->nodes && rc == CLLM_OK; i++) {
-    heap_counts_t v = cllm__heap_node_sum_locked(h, i);
-    if (v.frees > v.allocs || v.bytes_freed > v.bytes_alloc) {
-      cllm__error("heaps check: node %d freed more than it allocated (%llu > %llu blocks)", i,
-                  (unsigned long long)v.frees, (unsigned long long)v.allocs);
-      rc = CLLM_ECORRUPT;
-      break;
-    }
-    in_use += heap_counts_in_use(&v);
-  }
+  cllm_status_t rc = check_counts_locked(h, &in_use);
   pthread_mutex_unlock(&cllm__heap_lock);
-  if (rc == CLLM_OK && !cllm__heap_regions_verify(h)) rc = CLLM_ECORRUPT;
+  if (rc != CLLM_OK) return rc;
+  if (!cllm__heap_regions_verify(h)) return CLLM_ECORRUPT;
   size_t used = cllm_monitor_used(h->monitor, CLLM_CAT_HEAP);
-  if (rc == CLLM_OK && used < in_use) {
-    cllm__error("heaps check: monitor HEAP %zu below bytes in use %llu", used,
-                (unsigned long long)in_use);
-    rc = CLLM_ECORRUPT;
-  }
-  return rc;
+  CLLM_CHECK(used >= in_use, "heaps", "monitor HEAP %zu below bytes in use %llu", used,
+             (unsigned long long)in_use);
+  return CLLM_OK;
 }

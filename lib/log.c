@@ -26,10 +26,11 @@ void cllm_log_discard(void *user, cllm_log_level_t level, const char *msg) {
 
 const char *cllm_log_level_str(cllm_log_level_t level) {
   switch (level) {
-    case CLLM_LOG_DEBUG: return "debug";
-    case CLLM_LOG_INFO: return "info";
-    case CLLM_LOG_WARN: return "warn";
-    case CLLM_LOG_ERROR: return "error";
+#define CLLM_LOG_LEVEL_STR_(id, value, name) \
+  case CLLM_LOG_##id:                        \
+    return name;
+    CLLM_LOG_LEVEL_MAP(CLLM_LOG_LEVEL_STR_)
+#undef CLLM_LOG_LEVEL_STR_
   }
   return "unknown";
 }

@@ -16,8 +16,9 @@
  *   - peak(x) >= used(x): peaks are raised to values actually installed.
  *
  * Readers (used, peak, limit) load single counters without the gate. The gate never
- * blocks in the kernel: waiters spin with a pause, back off, and yield the CPU after
- * a while (a preempted holder gets to finish). The thread token in the gate lets a
+ * blocks in the kernel: waiters spin with a pause and yield the CPU after a while (a
+ * preempted holder gets to finish). Decided on monitor_bench: a pthread mutex costs
+ * more per pair, and spinning without the yield stalls when threads outnumber CPUs. The thread token in the gate lets a
  * signal handler that interrupts a monitor call on the same thread get CLLM_EBUSY
  * instead of spinning on itself.
  *
@@ -35,6 +36,7 @@
 #include "internal/atomic.h"
 #include "internal/fault.h"
 #include "internal/util.h"
+#include "internal/versioned.h"
 
 /* ---- types ---------------------------------------------------------------- */
 
@@ -71,12 +73,16 @@ struct cllm_monitor {
   int n_rec;
   reclaimer_t rec[CLLM_MONITOR_MAX_RECLAIMERS];
   bool is_global;
+  /* &gate, for the calls that take a const monitor (stats, check): entering the gate
+   * changes nothing a caller can observe, as locking a mutex would not. */
+  _Atomic uintptr_t *gate_w;
 };
 
 static cllm_monitor_t g_monitor = {
     .lock = PTHREAD_MUTEX_INITIALIZER,
     .idle = PTHREAD_COND_INITIALIZER,
     .is_global = true,
+    .gate_w = &g_monitor.gate,
 };
 
 /* Per-thread state. Its address is the thread's token in the gate; in_reclaimer is
@@ -88,12 +94,14 @@ static _Thread_local struct {
 
 const char *cllm_category_name(cllm_category_t cat) {
   switch (cat) {
-    case CLLM_CAT_WEIGHTS: return "weights";
-    case CLLM_CAT_KV: return "kv";
-    case CLLM_CAT_STEP: return "step";
-    case CLLM_CAT_HEAP: return "heap";
-    default: return "unknown";
+#define CLLM_CATEGORY_NAME_(id, code, text) \
+  case CLLM_CAT_##id:                       \
+    return text;
+    CLLM_CATEGORY_MAP(CLLM_CATEGORY_NAME_)
+#undef CLLM_CATEGORY_NAME_
+    case CLLM_CAT_COUNT: break;
   }
+  return "unknown";
 }
 
 static bool cat_ok(cllm_category_t cat) { return (unsigned)cat < CLLM_CAT_COUNT; }
@@ -111,12 +119,7 @@ cllm_status_t cllm_monitor_create(const cllm_monitor_config_t *cfg, cllm_monitor
   if (out == NULL) return CLLM_EINVAL;
   *out = NULL;
   cllm_monitor_config_t c = cllm_monitor_config_default();
-  if (cfg != NULL) {
-    if (cfg->struct_size < offsetof(cllm_monitor_config_t, limit_user) + sizeof(void *) ||
-        cfg->struct_size > sizeof c)
-      return CLLM_EINVAL;
-    memcpy(&c, cfg, cfg->struct_size);
-  }
+  if (cllm__config_in(&c, sizeof c, cfg) != CLLM_OK) return CLLM_EINVAL;
   cllm_monitor_t *m = CLLM_FAULT(CLLM_FAULT_MALLOC) ? NULL : aligned_alloc(64, sizeof *m);
   if (m == NULL) return CLLM_ENOMEM;
   memset(m, 0, sizeof *m);
@@ -129,6 +132,7 @@ cllm_status_t cllm_monitor_create(const cllm_monitor_config_t *cfg, cllm_monitor
     free(m);
     return CLLM_ENOMEM;
   }
+  m->gate_w = &m->gate;
   atomic_init(&m->limit[TOT], c.limit_bytes);
   for (int i = 0; i < CLLM_CAT_COUNT; i++) atomic_init(&m->limit[i], c.category_limit_bytes[i]);
   m->limit_fn = c.limit_fn;
@@ -159,34 +163,29 @@ typedef struct refusal {
 
 static inline uintptr_t self_token(void) { return (uintptr_t)&t_self; }
 
-/* Enter the gate. false: this thread already holds it (a signal handler interrupted
- * a monitor call on this thread); the caller must not touch the counters. */
-static bool gate_enter(cllm_monitor_t *m, uintptr_t me) {
-  uintptr_t cur = 0;
-  if (CLLM_LIKELY(atomic_compare_exchange_weak_explicit(&m->gate, &cur, me, memory_order_acquire,
-                                                        memory_order_relaxed)))
-    return true;
+/* Failed CASes with a pause before a waiter starts yielding. */
+#define GATE_SPINS 100
+
+/* Enter the gate: one CAS when it is free. false: this thread already holds it (a
+ * signal handler interrupted a monitor call on this thread); the caller must not
+ * touch the counters. A holder keeps the gate for a few instructions, so a waiter
+ * spins with a pause; if the gate stays held, its holder was probably preempted, and
+ * the waiter gives it the CPU (sched_yield) instead of spinning through its time
+ * slice. */
+static inline bool gate_enter(_Atomic uintptr_t *gate, uintptr_t me) {
   for (unsigned spins = 0;; spins++) {
+    uintptr_t cur = 0;
+    if (CLLM_LIKELY(atomic_compare_exchange_weak_explicit(gate, &cur, me, memory_order_acquire,
+                                                          memory_order_relaxed)))
+      return true;
     if (cur == me) return false;
-    if (cur == 0) {
-      if (atomic_compare_exchange_weak_explicit(&m->gate, &cur, me, memory_order_acquire,
-                                                memory_order_relaxed))
-        return true;
-      continue;
-    }
-    /* Held by another thread for a few instructions: spin with a growing pause; if
-     * it stays held, its holder was probably preempted: give it the CPU. */
-    if (spins < 64) {
-      for (unsigned i = 0; i < (1u << (spins / 16)); i++) cllm__cpu_relax();
-    } else {
-      sched_yield();
-    }
-    cur = cllm__atomic_load_relaxed(&m->gate);
+    if (spins < GATE_SPINS) cllm__cpu_relax();
+    else sched_yield();
   }
 }
 
-static inline void gate_leave(cllm_monitor_t *m) {
-  atomic_store_explicit(&m->gate, (uintptr_t)0, memory_order_release);
+static inline void gate_leave(_Atomic uintptr_t *gate) {
+  atomic_store_explicit(gate, (uintptr_t)0, memory_order_release);
 }
 
 /* Raise a peak to an installed value (gate held: plain load and store). */
@@ -212,18 +211,18 @@ static inline bool counter_fits(cllm_monitor_t *m, int i, size_t bytes, size_t *
 static cllm_status_t reserve_once(cllm_monitor_t *m, cllm_category_t cat, size_t bytes,
                                   refusal_t *why) {
   size_t total_next, cat_next;
-  if (!gate_enter(m, self_token())) return CLLM_EBUSY;
+  if (!gate_enter(&m->gate, self_token())) return CLLM_EBUSY;
   /* The category cannot overflow when the total did not: total >= every category. */
   if (!counter_fits(m, TOT, bytes, &total_next, why) ||
       !counter_fits(m, (int)cat, bytes, &cat_next, why)) {
-    gate_leave(m);
+    gate_leave(&m->gate);
     return CLLM_ELIMIT;
   }
   cllm__atomic_store_relaxed(&m->used[TOT], total_next);
   cllm__atomic_store_relaxed(&m->used[cat], cat_next);
   raise_peak(m, TOT, total_next);
   raise_peak(m, (int)cat, cat_next);
-  gate_leave(m);
+  gate_leave(&m->gate);
   return CLLM_OK;
 }
 
@@ -313,17 +312,17 @@ cllm_status_t cllm_monitor_try_reserve(cllm_monitor_t *m, cllm_category_t cat, s
 cllm_status_t cllm_monitor_release(cllm_monitor_t *m, cllm_category_t cat, size_t bytes) {
   if (m == NULL || !cat_ok(cat)) return CLLM_EINVAL;
   if (bytes == 0) return CLLM_OK;
-  if (!gate_enter(m, self_token())) return CLLM_EBUSY;
+  if (!gate_enter(&m->gate, self_token())) return CLLM_EBUSY;
   size_t cur = cllm__atomic_load_relaxed(&m->used[cat]);
   if (CLLM_LIKELY(cur >= bytes)) {
     size_t total = cllm__atomic_load_relaxed(&m->used[TOT]);
     cllm_assert_internal(total >= bytes);
     cllm__atomic_store_relaxed(&m->used[cat], cur - bytes);
     cllm__atomic_store_relaxed(&m->used[TOT], total - bytes);
-    gate_leave(m);
+    gate_leave(&m->gate);
     return CLLM_OK;
   }
-  gate_leave(m);
+  gate_leave(&m->gate);
   cllm__atomic_add_relaxed(&m->bad_releases, 1);
   cllm__warn("release of %zu bytes of %s refused: only %zu reserved", bytes,
              cllm_category_name(cat), cur);
@@ -346,7 +345,7 @@ cllm_status_t cllm_monitor_set_category_limit(cllm_monitor_t *m, cllm_category_t
 }
 
 size_t cllm_monitor_limit(const cllm_monitor_t *m) {
-  return m == NULL ? 0 : cllm__atomic_load_relaxed(&((cllm_monitor_t *)m)->limit[TOT]);
+  return m == NULL ? 0 : cllm__atomic_load_relaxed(&m->limit[TOT]);
 }
 
 /* Counter index of `cat` (TOT for CLLM_CAT_COUNT), or -1 for bad input. */
@@ -357,20 +356,20 @@ static int pick(const cllm_monitor_t *m, cllm_category_t cat) {
 
 size_t cllm_monitor_used(const cllm_monitor_t *m, cllm_category_t cat) {
   int i = pick(m, cat);
-  return i < 0 ? 0 : cllm__atomic_load_relaxed(&((cllm_monitor_t *)m)->used[i]);
+  return i < 0 ? 0 : cllm__atomic_load_relaxed(&m->used[i]);
 }
 
 size_t cllm_monitor_peak(const cllm_monitor_t *m, cllm_category_t cat) {
   int i = pick(m, cat);
-  return i < 0 ? 0 : cllm__atomic_load_relaxed(&((cllm_monitor_t *)m)->peak[i]);
+  return i < 0 ? 0 : cllm__atomic_load_relaxed(&m->peak[i]);
 }
 
 cllm_status_t cllm_monitor_reset_peak(cllm_monitor_t *m) {
   if (m == NULL) return CLLM_EINVAL;
-  if (!gate_enter(m, self_token())) return CLLM_EBUSY;
+  if (!gate_enter(&m->gate, self_token())) return CLLM_EBUSY;
   for (int i = 0; i < NCTR; i++)
     cllm__atomic_store_relaxed(&m->peak[i], cllm__atomic_load_relaxed(&m->used[i]));
-  gate_leave(m);
+  gate_leave(&m->gate);
   return CLLM_OK;
 }
 
@@ -431,14 +430,12 @@ cllm_status_t cllm_monitor_remove_reclaimer(cllm_monitor_t *m, cllm_reclaim_fn f
 
 /* ---- stats and check --------------------------------------------------------- */
 
-cllm_status_t cllm_monitor_stats(const cllm_monitor_t *cm, cllm_monitor_stats_t *st) {
-  if (cm == NULL || st == NULL || st->struct_size < sizeof(size_t)) return CLLM_EINVAL;
-  cllm_monitor_t *m = (cllm_monitor_t *)cm;
+cllm_status_t cllm_monitor_stats(const cllm_monitor_t *m, cllm_monitor_stats_t *st) {
+  if (m == NULL || cllm__stats_size(st, sizeof *st) == 0) return CLLM_EINVAL;
   cllm_monitor_stats_t s;
   memset(&s, 0, sizeof s);
-  s.struct_size = st->struct_size < sizeof s ? st->struct_size : sizeof s;
   /* One snapshot of the counters (under the gate, unless this thread holds it). */
-  bool gated = gate_enter(m, self_token());
+  bool gated = gate_enter(m->gate_w, self_token());
   s.used_bytes = cllm__atomic_load_relaxed(&m->used[TOT]);
   s.peak_bytes = cllm__atomic_load_relaxed(&m->peak[TOT]);
   s.limit_bytes = cllm__atomic_load_relaxed(&m->limit[TOT]);
@@ -447,39 +444,32 @@ cllm_status_t cllm_monitor_stats(const cllm_monitor_t *cm, cllm_monitor_stats_t 
     s.cat[i].peak_bytes = cllm__atomic_load_relaxed(&m->peak[i]);
     s.cat[i].limit_bytes = cllm__atomic_load_relaxed(&m->limit[i]);
   }
-  if (gated) gate_leave(m);
+  if (gated) gate_leave(m->gate_w);
   s.refusals = cllm__atomic_load_relaxed(&m->refusals);
   s.reclaim_runs = cllm__atomic_load_relaxed(&m->reclaim_runs);
   s.reclaimed_bytes = cllm__atomic_load_relaxed(&m->reclaimed_bytes);
   s.bad_releases = cllm__atomic_load_relaxed(&m->bad_releases);
   s.batch_credit_bytes = cllm__atomic_load_relaxed(&m->credit);
   s.try_refusals = cllm__atomic_load_relaxed(&m->try_refusals);
-  memcpy(st, &s, s.struct_size);
+  cllm__stats_out(st, &s, sizeof s);
   return CLLM_OK;
 }
 
-cllm_status_t cllm_monitor_check(const cllm_monitor_t *cm) {
-  if (cm == NULL) return CLLM_EINVAL;
+cllm_status_t cllm_monitor_check(const cllm_monitor_t *m) {
+  if (m == NULL) return CLLM_EINVAL;
   cllm_monitor_stats_t s = {.struct_size = sizeof s};
-  if (cllm_monitor_stats(cm, &s) != CLLM_OK) return CLLM_EINVAL;
+  if (cllm_monitor_stats(m, &s) != CLLM_OK) return CLLM_EINVAL;
   size_t sum = 0;
   for (int i = 0; i < CLLM_CAT_COUNT; i++) {
     sum += s.cat[i].used_bytes;
-    if (s.cat[i].peak_bytes < s.cat[i].used_bytes) {
-      cllm__error("monitor check: %s peak %zu < used %zu", cllm_category_name((cllm_category_t)i),
-                  s.cat[i].peak_bytes, s.cat[i].used_bytes);
-      return CLLM_ECORRUPT;
-    }
+    CLLM_CHECK(s.cat[i].peak_bytes >= s.cat[i].used_bytes, "monitor", "%s peak %zu < used %zu",
+               cllm_category_name((cllm_category_t)i), s.cat[i].peak_bytes, s.cat[i].used_bytes);
   }
-  if (sum != s.used_bytes) {
-    cllm__error("monitor check: total %zu != sum of categories %zu", s.used_bytes, sum);
-    return CLLM_ECORRUPT;
-  }
-  if (s.peak_bytes < s.used_bytes || s.batch_credit_bytes > s.used_bytes) {
-    cllm__error("monitor check: peak %zu, used %zu, credit %zu inconsistent", s.peak_bytes,
-                s.used_bytes, s.batch_credit_bytes);
-    return CLLM_ECORRUPT;
-  }
+  CLLM_CHECK(sum == s.used_bytes, "monitor", "total %zu != sum of categories %zu", s.used_bytes,
+             sum);
+  CLLM_CHECK(s.peak_bytes >= s.used_bytes && s.batch_credit_bytes <= s.used_bytes, "monitor",
+             "peak %zu, used %zu, credit %zu inconsistent", s.peak_bytes, s.used_bytes,
+             s.batch_credit_bytes);
   return CLLM_OK;
 }
 

@@ -9,31 +9,28 @@
  */
 #include <errno.h>
 #include <hwloc.h>
+#include <limits.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 
 #include <cllm/numa.h>
 
 #include "internal/fault.h"
+#include "internal/prim.h"
 #include "internal/util.h"
+#include "internal/versioned.h"
 
 #define MAX_CPUS 4096
-#define MPOL_BIND_ 2
-#define MPOL_INTERLEAVE_ 3
 
 struct cllm_topology {
   hwloc_topology_t topo;
   bool this_system;
   bool is_static; /* the system topology: never destroyed */
   int n_nodes;     /* after folding */
-  int n_hw_nodes;  /* before folding */
-  hwloc_obj_t *hw_node; /* hwloc objects by logical index (n_hw_nodes) */
   hwloc_bitmap_t *cpuset;  /* per folded node */
   hwloc_bitmap_t *nodeset; /* per folded node: the hw nodes folded onto it */
   cllm_numa_node_info_t *info;
@@ -54,7 +51,6 @@ static void topo_free(cllm_topology_t *t) {
   for (int i = 0; t->nodeset != NULL && i < t->n_nodes; i++) hwloc_bitmap_free(t->nodeset[i]);
   free(t->cpuset);
   free(t->nodeset);
-  free(t->hw_node);
   free(t->info);
   free(t->cpu_node);
   if (t->topo != NULL) hwloc_topology_destroy(t->topo);
@@ -65,13 +61,11 @@ static void topo_free(cllm_topology_t *t) {
 static cllm_status_t summarise(cllm_topology_t *t, int max_nodes) {
   int hw = hwloc_get_nbobjs_by_type(t->topo, HWLOC_OBJ_NUMANODE);
   if (hw <= 0) hw = 0;
-  t->n_hw_nodes = hw;
   t->n_nodes = hw == 0 ? 1 : (max_nodes > 0 && max_nodes < hw ? max_nodes : hw);
-  t->hw_node = calloc((size_t)(hw > 0 ? hw : 1), sizeof *t->hw_node);
   t->cpuset = calloc((size_t)t->n_nodes, sizeof *t->cpuset);
   t->nodeset = calloc((size_t)t->n_nodes, sizeof *t->nodeset);
   t->info = calloc((size_t)t->n_nodes, sizeof *t->info);
-  if (t->hw_node == NULL || t->cpuset == NULL || t->nodeset == NULL || t->info == NULL)
+  if (t->cpuset == NULL || t->nodeset == NULL || t->info == NULL)
     return CLLM_ENOMEM;
   for (int i = 0; i < t->n_nodes; i++) {
     t->cpuset[i] = hwloc_bitmap_alloc();
@@ -87,7 +81,6 @@ static cllm_status_t summarise(cllm_topology_t *t, int max_nodes) {
   }
   for (int i = 0; i < hw; i++) {
     hwloc_obj_t o = hwloc_get_obj_by_type(t->topo, HWLOC_OBJ_NUMANODE, (unsigned)i);
-    t->hw_node[i] = o;
     int f = i % t->n_nodes;
     if (o->cpuset != NULL) hwloc_bitmap_or(t->cpuset[f], t->cpuset[f], o->cpuset);
     hwloc_bitmap_set(t->nodeset[f], o->os_index);
@@ -115,10 +108,7 @@ cllm_status_t cllm_topology_create(const cllm_topology_config_t *cfg, cllm_topol
   if (out == NULL) return CLLM_EINVAL;
   *out = NULL;
   cllm_topology_config_t c = cllm_topology_config_default();
-  if (cfg != NULL) {
-    if (cfg->struct_size < sizeof(size_t) || cfg->struct_size > sizeof c) return CLLM_EINVAL;
-    memcpy(&c, cfg, cfg->struct_size);
-  }
+  if (cllm__config_in(&c, sizeof c, cfg) != CLLM_OK) return CLLM_EINVAL;
   int sources = (c.xml_path != NULL) + (c.xml_buffer != NULL) + (c.synthetic != NULL);
   if (sources > 1 || c.max_nodes < 0) return CLLM_EINVAL;
   cllm_topology_t *t = CLLM_FAULT(CLLM_FAULT_MALLOC) ? NULL : calloc(1, sizeof *t);
@@ -155,6 +145,21 @@ void cllm_topology_destroy(cllm_topology_t *t) {
   topo_free(t);
 }
 
+/* CLLM_NUMA_MAX_NODES: a positive decimal caps the system topology's nodes; anything
+ * else (unset, empty, trailing text, out of range) means no cap (0). */
+static int env_max_nodes(void) {
+  const char *s = getenv("CLLM_NUMA_MAX_NODES");
+  if (s == NULL || *s == '\0') return 0;
+  char *end;
+  errno = 0;
+  long v = strtol(s, &end, 10);
+  if (errno != 0 || *end != '\0' || v <= 0 || v > INT_MAX) {
+    cllm__warn("CLLM_NUMA_MAX_NODES=\"%s\" is not a positive number: ignored", s);
+    return 0;
+  }
+  return (int)v;
+}
+
 /* Loaded on first use under a mutex; a failed load (e.g. out of memory) is not
  * cached, the next call tries again. Once loaded it is never freed. */
 static pthread_mutex_t g_sys_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -167,8 +172,7 @@ const cllm_topology_t *cllm_topology_system(void) {
   t = atomic_load_explicit(&g_sys, memory_order_relaxed);
   if (t == NULL) {
     cllm_topology_config_t c = cllm_topology_config_default();
-    const char *cap = getenv("CLLM_NUMA_MAX_NODES");
-    if (cap != NULL && atoi(cap) > 0) c.max_nodes = atoi(cap);
+    c.max_nodes = env_max_nodes();
     if (cllm_topology_create(&c, &t) == CLLM_OK) {
       t->is_static = true;
       atomic_store_explicit(&g_sys, t, memory_order_release);
@@ -262,28 +266,26 @@ cllm_status_t cllm_thread_bind_node(const cllm_topology_t *t, int node) {
   return CLLM_OK;
 }
 
-/* mbind(2) directly rather than hwloc_set_area_membind: hwloc turns a BIND or an
- * INTERLEAVE that covers every node of the machine into another policy (on a
+/* mbind(2) (cllm__prim_bind) rather than hwloc_set_area_membind: hwloc turns a BIND
+ * or an INTERLEAVE that covers every node of the machine into another policy (on a
  * one-node machine the kernel would then report MPOL_DEFAULT or MPOL_BIND), and
- * callers (and tests) must be able to read back exactly the policy they asked for. */
-static cllm_status_t set_area(const cllm_topology_t *t, void *addr, size_t bytes,
-                              hwloc_const_bitmap_t nodes, int mpol) {
-  (void)t;
-  enum { MASK_WORDS = 16 };
-  unsigned long mask[MASK_WORDS] = {0};
+ * callers (and tests) must be able to read back exactly the policy they asked for.
+ * The kernel's refusal is CLLM_ESYS, a kernel without NUMA CLLM_ENOTSUP. */
+static cllm_status_t set_area(void *addr, size_t bytes, hwloc_const_bitmap_t nodes, int mode) {
+  unsigned long mask[CLLM__PRIM_NODEMASK_WORDS] = {0};
+  const int bits = (int)(8 * sizeof mask[0]);
   int n;
   hwloc_bitmap_foreach_begin(n, nodes) {
-    if (n < (int)(MASK_WORDS * 8 * sizeof(unsigned long)))
-      mask[(size_t)n / (8 * sizeof(unsigned long))] |= 1ul << ((size_t)n % (8 * sizeof(unsigned long)));
+    if (n < CLLM__PRIM_NODEMASK_WORDS * bits) mask[n / bits] |= 1ul << (n % bits);
   }
   hwloc_bitmap_foreach_end();
-  uintptr_t ps = 4096, start = (uintptr_t)addr & ~(ps - 1);
+  size_t ps = cllm__prim_page_size();
+  uintptr_t start = (uintptr_t)addr & ~(uintptr_t)(ps - 1);
   size_t len = bytes + ((uintptr_t)addr - start);
-  if (CLLM_FAULT(CLLM_FAULT_BIND)) return CLLM_ESYS;
-  if (syscall(SYS_mbind, start, len, mpol, mask, (unsigned long)(MASK_WORDS * 8 * sizeof(unsigned long)), 0) != 0) {
-    int e = errno;
+  int e = cllm__prim_bind((void *)start, len, mode, mask);
+  if (e != 0) {
     cllm__warn("mbind of %zu bytes failed: %s", len, strerror(e));
-    return e == ENOSYS ? CLLM_ENOTSUP : CLLM_ESYS;
+    return cllm__status_of_errno(e) == CLLM_ENOTSUP ? CLLM_ENOTSUP : CLLM_ESYS;
   }
   return CLLM_OK;
 }
@@ -293,7 +295,7 @@ cllm_status_t cllm_topology_bind_area(const cllm_topology_t *t, void *addr, size
   if (addr == NULL || bytes == 0) return CLLM_EINVAL;
   cllm_status_t s = bind_check(t, node);
   if (s != CLLM_OK) return s;
-  return set_area(t, addr, bytes, t->nodeset[node], MPOL_BIND_);
+  return set_area(addr, bytes, t->nodeset[node], CLLM__PRIM_MPOL_BIND);
 }
 
 cllm_status_t cllm_topology_interleave_area(const cllm_topology_t *t, void *addr, size_t bytes,
@@ -310,7 +312,7 @@ cllm_status_t cllm_topology_interleave_area(const cllm_topology_t *t, void *addr
   } else {
     for (int i = 0; i < n; i++) hwloc_bitmap_or(set, set, t->nodeset[nodes[i]]);
   }
-  cllm_status_t s = set_area(t, addr, bytes, set, MPOL_INTERLEAVE_);
+  cllm_status_t s = set_area(addr, bytes, set, CLLM__PRIM_MPOL_INTERLEAVE);
   hwloc_bitmap_free(set);
   return s;
 }

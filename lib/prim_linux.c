@@ -2,10 +2,11 @@
  *
  * Every function returns 0 or an errno value and has no other effect on failure.
  * Memory calls go through libc's wrappers (not raw syscalls) so sanitizers see them,
- * except the NUMA queries (move_pages, get_mempolicy), which glibc does not wrap.
+ * except the NUMA calls (mbind, move_pages, get_mempolicy), which glibc does not wrap.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/mempolicy.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -235,11 +236,22 @@ int cllm__prim_pages_per_node(const void *addr, size_t size, size_t *counts, int
   return 0;
 }
 
+_Static_assert((int)CLLM__PRIM_MPOL_DEFAULT == (int)MPOL_DEFAULT &&
+                   (int)CLLM__PRIM_MPOL_BIND == (int)MPOL_BIND &&
+                   (int)CLLM__PRIM_MPOL_INTERLEAVE == (int)MPOL_INTERLEAVE,
+               "prim.h's policy modes are the kernel's");
+
+int cllm__prim_bind(void *addr, size_t size, int mode, const unsigned long *mask) {
+  if (addr == NULL || size == 0 || mask == NULL) return EINVAL;
+  if (CLLM_FAULT(CLLM_FAULT_BIND)) return EPERM;
+  unsigned long maxnode = CLLM__PRIM_NODEMASK_WORDS * 8 * sizeof(unsigned long);
+  return syscall(SYS_mbind, addr, size, mode, mask, maxnode, 0) == 0 ? 0 : errno;
+}
+
 int cllm__prim_policy(const void *addr, int *mode, unsigned long *nodemask) {
   if (mode == NULL || nodemask == NULL) return EINVAL;
-  enum { MPOL_F_ADDR_ = 1 << 1 };
-  unsigned long mask[16] = {0};
-  if (syscall(SYS_get_mempolicy, mode, mask, sizeof mask * 8, addr, MPOL_F_ADDR_) != 0)
+  unsigned long mask[CLLM__PRIM_NODEMASK_WORDS] = {0};
+  if (syscall(SYS_get_mempolicy, mode, mask, sizeof mask * 8, addr, MPOL_F_ADDR) != 0)
     return errno;
   *nodemask = mask[0];
   return 0;

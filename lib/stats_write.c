@@ -27,6 +27,7 @@
 
 #include "internal/fault.h"
 #include "internal/util.h"
+#include "internal/versioned.h"
 
 /* ---- output buffer ---------------------------------------------------------- */
 
@@ -243,6 +244,74 @@ static const field_t heap_node_fields[] = {
     FG(cllm_heap_node_stats_t, os_node, "node_os_index", F_INT, "OS node the region is bound to (-1 if unbound)."),
 };
 
+/* The monitor: totals (JSON top level; Prometheus cllm_memory_total_*), per category
+ * (JSON "categories"; Prometheus one family per figure, label `category`), counters. */
+static const field_t monitor_total_fields[] = {
+    FG(cllm_monitor_stats_t, used_bytes, "total_used_bytes", F_SIZE, "Bytes reserved in the monitor in total."),
+    FG(cllm_monitor_stats_t, peak_bytes, "total_peak_bytes", F_SIZE, "Peak bytes reserved in total."),
+    FG(cllm_monitor_stats_t, limit_bytes, "total_limit_bytes", F_SIZE, "Total limit (0 = unlimited)."),
+};
+
+static const field_t monitor_cat_fields[] = {
+    FG(cllm_monitor_cat_stats_t, used_bytes, "used_bytes", F_SIZE, "Bytes reserved in the monitor, by category."),
+    FG(cllm_monitor_cat_stats_t, peak_bytes, "peak_bytes", F_SIZE, "Peak bytes reserved, by category."),
+    FG(cllm_monitor_cat_stats_t, limit_bytes, "limit_bytes", F_SIZE, "Limit by category (0 = unlimited)."),
+};
+
+static const field_t monitor_counter_fields[] = {
+    FC(cllm_monitor_stats_t, refusals, "refusals_total", F_U64, "Reservations refused after reclaim."),
+    FC(cllm_monitor_stats_t, reclaim_runs, "reclaim_runs_total", F_U64, "Times the reclaimers were asked."),
+    FC(cllm_monitor_stats_t, reclaimed_bytes, "reclaimed_bytes_total", F_U64, "Bytes the reclaimers freed."),
+    FC(cllm_monitor_stats_t, bad_releases, "bad_releases_total", F_U64, "Releases refused as larger than reserved."),
+    FG(cllm_monitor_stats_t, batch_credit_bytes, "batch_credit_bytes", F_SIZE, "Credit held by per-thread batches."),
+    FC(cllm_monitor_stats_t, try_refusals, "try_refusals_total", F_U64, "Reservations refused without reclaim (try_reserve: KV cache, arena growth)."),
+};
+
+/* Enum and status figures: a string in JSON ("key":"name"), a label of the
+ * component's cllm_<component>_info sample (value 1) in Prometheus. */
+typedef enum ltype { L_STATUS, L_WEIGHTS_LOCK, L_WEIGHTS_HUGE, L_WEIGHTS_NUMA, L_HEAP_MODE } ltype_t;
+
+typedef struct label {
+  const char *key; /* the C field name */
+  ltype_t type;
+  size_t offset;
+} label_t;
+
+#define FL(st, f, t) {#f, t, offsetof(st, f)}
+
+static const label_t weights_labels[] = {
+    FL(cllm_weights_stats_t, lock_requested, L_WEIGHTS_LOCK),
+    FL(cllm_weights_stats_t, huge_requested, L_WEIGHTS_HUGE),
+    FL(cllm_weights_stats_t, huge_applied, L_WEIGHTS_HUGE),
+    FL(cllm_weights_stats_t, numa_requested, L_WEIGHTS_NUMA),
+    FL(cllm_weights_stats_t, numa_applied, L_WEIGHTS_NUMA),
+    FL(cllm_weights_stats_t, numa_status, L_STATUS),
+    FL(cllm_weights_stats_t, readback_status, L_STATUS),
+};
+
+static const label_t heaps_labels[] = {
+    FL(cllm_heaps_stats_t, mode, L_HEAP_MODE),
+};
+
+_Static_assert(sizeof(cllm_status_t) == sizeof(int) && sizeof(cllm_weights_lock_t) == sizeof(int) &&
+                   sizeof(cllm_weights_huge_t) == sizeof(int) &&
+                   sizeof(cllm_weights_numa_t) == sizeof(int) &&
+                   sizeof(cllm_heap_mode_t) == sizeof(int),
+               "label fields are read as int");
+
+static const char *label_value(const label_t *l, const void *st) {
+  int v;
+  memcpy(&v, (const char *)st + l->offset, sizeof v);
+  switch (l->type) {
+    case L_STATUS: return cllm_status_name((cllm_status_t)v);
+    case L_WEIGHTS_LOCK: return cllm_weights_lock_name((cllm_weights_lock_t)v);
+    case L_WEIGHTS_HUGE: return cllm_weights_huge_name((cllm_weights_huge_t)v);
+    case L_WEIGHTS_NUMA: return cllm_weights_numa_name((cllm_weights_numa_t)v);
+    case L_HEAP_MODE: return cllm_heap_mode_name((cllm_heap_mode_t)v);
+  }
+  return "unknown";
+}
+
 #define NFIELDS(t) (sizeof(t) / sizeof((t)[0]))
 
 /* Write the field's value (a number; JSON bools as true/false). */
@@ -266,6 +335,7 @@ static void out_field(out_t *o, const field_t *f, const void *st, bool json) {
 /* ---- collect ---------------------------------------------------------------------- */
 
 typedef struct collected {
+  cllm_stats_sources_t src; /* the caller's sources over the defaults */
   cllm_monitor_stats_t mon;
   cllm_kv_stats_t *kv;
   cllm_arena_stats_t *arena;
@@ -287,7 +357,6 @@ static cllm_status_t check_names(const char *const *names, const bool *null_obj,
 }
 
 static cllm_status_t validate_counts(const cllm_stats_sources_t *s) {
-  if (s->struct_size < sizeof(cllm_stats_sources_t)) return CLLM_EINVAL;
   if ((s->n_kv_caches > 0 && s->kv_caches == NULL) || (s->n_arenas > 0 && s->arenas == NULL) ||
       (s->n_weights > 0 && s->weights == NULL) || (s->n_heaps > 0 && s->heaps == NULL))
     return CLLM_EINVAL;
@@ -297,16 +366,59 @@ static cllm_status_t validate_counts(const cllm_stats_sources_t *s) {
   return CLLM_OK;
 }
 
-/* Copy each kind's names (and whether its object is NULL) into flat arrays, then check. */
-#define GATHER_NAMES_(arr, n, field, obj)            \
-  for (size_t i_ = 0; i_ < (n); i_++) {              \
-    (field)[i_] = (arr)[i_].name;                    \
-    nulls[i_] = (arr)[i_].obj == NULL;               \
-  }                                                  \
-  if ((rc = check_names((field), nulls, (n))) != CLLM_OK) goto fail;
+/* Copy each kind's names into the flat arrays and check them (nulls: scratch, one flag
+ * per source: its object is NULL). */
+static cllm_status_t gather_names(const cllm_stats_sources_t *s, collected_t *c, bool *nulls) {
+  cllm_status_t rc;
+  for (size_t i = 0; i < s->n_kv_caches; i++)
+    c->kv_names[i] = s->kv_caches[i].name, nulls[i] = s->kv_caches[i].cache == NULL;
+  if ((rc = check_names(c->kv_names, nulls, s->n_kv_caches)) != CLLM_OK) return rc;
+  for (size_t i = 0; i < s->n_arenas; i++)
+    c->arena_names[i] = s->arenas[i].name, nulls[i] = s->arenas[i].arena == NULL;
+  if ((rc = check_names(c->arena_names, nulls, s->n_arenas)) != CLLM_OK) return rc;
+  for (size_t i = 0; i < s->n_weights; i++)
+    c->weights_names[i] = s->weights[i].name, nulls[i] = s->weights[i].weights == NULL;
+  if ((rc = check_names(c->weights_names, nulls, s->n_weights)) != CLLM_OK) return rc;
+  for (size_t i = 0; i < s->n_heaps; i++)
+    c->heaps_names[i] = s->heaps[i].name, nulls[i] = s->heaps[i].heaps == NULL;
+  return check_names(c->heaps_names, nulls, s->n_heaps);
+}
 
-static cllm_status_t collect(const cllm_stats_sources_t *s, collected_t *c) {
+/* Every component's stats into c (c->src set); on failure nothing is kept. */
+static cllm_status_t collect_stats(collected_t *c) {
+  const cllm_stats_sources_t *s = &c->src;
+  cllm_status_t rc;
+  const cllm_monitor_t *m = s->monitor != NULL ? s->monitor : cllm_monitor_global();
+  c->mon.struct_size = sizeof c->mon;
+  if ((rc = cllm_monitor_stats(m, &c->mon)) != CLLM_OK) return rc;
+  for (size_t i = 0; i < s->n_kv_caches; i++) {
+    c->kv[i].struct_size = sizeof c->kv[i];
+    if ((rc = cllm_kv_stats(s->kv_caches[i].cache, &c->kv[i])) != CLLM_OK) return rc;
+  }
+  for (size_t i = 0; i < s->n_arenas; i++) {
+    c->arena[i].struct_size = sizeof c->arena[i];
+    if ((rc = cllm_arena_stats(s->arenas[i].arena, &c->arena[i])) != CLLM_OK) return rc;
+  }
+  for (size_t i = 0; i < s->n_weights; i++) {
+    c->weights[i].struct_size = sizeof c->weights[i];
+    if ((rc = cllm_weights_stats(s->weights[i].weights, &c->weights[i])) != CLLM_OK) return rc;
+  }
+  for (size_t i = 0; i < s->n_heaps; i++) {
+    c->heaps[i].struct_size = sizeof c->heaps[i];
+    if ((rc = cllm_heaps_stats(s->heaps[i].heaps, &c->heaps[i])) != CLLM_OK) return rc;
+  }
+  return CLLM_OK;
+}
+
+/* Validate the sources (NULL: the defaults) and collect every figure into *c. */
+static cllm_status_t begin(const cllm_stats_sources_t *src, cllm_stats_write_fn fn,
+                           collected_t *c) {
   memset(c, 0, sizeof *c);
+  c->src = cllm_stats_sources_default();
+  if (fn == NULL || cllm__config_in(&c->src, sizeof c->src, src) != CLLM_OK) return CLLM_EINVAL;
+  const cllm_stats_sources_t *s = &c->src;
+  cllm_status_t rc = validate_counts(s);
+  if (rc != CLLM_OK) return rc;
   /* One block: the counts are bounded by CLLM_STATS_MAX_SOURCES, so no overflow.
    * Stats structs first (their alignment), then the name arrays, then the flags. */
   size_t nk = s->n_kv_caches, na = s->n_arenas, nw = s->n_weights, nh = s->n_heaps;
@@ -319,7 +431,6 @@ static cllm_status_t collect(const cllm_stats_sources_t *s, collected_t *c) {
   if (nw > maxn) maxn = nw;
   if (nh > maxn) maxn = nh;
   size_t total = kvb + arb + wb + hb + namesb + maxn * sizeof(bool);
-  cllm_status_t rc = CLLM_OK;
   if (total > 0) {
     if (CLLM_FAULT(CLLM_FAULT_MALLOC)) return CLLM_ENOMEM;
     c->block = calloc(1, total);
@@ -337,44 +448,14 @@ static cllm_status_t collect(const cllm_stats_sources_t *s, collected_t *c) {
     c->arena_names = c->kv_names + nk;
     c->weights_names = c->arena_names + na;
     c->heaps_names = c->weights_names + nw;
-    bool *nulls = (bool *)(c->heaps_names + nh);
-    GATHER_NAMES_(s->kv_caches, nk, c->kv_names, cache)
-    GATHER_NAMES_(s->arenas, na, c->arena_names, arena)
-    GATHER_NAMES_(s->weights, nw, c->weights_names, weights)
-    GATHER_NAMES_(s->heaps, nh, c->heaps_names, heaps)
+    rc = gather_names(s, c, (bool *)(c->heaps_names + nh));
   }
-  const cllm_monitor_t *m = s->monitor != NULL ? s->monitor : cllm_monitor_global();
-  c->mon.struct_size = sizeof c->mon;
-  if ((rc = cllm_monitor_stats(m, &c->mon)) != CLLM_OK) goto fail;
-  for (size_t i = 0; i < nk; i++) {
-    c->kv[i].struct_size = sizeof c->kv[i];
-    if ((rc = cllm_kv_stats(s->kv_caches[i].cache, &c->kv[i])) != CLLM_OK) goto fail;
+  if (rc == CLLM_OK) rc = collect_stats(c);
+  if (rc != CLLM_OK) {
+    free(c->block);
+    c->block = NULL;
   }
-  for (size_t i = 0; i < na; i++) {
-    c->arena[i].struct_size = sizeof c->arena[i];
-    if ((rc = cllm_arena_stats(s->arenas[i].arena, &c->arena[i])) != CLLM_OK) goto fail;
-  }
-  for (size_t i = 0; i < nw; i++) {
-    c->weights[i].struct_size = sizeof c->weights[i];
-    if ((rc = cllm_weights_stats(s->weights[i].weights, &c->weights[i])) != CLLM_OK) goto fail;
-  }
-  for (size_t i = 0; i < nh; i++) {
-    c->heaps[i].struct_size = sizeof c->heaps[i];
-    if ((rc = cllm_heaps_stats(s->heaps[i].heaps, &c->heaps[i])) != CLLM_OK) goto fail;
-  }
-  return CLLM_OK;
-fail:
-  free(c->block);
-  c->block = NULL;
   return rc;
-}
-
-static cllm_status_t begin(const cllm_stats_sources_t *src, cllm_stats_write_fn fn,
-                           collected_t *c) {
-  if (src == NULL || fn == NULL) return CLLM_EINVAL;
-  cllm_status_t rc = validate_counts(src);
-  if (rc != CLLM_OK) return rc;
-  return collect(src, c);
 }
 
 static cllm_status_t finish(out_t *o, collected_t *c) {
@@ -383,7 +464,12 @@ static cllm_status_t finish(out_t *o, collected_t *c) {
   return o->failed ? CLLM_EIO : CLLM_OK;
 }
 
-static const char *status_or_ok(cllm_status_t s) { return cllm_status_name(s); }
+static void out_init(out_t *o, cllm_stats_write_fn fn, void *user) {
+  o->fn = fn;
+  o->user = user;
+  o->len = 0;
+  o->failed = false;
+}
 
 /* ---- JSON --------------------------------------------------------------------------- */
 
@@ -392,26 +478,28 @@ static void json_key(out_t *o, const char *k) {
   out_write(o, ":", 1);
 }
 
-static void json_fields(out_t *o, const field_t *t, size_t n, const void *st) {
+/* "key":value for every field, each preceded by a comma unless it is the first of
+ * the object (first). */
+static void json_fields(out_t *o, const field_t *t, size_t n, const void *st, bool first) {
   for (size_t i = 0; i < n; i++) {
-    out_write(o, ",", 1);
+    if (!first || i > 0) out_write(o, ",", 1);
     json_key(o, t[i].json);
     out_field(o, &t[i], st, true);
   }
 }
 
-static void json_kv_pair_u64(out_t *o, const char *k, uint64_t v, bool comma) {
-  if (comma) out_write(o, ",", 1);
-  json_key(o, k);
-  out_u64(o, v);
+static void json_labels(out_t *o, const label_t *l, size_t n, const void *st) {
+  for (size_t i = 0; i < n; i++) {
+    out_write(o, ",", 1);
+    json_key(o, l[i].key);
+    out_json_str(o, label_value(&l[i], st));
+  }
 }
 
 static void json_monitor(out_t *o, const cllm_monitor_stats_t *m) {
   json_key(o, "monitor");
   out_write(o, "{", 1);
-  json_kv_pair_u64(o, "used_bytes", m->used_bytes, false);
-  json_kv_pair_u64(o, "peak_bytes", m->peak_bytes, true);
-  json_kv_pair_u64(o, "limit_bytes", m->limit_bytes, true);
+  json_fields(o, monitor_total_fields, NFIELDS(monitor_total_fields), m, true);
   out_write(o, ",", 1);
   json_key(o, "categories");
   out_write(o, "{", 1);
@@ -419,18 +507,11 @@ static void json_monitor(out_t *o, const cllm_monitor_stats_t *m) {
     if (c > 0) out_write(o, ",", 1);
     json_key(o, cllm_category_name((cllm_category_t)c));
     out_write(o, "{", 1);
-    json_kv_pair_u64(o, "used_bytes", m->cat[c].used_bytes, false);
-    json_kv_pair_u64(o, "peak_bytes", m->cat[c].peak_bytes, true);
-    json_kv_pair_u64(o, "limit_bytes", m->cat[c].limit_bytes, true);
+    json_fields(o, monitor_cat_fields, NFIELDS(monitor_cat_fields), &m->cat[c], true);
     out_write(o, "}", 1);
   }
   out_write(o, "}", 1);
-  json_kv_pair_u64(o, "refusals", m->refusals, true);
-  json_kv_pair_u64(o, "reclaim_runs", m->reclaim_runs, true);
-  json_kv_pair_u64(o, "reclaimed_bytes", m->reclaimed_bytes, true);
-  json_kv_pair_u64(o, "bad_releases", m->bad_releases, true);
-  json_kv_pair_u64(o, "batch_credit_bytes", m->batch_credit_bytes, true);
-  json_kv_pair_u64(o, "try_refusals", m->try_refusals, true);
+  json_fields(o, monitor_counter_fields, NFIELDS(monitor_counter_fields), m, false);
   out_write(o, "}", 1);
 }
 
@@ -441,27 +522,19 @@ static void json_name_open(out_t *o, size_t i, const char *name) {
   out_json_str(o, name);
 }
 
-static void json_str_pair(out_t *o, const char *k, const char *v) {
-  out_write(o, ",", 1);
-  json_key(o, k);
-  out_json_str(o, v);
+/* The copies of pages_per_node that count (pages_nodes, clamped). */
+static int weights_page_nodes(const cllm_weights_stats_t *w) {
+  int n = w->pages_nodes < 0 ? 0 : w->pages_nodes;
+  return n > CLLM_WEIGHTS_MAX_NODES ? CLLM_WEIGHTS_MAX_NODES : n;
 }
 
 static void json_weights_extra(out_t *o, const void *st) {
   const cllm_weights_stats_t *w = st;
-  json_str_pair(o, "lock_requested", cllm_weights_lock_name(w->lock_requested));
-  json_str_pair(o, "huge_requested", cllm_weights_huge_name(w->huge_requested));
-  json_str_pair(o, "huge_applied", cllm_weights_huge_name(w->huge_applied));
-  json_str_pair(o, "numa_requested", cllm_weights_numa_name(w->numa_requested));
-  json_str_pair(o, "numa_applied", cllm_weights_numa_name(w->numa_applied));
-  json_str_pair(o, "numa_status", status_or_ok(w->numa_status));
-  json_str_pair(o, "readback_status", status_or_ok(w->readback_status));
+  json_labels(o, weights_labels, NFIELDS(weights_labels), w);
   out_write(o, ",", 1);
   json_key(o, "pages_per_node");
   out_write(o, "[", 1);
-  int n = w->pages_nodes < 0 ? 0 : w->pages_nodes;
-  if (n > CLLM_WEIGHTS_MAX_NODES) n = CLLM_WEIGHTS_MAX_NODES;
-  for (int i = 0; i < n; i++) {
+  for (int i = 0; i < weights_page_nodes(w); i++) {
     if (i > 0) out_write(o, ",", 1);
     out_u64(o, w->pages_per_node[i]);
   }
@@ -478,7 +551,7 @@ static void json_list(out_t *o, const char *key, const char *const *names, size_
   for (size_t i = 0; i < n; i++) {
     const void *st = (const char *)stats + i * stride;
     json_name_open(o, i, names[i]);
-    json_fields(o, f, nf, st);
+    json_fields(o, f, nf, st, false);
     if (extra != NULL) extra(o, st);
     out_write(o, "}", 1);
   }
@@ -495,11 +568,9 @@ CLLM_API cllm_status_t cllm_stats_write_json(const cllm_stats_sources_t *src,
   collected_t c;
   cllm_status_t rc = begin(src, fn, &c);
   if (rc != CLLM_OK) return rc;
+  const cllm_stats_sources_t *s = &c.src;
   out_t o;
-  o.fn = fn;
-  o.user = user;
-  o.len = 0;
-  o.failed = false;
+  out_init(&o, fn, user);
 
   out_write(&o, "{", 1);
   json_key(&o, "version");
@@ -508,20 +579,20 @@ CLLM_API cllm_status_t cllm_stats_write_json(const cllm_stats_sources_t *src,
   json_monitor(&o, &c.mon);
 
   out_write(&o, ",", 1);
-  json_list(&o, "kv_caches", c.kv_names, src->n_kv_caches, kv_fields, NFIELDS(kv_fields), c.kv,
+  json_list(&o, "kv_caches", c.kv_names, s->n_kv_caches, kv_fields, NFIELDS(kv_fields), c.kv,
             sizeof *c.kv, NULL);
-  json_list(&o, "arenas", c.arena_names, src->n_arenas, arena_fields, NFIELDS(arena_fields),
+  json_list(&o, "arenas", c.arena_names, s->n_arenas, arena_fields, NFIELDS(arena_fields),
             c.arena, sizeof *c.arena, NULL);
-  json_list(&o, "weights", c.weights_names, src->n_weights, weights_fields,
+  json_list(&o, "weights", c.weights_names, s->n_weights, weights_fields,
             NFIELDS(weights_fields), c.weights, sizeof *c.weights, json_weights_extra);
 
   json_key(&o, "heaps");
   out_write(&o, "[", 1);
-  for (size_t i = 0; i < src->n_heaps; i++) {
+  for (size_t i = 0; i < s->n_heaps; i++) {
     const cllm_heaps_stats_t *h = &c.heaps[i];
     json_name_open(&o, i, c.heaps_names[i]);
-    json_str_pair(&o, "mode", cllm_heap_mode_name(h->mode));
-    json_fields(&o, heaps_fields, NFIELDS(heaps_fields), h);
+    json_labels(&o, heaps_labels, NFIELDS(heaps_labels), h);
+    json_fields(&o, heaps_fields, NFIELDS(heaps_fields), h, false);
     out_write(&o, ",", 1);
     json_key(&o, "node");
     out_write(&o, "[", 1);
@@ -530,7 +601,7 @@ CLLM_API cllm_status_t cllm_stats_write_json(const cllm_stats_sources_t *src,
       out_write(&o, "{", 1);
       json_key(&o, "node");
       out_i64(&o, h->node[n].node);
-      json_fields(&o, heap_node_fields, NFIELDS(heap_node_fields), &h->node[n]);
+      json_fields(&o, heap_node_fields, NFIELDS(heap_node_fields), &h->node[n], false);
       out_write(&o, "}", 1);
     }
     out_write(&o, "]}", 2);
@@ -551,75 +622,31 @@ static void prom_family(out_t *o, const char *name, const char *help, bool count
   out_str(o, counter ? " counter\n" : " gauge\n");
 }
 
+static void prom_label(out_t *o, const char *key, const char *value) {
+  out_str(o, key);
+  out_str(o, "=\"");
+  out_label_value(o, value);
+  out_write(o, "\"", 1);
+}
+
 /* name{l1="v1"[,l2="v2"]} */
 static void prom_sample_start(out_t *o, const char *name, const char *l1, const char *v1,
                               const char *l2, const char *v2) {
   out_str(o, name);
   if (l1 != NULL) {
     out_write(o, "{", 1);
-    out_str(o, l1);
-    out_str(o, "=\"");
-    out_label_value(o, v1);
-    out_write(o, "\"", 1);
+    prom_label(o, l1, v1);
     if (l2 != NULL) {
       out_write(o, ",", 1);
-      out_str(o, l2);
-      out_str(o, "=\"");
-      out_label_value(o, v2);
-      out_write(o, "\"", 1);
+      prom_label(o, l2, v2);
     }
     out_write(o, "}", 1);
   }
   out_write(o, " ", 1);
 }
 
-static void prom_u64(out_t *o, const char *name, const char *l1, const char *v1, uint64_t v) {
-  prom_sample_start(o, name, l1, v1, NULL, NULL);
-  out_u64(o, v);
-  out_write(o, "\n", 1);
-}
-
-static void prom_monitor(out_t *o, const cllm_monitor_stats_t *m) {
-  static const struct {
-    const char *name, *help;
-    int which; /* 0 used, 1 peak, 2 limit */
-  } percat[] = {
-      {"cllm_memory_used_bytes", "Bytes reserved in the monitor, by category.", 0},
-      {"cllm_memory_peak_bytes", "Peak bytes reserved, by category.", 1},
-      {"cllm_memory_limit_bytes", "Limit by category (0 = unlimited).", 2},
-  };
-  for (size_t f = 0; f < 3; f++) {
-    prom_family(o, percat[f].name, percat[f].help, false);
-    for (int c = 0; c < CLLM_CAT_COUNT; c++) {
-      const cllm_monitor_cat_stats_t *cs = &m->cat[c];
-      uint64_t v = percat[f].which == 0 ? cs->used_bytes
-                   : percat[f].which == 1 ? cs->peak_bytes
-                                          : cs->limit_bytes;
-      prom_u64(o, percat[f].name, "category", cllm_category_name((cllm_category_t)c), v);
-    }
-  }
-  prom_family(o, "cllm_memory_total_used_bytes", "Bytes reserved in the monitor in total.", false);
-  prom_u64(o, "cllm_memory_total_used_bytes", NULL, NULL, m->used_bytes);
-  prom_family(o, "cllm_memory_total_peak_bytes", "Peak bytes reserved in total.", false);
-  prom_u64(o, "cllm_memory_total_peak_bytes", NULL, NULL, m->peak_bytes);
-  prom_family(o, "cllm_memory_total_limit_bytes", "Total limit (0 = unlimited).", false);
-  prom_u64(o, "cllm_memory_total_limit_bytes", NULL, NULL, m->limit_bytes);
-  prom_family(o, "cllm_memory_refusals_total", "Reservations refused after reclaim.", true);
-  prom_u64(o, "cllm_memory_refusals_total", NULL, NULL, m->refusals);
-  prom_family(o, "cllm_memory_reclaim_runs_total", "Times the reclaimers were asked.", true);
-  prom_u64(o, "cllm_memory_reclaim_runs_total", NULL, NULL, m->reclaim_runs);
-  prom_family(o, "cllm_memory_reclaimed_bytes_total", "Bytes the reclaimers freed.", true);
-  prom_u64(o, "cllm_memory_reclaimed_bytes_total", NULL, NULL, m->reclaimed_bytes);
-  prom_family(o, "cllm_memory_bad_releases_total", "Releases refused as larger than reserved.", true);
-  prom_u64(o, "cllm_memory_bad_releases_total", NULL, NULL, m->bad_releases);
-  prom_family(o, "cllm_memory_batch_credit_bytes", "Credit held by per-thread batches.", false);
-  prom_u64(o, "cllm_memory_batch_credit_bytes", NULL, NULL, m->batch_credit_bytes);
-  prom_family(o, "cllm_memory_try_refusals_total",
-              "Reservations refused without reclaim (try_reserve: KV cache, arena growth).", true);
-  prom_u64(o, "cllm_memory_try_refusals_total", NULL, NULL, m->try_refusals);
-}
-
-/* One family per table field, one sample per source (label `label` = its name). */
+/* One family per table field, one sample per source (label `label` = its name; with
+ * label NULL, one sample without labels). */
 static void prom_table(out_t *o, const char *prefix, const char *label, const field_t *t,
                        size_t nf, const void *stats, size_t stride, const char *const *names,
                        size_t n) {
@@ -628,72 +655,74 @@ static void prom_table(out_t *o, const char *prefix, const char *label, const fi
     snprintf(name, sizeof name, "%s_%s", prefix, t[f].prom);
     prom_family(o, name, t[f].help, t[f].counter);
     for (size_t i = 0; i < n; i++) {
-      prom_sample_start(o, name, label, names[i], NULL, NULL);
+      prom_sample_start(o, name, label, label != NULL ? names[i] : NULL, NULL, NULL);
       out_field(o, &t[f], (const char *)stats + i * stride, false);
       out_write(o, "\n", 1);
     }
   }
 }
 
-static void prom_weights_extra(out_t *o, const cllm_stats_sources_t *s, const collected_t *c) {
-  prom_family(o, "cllm_weights_info",
-              "Placement, huge-page and lock settings requested and applied (value 1).", false);
-  for (size_t i = 0; i < s->n_weights; i++) {
-    const cllm_weights_stats_t *w = &c->weights[i];
-    const char *labels[][2] = {
-        {"lock_requested", cllm_weights_lock_name(w->lock_requested)},
-        {"huge_requested", cllm_weights_huge_name(w->huge_requested)},
-        {"huge_applied", cllm_weights_huge_name(w->huge_applied)},
-        {"numa_requested", cllm_weights_numa_name(w->numa_requested)},
-        {"numa_applied", cllm_weights_numa_name(w->numa_applied)},
-        {"numa_status", cllm_status_name(w->numa_status)},
-        {"readback_status", cllm_status_name(w->readback_status)},
-    };
-    out_str(o, "cllm_weights_info{weights=\"");
-    out_label_value(o, s->weights[i].name);
-    out_write(o, "\"", 1);
-    for (size_t l = 0; l < sizeof labels / sizeof labels[0]; l++) {
+static void prom_monitor(out_t *o, const cllm_monitor_stats_t *m) {
+  const char *cats[CLLM_CAT_COUNT];
+  for (int c = 0; c < CLLM_CAT_COUNT; c++) cats[c] = cllm_category_name((cllm_category_t)c);
+  prom_table(o, "cllm_memory", "category", monitor_cat_fields, NFIELDS(monitor_cat_fields),
+             m->cat, sizeof m->cat[0], cats, CLLM_CAT_COUNT);
+  prom_table(o, "cllm_memory", NULL, monitor_total_fields, NFIELDS(monitor_total_fields), m,
+             sizeof *m, NULL, 1);
+  prom_table(o, "cllm_memory", NULL, monitor_counter_fields, NFIELDS(monitor_counter_fields), m,
+             sizeof *m, NULL, 1);
+}
+
+/* family{label="name",key="value",...} 1 for each source: its enum and status figures. */
+static void prom_info(out_t *o, const char *family, const char *help, const char *label,
+                      const char *const *names, const label_t *l, size_t nl, const void *stats,
+                      size_t stride, size_t n) {
+  prom_family(o, family, help, false);
+  for (size_t i = 0; i < n; i++) {
+    const void *st = (const char *)stats + i * stride;
+    out_str(o, family);
+    out_write(o, "{", 1);
+    prom_label(o, label, names[i]);
+    for (size_t k = 0; k < nl; k++) {
       out_write(o, ",", 1);
-      out_str(o, labels[l][0]);
-      out_str(o, "=\"");
-      out_str(o, labels[l][1]);
-      out_write(o, "\"", 1);
+      prom_label(o, l[k].key, label_value(&l[k], st));
     }
     out_str(o, "} 1\n");
   }
+}
+
+static void prom_weights_extra(out_t *o, const collected_t *c) {
+  prom_info(o, "cllm_weights_info",
+            "Placement, huge-page and lock settings requested and applied (value 1).", "weights",
+            c->weights_names, weights_labels, NFIELDS(weights_labels), c->weights,
+            sizeof *c->weights, c->src.n_weights);
   prom_family(o, "cllm_weights_pages", "Base pages of the region per OS NUMA node.", false);
-  for (size_t i = 0; i < s->n_weights; i++) {
+  for (size_t i = 0; i < c->src.n_weights; i++) {
     const cllm_weights_stats_t *w = &c->weights[i];
-    int n = w->pages_nodes < 0 ? 0 : w->pages_nodes;
-    if (n > CLLM_WEIGHTS_MAX_NODES) n = CLLM_WEIGHTS_MAX_NODES;
-    for (int nd = 0; nd < n; nd++) {
+    for (int nd = 0; nd < weights_page_nodes(w); nd++) {
       char node[16];
       snprintf(node, sizeof node, "%d", nd);
-      prom_sample_start(o, "cllm_weights_pages", "weights", s->weights[i].name, "node", node);
+      prom_sample_start(o, "cllm_weights_pages", "weights", c->weights_names[i], "node", node);
       out_u64(o, w->pages_per_node[nd]);
       out_write(o, "\n", 1);
     }
   }
 }
 
-static void prom_heaps_extra(out_t *o, const cllm_stats_sources_t *s, const collected_t *c) {
-  prom_family(o, "cllm_heaps_info", "Mode of the NUMA heaps (value 1).", false);
-  for (size_t i = 0; i < s->n_heaps; i++) {
-    prom_sample_start(o, "cllm_heaps_info", "heaps", s->heaps[i].name, "mode",
-                      cllm_heap_mode_name(c->heaps[i].mode));
-    out_str(o, "1\n");
-  }
+static void prom_heaps_extra(out_t *o, const collected_t *c) {
+  prom_info(o, "cllm_heaps_info", "Mode of the NUMA heaps (value 1).", "heaps", c->heaps_names,
+            heaps_labels, NFIELDS(heaps_labels), c->heaps, sizeof *c->heaps, c->src.n_heaps);
   char name[128];
   for (size_t f = 0; f < NFIELDS(heap_node_fields); f++) {
     const field_t *t = &heap_node_fields[f];
     snprintf(name, sizeof name, "cllm_heaps_%s", t->prom);
     prom_family(o, name, t->help, t->counter);
-    for (size_t i = 0; i < s->n_heaps; i++) {
+    for (size_t i = 0; i < c->src.n_heaps; i++) {
       const cllm_heaps_stats_t *h = &c->heaps[i];
       for (int n = 0; n < heap_nodes(h); n++) {
         char node[16];
         snprintf(node, sizeof node, "%d", h->node[n].node);
-        prom_sample_start(o, name, "heaps", s->heaps[i].name, "node", node);
+        prom_sample_start(o, name, "heaps", c->heaps_names[i], "node", node);
         out_field(o, t, &h->node[n], false);
         out_write(o, "\n", 1);
       }
@@ -706,33 +735,31 @@ CLLM_API cllm_status_t cllm_stats_write_prometheus(const cllm_stats_sources_t *s
   collected_t c;
   cllm_status_t rc = begin(src, fn, &c);
   if (rc != CLLM_OK) return rc;
+  const cllm_stats_sources_t *s = &c.src;
   out_t o;
-  o.fn = fn;
-  o.user = user;
-  o.len = 0;
-  o.failed = false;
+  out_init(&o, fn, user);
 
   prom_family(&o, "cllm_info", "cllm-mem library version (value 1).", false);
   prom_sample_start(&o, "cllm_info", "version", cllm_version_string(), NULL, NULL);
   out_str(&o, "1\n");
   prom_monitor(&o, &c.mon);
-  if (src->n_kv_caches > 0) {
+  if (s->n_kv_caches > 0) {
     prom_table(&o, "cllm_kv", "cache", kv_fields, NFIELDS(kv_fields), c.kv, sizeof *c.kv,
-               c.kv_names, src->n_kv_caches);
+               c.kv_names, s->n_kv_caches);
   }
-  if (src->n_arenas > 0) {
+  if (s->n_arenas > 0) {
     prom_table(&o, "cllm_arena", "arena", arena_fields, NFIELDS(arena_fields), c.arena,
-               sizeof *c.arena, c.arena_names, src->n_arenas);
+               sizeof *c.arena, c.arena_names, s->n_arenas);
   }
-  if (src->n_weights > 0) {
+  if (s->n_weights > 0) {
     prom_table(&o, "cllm_weights", "weights", weights_fields, NFIELDS(weights_fields),
-               c.weights, sizeof *c.weights, c.weights_names, src->n_weights);
-    prom_weights_extra(&o, src, &c);
+               c.weights, sizeof *c.weights, c.weights_names, s->n_weights);
+    prom_weights_extra(&o, &c);
   }
-  if (src->n_heaps > 0) {
+  if (s->n_heaps > 0) {
     prom_table(&o, "cllm_heaps", "heaps", heaps_fields, NFIELDS(heaps_fields), c.heaps,
-               sizeof *c.heaps, c.heaps_names, src->n_heaps);
-    prom_heaps_extra(&o, src, &c);
+               sizeof *c.heaps, c.heaps_names, s->n_heaps);
+    prom_heaps_extra(&o, &c);
   }
   return finish(&o, &c);
 }

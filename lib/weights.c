@@ -42,6 +42,7 @@
 #include "internal/fault.h"
 #include "internal/prim.h"
 #include "internal/util.h"
+#include "internal/versioned.h"
 #include "weights_replica.h"
 
 #define WEIGHTS_MAGIC 0x574549474854534cull /* "WEIGHTSL" */
@@ -87,34 +88,38 @@ struct cllm_weights {
 
 /* ---- names -------------------------------------------------------------------- */
 
+/* One name switch per public enum, generated from its map in weights.h. */
+#define NAME_CASE_(prefix, id, name) \
+  case prefix##id:                   \
+    return name;
+
 const char *cllm_weights_numa_name(cllm_weights_numa_t p) {
   switch (p) {
-    case CLLM_WEIGHTS_NUMA_LOCAL: return "local";
-    case CLLM_WEIGHTS_NUMA_BIND: return "bind";
-    case CLLM_WEIGHTS_NUMA_INTERLEAVE: return "interleave";
-    case CLLM_WEIGHTS_NUMA_DEFAULT: return "default";
-    case CLLM_WEIGHTS_NUMA_REPLICATE: return "replicate";
+#define NUMA_NAME_(id, value, name) NAME_CASE_(CLLM_WEIGHTS_NUMA_, id, name)
+    CLLM_WEIGHTS_NUMA_MAP(NUMA_NAME_)
+#undef NUMA_NAME_
   }
   return "unknown";
 }
 
 const char *cllm_weights_huge_name(cllm_weights_huge_t h) {
   switch (h) {
-    case CLLM_WEIGHTS_HUGE_OFF: return "off";
-    case CLLM_WEIGHTS_HUGE_TRANSPARENT: return "transparent";
-    case CLLM_WEIGHTS_HUGE_HUGETLBFS: return "hugetlbfs";
+#define HUGE_NAME_(id, value, name) NAME_CASE_(CLLM_WEIGHTS_HUGE_, id, name)
+    CLLM_WEIGHTS_HUGE_MAP(HUGE_NAME_)
+#undef HUGE_NAME_
   }
   return "unknown";
 }
 
 const char *cllm_weights_lock_name(cllm_weights_lock_t l) {
   switch (l) {
-    case CLLM_WEIGHTS_LOCK_OFF: return "off";
-    case CLLM_WEIGHTS_LOCK_BEST_EFFORT: return "best_effort";
-    case CLLM_WEIGHTS_LOCK_REQUIRED: return "required";
+#define LOCK_NAME_(id, value, name) NAME_CASE_(CLLM_WEIGHTS_LOCK_, id, name)
+    CLLM_WEIGHTS_LOCK_MAP(LOCK_NAME_)
+#undef LOCK_NAME_
   }
   return "unknown";
 }
+#undef NAME_CASE_
 
 cllm_weights_config_t cllm_weights_config_default(void) {
   cllm_weights_config_t c;
@@ -140,17 +145,9 @@ static int auto_readers(void) {
   return n < AUTO_READERS_MAX ? n : AUTO_READERS_MAX;
 }
 
-static cllm_status_t status_of_errno(int e) {
-  switch (e) {
-    case 0: return CLLM_OK;
-    case ENOMEM: case EAGAIN: return CLLM_ENOMEM;
-    case EIO: return CLLM_EIO;
-    case ENOENT: return CLLM_ENOTFOUND;
-    default: return CLLM_ESYS;
-  }
-}
-
 /* ---- the parallel chunk runner (commit at create, pread at load) ---------------- */
+
+#define JOB_SHORT_READ (-1) /* the file ended before the range did */
 
 typedef struct job {
   cllm_weights_t *w;
@@ -160,7 +157,7 @@ typedef struct job {
   off_t file_off;
   _Atomic size_t next;    /* next offset to claim */
   _Atomic size_t done;    /* bytes completed */
-  _Atomic int err;        /* first errno; -1 = short read (EOF) */
+  _Atomic int err;        /* first errno, or JOB_SHORT_READ */
   _Atomic bool stop;
 } job_t;
 
@@ -188,7 +185,7 @@ static bool job_step(job_t *j) {
   } else {
     size_t got = 0;
     e = cllm__prim_pread_full(j->fd, j->dst + off, n, j->file_off + (off_t)off, &got);
-    if (e == 0 && got < n) e = -1;
+    if (e == 0 && got < n) e = JOB_SHORT_READ;
   }
   if (e != 0) {
     job_fail(j, e);
@@ -209,8 +206,9 @@ static void *worker_main(void *arg) {
 /* Run the job on the calling thread plus up to w->readers - 1 threads (fewer if the
  * job is small or a thread cannot start). `progress` (reads only) runs on the
  * calling thread after each of its chunks and once at the end; false cancels.
- * Returns 0, an errno, -1 (short read) or -2 (cancelled). */
-static int job_run(job_t *j, bool with_progress, bool multi) {
+ * CLLM_OK; CLLM_EPREEMPTED (cancelled); CLLM_EIO (short read); else the status of the
+ * errno left in j->err. */
+static cllm_status_t job_run(job_t *j, bool with_progress, bool multi) {
   cllm_weights_t *w = j->w;
   worker_t workers[MAX_READERS];
   int n_threads = 0;
@@ -238,13 +236,13 @@ static int job_run(job_t *j, bool with_progress, bool multi) {
   }
   for (int i = 0; i < n_threads; i++) pthread_join(workers[i].tid, NULL);
   int e = atomic_load(&j->err);
-  if (e != 0) return e;
-  if (cancelled) return -2;
+  if (e != 0) return e == JOB_SHORT_READ ? CLLM_EIO : cllm__status_of_errno(e);
+  if (cancelled) return CLLM_EPREEMPTED;
   cllm_assert_internal(atomic_load(&j->done) == j->total);
   if (with_progress && w->progress != NULL &&
       !w->progress(w->progress_user, j->total, j->total))
-    return -2;
-  return 0;
+    return CLLM_EPREEMPTED;
+  return CLLM_OK;
 }
 
 /* How far a stopped job may have written (claimed chunks), for undoing it. */
@@ -264,8 +262,10 @@ static void unmap_region(void *base, size_t size) {
 }
 
 static cllm_status_t check_config(const cllm_weights_config_t *cfg, int n_nodes) {
-  if (cfg->struct_size < sizeof(cllm_weights_config_t)) return CLLM_EINVAL;
-  if (cfg->capacity_bytes == 0) return CLLM_EINVAL;
+  if (cfg->capacity_bytes == 0) {
+    cllm__warn("weights: capacity_bytes is required (> 0)");
+    return CLLM_EINVAL;
+  }
   if ((unsigned)cfg->numa > CLLM_WEIGHTS_NUMA_REPLICATE) return CLLM_EINVAL;
   if ((unsigned)cfg->huge_pages > CLLM_WEIGHTS_HUGE_HUGETLBFS) return CLLM_EINVAL;
   if ((unsigned)cfg->lock > CLLM_WEIGHTS_LOCK_REQUIRED) return CLLM_EINVAL;
@@ -302,7 +302,7 @@ static cllm_status_t map_region(cllm_weights_t *w) {
   }
   bool huge = w->huge_applied == CLLM_WEIGHTS_HUGE_TRANSPARENT;
   int e = cllm__prim_map(w->span, huge ? hp : 0, &p);
-  if (e != 0) return status_of_errno(e);
+  if (e != 0) return cllm__status_of_errno(e);
   w->base = p;
   if (huge) {
     int a = cllm__prim_advise_huge(p, w->span);
@@ -417,10 +417,13 @@ static cllm_status_t lock_region(cllm_weights_t *w) {
   return CLLM_OK;
 }
 
-/* Validate *cfg and round its capacity (shared by create and footprint). */
-static cllm_status_t sized_config(const cllm_weights_config_t *cfg, const cllm_topology_t **topo,
-                                  int *n_nodes, size_t *capacity, size_t *granule) {
-  if (cfg == NULL) return CLLM_EINVAL;
+/* Take the caller's config over the defaults into *cfg (versioned.h; NULL lacks the
+ * required capacity), validate it and round its capacity (create and footprint). */
+static cllm_status_t sized_config(const cllm_weights_config_t *in, cllm_weights_config_t *cfg,
+                                  const cllm_topology_t **topo, int *n_nodes, size_t *capacity,
+                                  size_t *granule) {
+  *cfg = cllm_weights_config_default();
+  if (cllm__config_in(cfg, sizeof *cfg, in) != CLLM_OK) return CLLM_EINVAL;
   *topo = cfg->topology != NULL ? cfg->topology : cllm_topology_system();
   *n_nodes = *topo != NULL ? cllm_topology_nodes(*topo) : 1;
   cllm_status_t s = check_config(cfg, *n_nodes);
@@ -444,23 +447,26 @@ static int replica_count(const cllm_weights_config_t *cfg, const cllm_topology_t
   return n_nodes < MAX_READERS ? n_nodes : MAX_READERS;
 }
 
-size_t cllm_weights_footprint(const cllm_weights_config_t *cfg) {
+size_t cllm_weights_footprint(const cllm_weights_config_t *in) {
+  cllm_weights_config_t cfg;
   const cllm_topology_t *topo;
   int n_nodes;
   size_t capacity, granule, span;
   cllm_status_t why;
-  if (sized_config(cfg, &topo, &n_nodes, &capacity, &granule) != CLLM_OK) return 0;
-  int replicas = replica_count(cfg, topo, n_nodes, &why);
+  if (sized_config(in, &cfg, &topo, &n_nodes, &capacity, &granule) != CLLM_OK) return 0;
+  int replicas = replica_count(&cfg, topo, n_nodes, &why);
   return cllm__mul_overflow(capacity, (size_t)replicas, &span) ? 0 : span;
 }
 
-cllm_status_t cllm_weights_create(const cllm_weights_config_t *cfg, cllm_weights_t **out) {
+cllm_status_t cllm_weights_create(const cllm_weights_config_t *in, cllm_weights_t **out) {
   if (out == NULL) return CLLM_EINVAL;
   *out = NULL;
+  cllm_weights_config_t cfg_v;
+  const cllm_weights_config_t *cfg = &cfg_v;
   const cllm_topology_t *topo;
   int n_nodes;
   size_t capacity, granule;
-  cllm_status_t s = sized_config(cfg, &topo, &n_nodes, &capacity, &granule);
+  cllm_status_t s = sized_config(in, &cfg_v, &topo, &n_nodes, &capacity, &granule);
   if (s != CLLM_OK) return s;
 
   cllm_weights_t *w = CLLM_FAULT(CLLM_FAULT_MALLOC) ? NULL : calloc(1, sizeof *w);
@@ -497,13 +503,12 @@ cllm_status_t cllm_weights_create(const cllm_weights_config_t *cfg, cllm_weights
   if (w->huge_applied == CLLM_WEIGHTS_HUGE_HUGETLBFS) step = cllm__align_down(step, granule);
   job_t commit = {.w = w, .dst = w->base, .total = capacity, .chunk = step, .fd = -1};
   bool multi = !(w->numa_applied == CLLM_WEIGHTS_NUMA_DEFAULT && n_nodes > 1);
-  int e = w->replicas > 1 ? cllm__weights_replicas_fill(topo, w->base, capacity, 0, w->replicas, 0,
-                                                        capacity, w->readers, step, false)
-                          : job_run(&commit, false, multi);
-  if (e != 0) {
-    s = status_of_errno(e);
-    goto fail_unmap;
-  }
+  s = w->replicas > 1
+          ? cllm__status_of_errno(cllm__weights_replicas_fill(topo, w->base, capacity, 0,
+                                                              w->replicas, 0, capacity,
+                                                              w->readers, step, false))
+          : job_run(&commit, false, multi);
+  if (s != CLLM_OK) goto fail_unmap;
   s = lock_region(w);
   if (s != CLLM_OK) goto fail_unmap;
   *out = w;
@@ -581,7 +586,7 @@ static cllm_status_t load_into(cllm_weights_t *w, int fd, uint64_t offset, size_
                                void **out) {
   size_t fsize, end;
   int e = cllm__prim_file_size(fd, &fsize);
-  if (e != 0) return e == EBADF ? CLLM_EINVAL : CLLM_ESYS;
+  if (e != 0) return cllm__status_of_errno(e);
   if (bytes == CLLM_WEIGHTS_TO_EOF) {
     if (offset >= (uint64_t)fsize) return CLLM_ERANGE;
     bytes = fsize - (size_t)offset;
@@ -596,23 +601,23 @@ static cllm_status_t load_into(cllm_weights_t *w, int fd, uint64_t offset, size_
 
   job_t j = {.w = w, .dst = w->base + off, .total = bytes, .chunk = w->chunk, .fd = fd,
              .file_off = (off_t)offset};
-  e = job_run(&j, true, true);
-  if (e == 0 && w->replicas > 1) /* the other copies, from copy 0 (a copy cannot fail) */
+  s = job_run(&j, true, true);
+  if (s == CLLM_OK && w->replicas > 1) /* the other copies, from copy 0 (a copy cannot fail) */
     (void)cllm__weights_replicas_fill(w->topo, w->base, w->capacity, 1, w->replicas, off, bytes,
                                       w->readers, w->chunk, true);
-  if (e != 0) {
+  if (s != CLLM_OK) {
     /* Put the zeros back where chunks may have been written. */
     memset(j.dst, 0, job_claimed(&j));
-    if (e > 0) atomic_store_explicit(&w->last_load_errno, e, memory_order_relaxed);
-    if (e == -2) return CLLM_EPREEMPTED;
-    if (e == -1) {
+    e = atomic_load(&j.err);
+    if (e > 0) {
+      atomic_store_explicit(&w->last_load_errno, e, memory_order_relaxed);
+      cllm__warn("weights: read of %zu bytes at offset %llu failed: %s", bytes,
+                 (unsigned long long)offset, strerror(e));
+    } else if (e == JOB_SHORT_READ) {
       cllm__warn("weights: file ended early while loading %zu bytes at offset %llu "
                  "(truncated during the load?)", bytes, (unsigned long long)offset);
-      return CLLM_EIO;
     }
-    cllm__warn("weights: read of %zu bytes at offset %llu failed: %s", bytes,
-               (unsigned long long)offset, strerror(e));
-    return e == EIO ? CLLM_EIO : e == EBADF ? CLLM_EINVAL : CLLM_ESYS;
+    return s;
   }
   atomic_store_explicit(&w->used, off + bytes, memory_order_relaxed);
   cllm__atomic_add_relaxed(&w->loads, 1);
@@ -648,7 +653,7 @@ cllm_status_t cllm_weights_load_path(cllm_weights_t *w, const char *path, uint64
   if (e != 0) {
     cllm__atomic_add_relaxed(&w->load_failures, 1);
     atomic_store_explicit(&w->last_load_errno, e, memory_order_relaxed);
-    return e == ENOENT || e == ENOTDIR ? CLLM_ENOTFOUND : CLLM_ESYS;
+    return cllm__status_of_errno(e);
   }
   s = load_into(w, fd, offset, bytes, out);
   if (s != CLLM_OK) cllm__atomic_add_relaxed(&w->load_failures, 1);
@@ -678,12 +683,11 @@ cllm_status_t cllm_weights_seal(cllm_weights_t *w) {
 
 /* ---- stats and check ------------------------------------------------------------------ */
 
-/* Stats, with the page read-back over [from, from + len) of the region. */
-static cllm_status_t stats_over(const cllm_weights_t *w, cllm_weights_stats_t *st,
-                                const char *from, size_t len) {
-  size_t ss = st->struct_size;
+/* Every figure into *st (the full struct), with the page read-back over
+ * [from, from + len) of the region. */
+static void stats_over(const cllm_weights_t *w, cllm_weights_stats_t *st, const char *from,
+                       size_t len) {
   memset(st, 0, sizeof *st);
-  st->struct_size = ss;
   st->capacity_bytes = w->capacity;
   st->used_bytes = atomic_load_explicit(&w->used, memory_order_relaxed);
   st->committed_bytes = w->span;
@@ -727,59 +731,46 @@ static cllm_status_t stats_over(const cllm_weights_t *w, cllm_weights_stats_t *s
     for (int i = 0; i < CLLM_WEIGHTS_MAX_NODES; i++)
       if (st->pages_per_node[i] != 0) st->pages_nodes = i + 1;
   }
-  return CLLM_OK;
 }
 
 static bool stats_args_ok(const cllm_weights_t *w, const cllm_weights_stats_t *st) {
-  return w != NULL && st != NULL && w->magic == WEIGHTS_MAGIC &&
-         st->struct_size >= sizeof(cllm_weights_stats_t);
+  return w != NULL && w->magic == WEIGHTS_MAGIC && cllm__stats_size(st, sizeof *st) != 0;
 }
 
 cllm_status_t cllm_weights_stats(const cllm_weights_t *w, cllm_weights_stats_t *st) {
   if (!stats_args_ok(w, st)) return CLLM_EINVAL;
-  return stats_over(w, st, w->base, w->span);
+  cllm_weights_stats_t s;
+  stats_over(w, &s, w->base, w->span);
+  cllm__stats_out(st, &s, sizeof s);
+  return CLLM_OK;
 }
 
 cllm_status_t cllm_weights_replica_stats(const cllm_weights_t *w, int replica,
                                          cllm_weights_stats_t *st) {
   if (!stats_args_ok(w, st)) return CLLM_EINVAL;
   if (replica < 0 || replica >= w->replicas) return CLLM_ENOTFOUND;
-  return stats_over(w, st, w->base + (size_t)replica * w->capacity, w->capacity);
+  cllm_weights_stats_t s;
+  stats_over(w, &s, w->base + (size_t)replica * w->capacity, w->capacity);
+  cllm__stats_out(st, &s, sizeof s);
+  return CLLM_OK;
 }
 
 cllm_status_t cllm_weights_check(const cllm_weights_t *w) {
   if (w == NULL) return CLLM_EINVAL;
-  if (w->magic != WEIGHTS_MAGIC) {
-    cllm__error("weights check: bad magic %#llx", (unsigned long long)w->magic);
-    return CLLM_ECORRUPT;
-  }
+  CLLM_CHECK(w->magic == WEIGHTS_MAGIC, "weights", "bad magic %#llx",
+             (unsigned long long)w->magic);
   size_t used = atomic_load_explicit(&w->used, memory_order_relaxed);
-  if (used > w->capacity) {
-    cllm__error("weights check: used %zu > capacity %zu", used, w->capacity);
-    return CLLM_ECORRUPT;
-  }
-  if (w->base == NULL || ((uintptr_t)w->base & (cllm__prim_page_size() - 1)) != 0) {
-    cllm__error("weights check: region base %p not page aligned", (void *)w->base);
-    return CLLM_ECORRUPT;
-  }
-  if (w->locked != 0 && w->locked != w->span) {
-    cllm__error("weights check: locked %zu is neither 0 nor the region's %zu", w->locked,
-                w->span);
-    return CLLM_ECORRUPT;
-  }
+  CLLM_CHECK(used <= w->capacity, "weights", "used %zu > capacity %zu", used, w->capacity);
+  CLLM_CHECK(w->base != NULL && ((uintptr_t)w->base & (cllm__prim_page_size() - 1)) == 0,
+             "weights", "region base %p not page aligned", (void *)w->base);
+  CLLM_CHECK(w->locked == 0 || w->locked == w->span, "weights",
+             "locked %zu is neither 0 nor the region's %zu", w->locked, w->span);
   size_t charged = cllm_monitor_used(w->monitor, CLLM_CAT_WEIGHTS);
-  if (charged < w->span) {
-    cllm__error("weights check: monitor holds %zu in weights, less than the %zu committed",
-                charged, w->span);
-    return CLLM_ECORRUPT;
-  }
+  CLLM_CHECK(charged >= w->span, "weights",
+             "monitor holds %zu in weights, less than the %zu committed", charged, w->span);
   if (CLLM_DEBUG >= 3) {
-    for (size_t i = used; i < w->capacity; i++) {
-      if (w->base[i] != 0) {
-        cllm__error("weights check: byte %zu past used (%zu) is not zero", i, used);
-        return CLLM_ECORRUPT;
-      }
-    }
+    for (size_t i = used; i < w->capacity; i++)
+      CLLM_CHECK(w->base[i] == 0, "weights", "byte %zu past used (%zu) is not zero", i, used);
   }
   return CLLM_OK;
 }

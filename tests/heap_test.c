@@ -404,7 +404,7 @@ Test(heap, stats_and_check) {
   cllm_monitor_t *m = mk_monitor(0);
   cllm_heaps_t *h = new_heaps(32 * MiB, m);
   cllm_heaps_stats_t st;
-  st.struct_size = sizeof st - 1;
+  st.struct_size = sizeof(size_t) - 1;
   cr_assert_eq(cllm_heaps_stats(h, &st), CLLM_EINVAL);
   cr_assert_eq(cllm_heaps_stats(h, NULL), CLLM_EINVAL);
   void *p = cllm_heap_alloc(h, 4 * MiB);

@@ -460,7 +460,6 @@ Test(stats_bad, refused_with_nothing_written) {
   world_init(&w);
   for (int k = 0; k < 2; k++) {
     sink_t s = sink_new();
-    cr_assert_eq(writers[k](NULL, sink_fn, &s), CLLM_EINVAL);
     cr_assert_eq(writers[k](&w.src, NULL, &s), CLLM_EINVAL);
     cllm_stats_sources_t b = w.src;
     b.struct_size = 0;
@@ -492,6 +491,42 @@ Test(stats_bad, refused_with_nothing_written) {
     cr_assert_eq(s.calls, 0, "nothing may be written on a refused call");
   }
   world_fini(&w);
+}
+
+/* The struct_size rule (lib/internal/versioned.h): NULL sources are the defaults, an
+ * older (smaller) struct gets defaults for what it lacks, a newer one with a non-zero
+ * tail is refused. */
+Test(stats_bad, sources_versioned) {
+  for (int k = 0; k < 2; k++) {
+    cllm_stats_sources_t d = cllm_stats_sources_default();
+    sink_t want = sink_new(), got = sink_new();
+    cr_assert_eq(writers[k](&d, sink_fn, &want), CLLM_OK);
+    cr_assert_eq(writers[k](NULL, sink_fn, &got), CLLM_OK);
+    cr_assert_str_eq(got.buf, want.buf);
+    free(got.buf);
+    struct {
+      cllm_stats_sources_t s;
+      size_t tail;
+    } big = {.s = cllm_stats_sources_default(), .tail = 0};
+    big.s.struct_size = sizeof big;
+    got = sink_new();
+    cr_assert_eq(writers[k](&big.s, sink_fn, &got), CLLM_OK, "zero tail: accepted");
+    cr_assert_str_eq(got.buf, want.buf);
+    free(got.buf);
+    big.tail = 1;
+    got = sink_new();
+    cr_assert_eq(writers[k](&big.s, sink_fn, &got), CLLM_EINVAL, "non-zero tail: refused");
+    cr_assert_eq(got.calls, 0);
+    /* an older struct: the monitor only (every later field defaulted: no components) */
+    cllm_stats_sources_t old = cllm_stats_sources_default();
+    old.struct_size = offsetof(cllm_stats_sources_t, kv_caches);
+    old.n_kv_caches = 3; /* past struct_size: not read */
+    got = sink_new();
+    cr_assert_eq(writers[k](&old, sink_fn, &got), CLLM_OK);
+    cr_assert_str_eq(got.buf, want.buf);
+    free(got.buf);
+    free(want.buf);
+  }
 }
 
 Test(stats_bad, short_write_is_eio) {

@@ -6,7 +6,6 @@ CLLM_COPTS = [
     "-Wall",
     "-Wextra",
     "-Werror",
-    "-Wno-unused-function",
     "-fvisibility=hidden",
 ]
 

@@ -54,11 +54,17 @@ CLLM_EXTERN_C_BEGIN
 typedef struct cllm_heaps cllm_heaps_t;
 
 // What the heaps could set up on this machine.
+// XX(id, value, name): the one table of modes (CLLM_HEAP_MODE_<id>). PLAIN: regions
+// could not be set up or bound, plain per-thread mimalloc heaps from mimalloc's memory.
+#define CLLM_HEAP_MODE_MAP(XX)                                                     \
+  XX(NUMA, 0, "numa")     /* one bound exclusive arena per node */                 \
+  XX(SINGLE, 1, "single") /* one node (or max_nodes 1): one arena, no binding */   \
+  XX(PLAIN, 2, "plain")   /* no regions: plain per-thread mimalloc heaps */
+
 typedef enum cllm_heap_mode {
-  CLLM_HEAP_MODE_NUMA = 0,   // one bound exclusive arena per node
-  CLLM_HEAP_MODE_SINGLE = 1, // one node (or max_nodes 1): one arena, no binding needed
-  CLLM_HEAP_MODE_PLAIN = 2,  // regions could not be set up or bound: plain per-thread
-                             // mimalloc heaps from mimalloc's own memory
+#define CLLM_HEAP_MODE_ENUM_(id, value, name) CLLM_HEAP_MODE_##id = (value),
+  CLLM_HEAP_MODE_MAP(CLLM_HEAP_MODE_ENUM_)
+#undef CLLM_HEAP_MODE_ENUM_
 } cllm_heap_mode_t;
 
 // "numa", "single", "plain" ("unknown" otherwise). Thread: any.
@@ -165,7 +171,7 @@ CLLM_API void cllm_heap_free(cllm_heaps_t *h, void *p);
 // block is freed and the HEAP figure is off by the difference. Thread: any.
 CLLM_API void cllm_heap_free_sized(cllm_heaps_t *h, void *p, size_t bytes);
 // Usable bytes of p (0 for NULL or a foreign pointer). Thread: any.
-CLLM_API size_t cllm_heap_usable_size(cllm_heaps_t *h, const void *p);
+CLLM_API size_t cllm_heap_usable_size(const cllm_heaps_t *h, const void *p);
 // Return the calling thread's batch credit and its kept blocks now (for a thread
 // that stops allocating for long; it takes them again as it allocates).
 // Thread: owner.
@@ -212,7 +218,7 @@ typedef struct cllm_heaps_stats {
 // allocating; otherwise each is a recent value.
 
 // Fill *st (takes the heaps lock and reads the kernel's figures: not for hot paths).
-// Errors: CLLM_EINVAL (NULL, struct_size too small). Thread: any.
+// Errors: CLLM_EINVAL (NULL, bad struct_size). Thread: any.
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_heaps_stats(const cllm_heaps_t *h,
                                                         cllm_heaps_stats_t *st);
 // HEAP bytes cllm_heaps_create charges for `cfg` (NULL: defaults): 0, blocks are

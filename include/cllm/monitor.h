@@ -57,11 +57,17 @@
 CLLM_EXTERN_C_BEGIN
 
 // What memory is for; each has its own used, peak and optional limit.
+// XX(id, value, name): the one table of categories (CLLM_CAT_<id>).
+#define CLLM_CATEGORY_MAP(XX)                                                    \
+  XX(WEIGHTS, 0, "weights") /* the pinned weights heap */                        \
+  XX(KV, 1, "kv")           /* the paged KV cache */                             \
+  XX(STEP, 2, "step")       /* per-step arenas */                                \
+  XX(HEAP, 3, "heap")       /* per-thread NUMA heaps (everything else) */
+
 typedef enum cllm_category {
-  CLLM_CAT_WEIGHTS = 0,  // the pinned weights heap
-  CLLM_CAT_KV = 1,       // the paged KV cache
-  CLLM_CAT_STEP = 2,     // per-step arenas
-  CLLM_CAT_HEAP = 3,     // per-thread NUMA heaps (everything else)
+#define CLLM_CATEGORY_ENUM_(id, value, name) CLLM_CAT_##id = (value),
+  CLLM_CATEGORY_MAP(CLLM_CATEGORY_ENUM_)
+#undef CLLM_CATEGORY_ENUM_
   CLLM_CAT_COUNT = 4
 } cllm_category_t;
 
@@ -196,8 +202,7 @@ typedef struct cllm_monitor_stats {
   uint64_t try_refusals;     // cllm_monitor_try_reserve refusals (no reclaim, no callback)
 } cllm_monitor_stats_t;
 
-// Fill *st (O(1): a fixed number of atomic loads). st->struct_size must be set to
-// sizeof(cllm_monitor_stats_t) (or at least the size of the version compiled against).
+// Fill *st (O(1): a fixed number of atomic loads; struct_size as in mem.h).
 // The used and peak figures are one snapshot (read inside the gate: total == sum of
 // categories); the other counters are read one by one. Errors: CLLM_EINVAL.
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_monitor_stats(const cllm_monitor_t *m,

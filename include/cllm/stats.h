@@ -106,7 +106,8 @@ CLLM_API cllm_stats_sources_t cllm_stats_sources_default(void);
 // Write every figure of `src` as one JSON object (UTF-8, a trailing newline)
 // through fn(user, ...). Doubles are written with 17 significant digits; a figure
 // that is not finite is written as null.
-// Errors: CLLM_EINVAL (src or fn NULL, bad struct_size, a NULL array with a count,
+// src NULL: the defaults (the global monitor only).
+// Errors: CLLM_EINVAL (fn NULL, bad struct_size, a NULL array with a count,
 // a count above CLLM_STATS_MAX_SOURCES, a NULL or empty name, a NULL component),
 // CLLM_EEXIST (two sources of one kind with the same name), CLLM_ENOMEM (scratch
 // for the figures), any status a component's stats call returns (nothing written

@@ -54,11 +54,17 @@ CLLM_API void cllm_clear_last_status(void);
 
 /* ---- Logging ---------------------------------------------------------------- */
 
+// XX(id, value, name): the one table of log levels (CLLM_LOG_<id>).
+#define CLLM_LOG_LEVEL_MAP(XX) \
+  XX(DEBUG, 0, "debug")        \
+  XX(INFO, 1, "info")          \
+  XX(WARN, 2, "warn")          \
+  XX(ERROR, 3, "error")
+
 typedef enum cllm_log_level {
-  CLLM_LOG_DEBUG = 0,
-  CLLM_LOG_INFO = 1,
-  CLLM_LOG_WARN = 2,
-  CLLM_LOG_ERROR = 3,
+#define CLLM_LOG_LEVEL_ENUM_(id, value, name) CLLM_LOG_##id = (value),
+  CLLM_LOG_LEVEL_MAP(CLLM_LOG_LEVEL_ENUM_)
+#undef CLLM_LOG_LEVEL_ENUM_
 } cllm_log_level_t;
 
 // A log handler. `msg` is a NUL-terminated line without a trailing newline, valid

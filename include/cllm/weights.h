@@ -81,33 +81,52 @@ CLLM_EXTERN_C_BEGIN
 
 typedef struct cllm_weights cllm_weights_t;
 
-// Where the pages go.
+// Where the pages go. LOCAL: the creating thread's node (bound when there are several
+// nodes; first touch when there is one). BIND: strictly on `node` (MPOL_BIND).
+// INTERLEAVE: round-robin over `interleave_nodes` (all if none). DEFAULT: no policy,
+// the kernel places pages on first touch (the creating thread commits them); also what
+// stats report when a policy could not be applied. REPLICATE: one copy per node, each
+// bound to its node (above). XX(id, value, name): the one table (CLLM_WEIGHTS_NUMA_<id>).
+#define CLLM_WEIGHTS_NUMA_MAP(XX) \
+  XX(LOCAL, 0, "local")           \
+  XX(BIND, 1, "bind")             \
+  XX(INTERLEAVE, 2, "interleave") \
+  XX(DEFAULT, 3, "default")       \
+  XX(REPLICATE, 4, "replicate")
+
 typedef enum cllm_weights_numa {
-  CLLM_WEIGHTS_NUMA_LOCAL = 0,      // the creating thread's node (bound when there are
-                                    // several nodes; first touch when there is one)
-  CLLM_WEIGHTS_NUMA_BIND = 1,       // strictly on `node` (MPOL_BIND)
-  CLLM_WEIGHTS_NUMA_INTERLEAVE = 2, // round-robin over `interleave_nodes` (all if none)
-  CLLM_WEIGHTS_NUMA_DEFAULT = 3,    // no policy: the kernel places pages on first touch
-                                    // (the creating thread commits them); also what
-                                    // stats report when a policy could not be applied
-  CLLM_WEIGHTS_NUMA_REPLICATE = 4,  // one copy per node, each bound to its node (above)
+#define CLLM_WEIGHTS_NUMA_ENUM_(id, value, name) CLLM_WEIGHTS_NUMA_##id = (value),
+  CLLM_WEIGHTS_NUMA_MAP(CLLM_WEIGHTS_NUMA_ENUM_)
+#undef CLLM_WEIGHTS_NUMA_ENUM_
 } cllm_weights_numa_t;
 
-// Huge pages.
+// Huge pages. OFF: base pages (the region is not advised; with THP in `always` mode
+// the kernel may still use them). TRANSPARENT: madvise(MADV_HUGEPAGE), region 2 MiB
+// aligned. HUGETLBFS: MAP_HUGETLB from the reserved pool; when the pool is short,
+// falls back to TRANSPARENT (see stats). XX(id, value, name): CLLM_WEIGHTS_HUGE_<id>.
+#define CLLM_WEIGHTS_HUGE_MAP(XX)   \
+  XX(OFF, 0, "off")                 \
+  XX(TRANSPARENT, 1, "transparent") \
+  XX(HUGETLBFS, 2, "hugetlbfs")
+
 typedef enum cllm_weights_huge {
-  CLLM_WEIGHTS_HUGE_OFF = 0,         // base pages (the region is not advised; with THP
-                                     // in `always` mode the kernel may still use them)
-  CLLM_WEIGHTS_HUGE_TRANSPARENT = 1, // madvise(MADV_HUGEPAGE), region 2 MiB aligned
-  CLLM_WEIGHTS_HUGE_HUGETLBFS = 2,   // MAP_HUGETLB from the reserved pool; when the pool
-                                     // is short, falls back to TRANSPARENT (see stats)
+#define CLLM_WEIGHTS_HUGE_ENUM_(id, value, name) CLLM_WEIGHTS_HUGE_##id = (value),
+  CLLM_WEIGHTS_HUGE_MAP(CLLM_WEIGHTS_HUGE_ENUM_)
+#undef CLLM_WEIGHTS_HUGE_ENUM_
 } cllm_weights_huge_t;
 
-// mlock.
+// mlock. BEST_EFFORT: try; on failure continue unlocked, warn once through the log
+// hook and report it in stats. REQUIRED: failure fails create with CLLM_ESYS.
+// XX(id, value, name): the one table (CLLM_WEIGHTS_LOCK_<id>).
+#define CLLM_WEIGHTS_LOCK_MAP(XX)   \
+  XX(OFF, 0, "off")                 \
+  XX(BEST_EFFORT, 1, "best_effort") \
+  XX(REQUIRED, 2, "required")
+
 typedef enum cllm_weights_lock {
-  CLLM_WEIGHTS_LOCK_OFF = 0,
-  CLLM_WEIGHTS_LOCK_BEST_EFFORT = 1, // try; on failure continue unlocked, warn once
-                                     // through the log hook and report it in stats
-  CLLM_WEIGHTS_LOCK_REQUIRED = 2,    // failure fails create with CLLM_ESYS
+#define CLLM_WEIGHTS_LOCK_ENUM_(id, value, name) CLLM_WEIGHTS_LOCK_##id = (value),
+  CLLM_WEIGHTS_LOCK_MAP(CLLM_WEIGHTS_LOCK_ENUM_)
+#undef CLLM_WEIGHTS_LOCK_ENUM_
 } cllm_weights_lock_t;
 
 // Load progress: called on the thread that called load, after each chunk it has
@@ -150,7 +169,7 @@ CLLM_API cllm_weights_config_t cllm_weights_config_default(void);
 
 // Create the heap: reserve, map, place, commit and lock the whole region (see the
 // order above). *out is NULL on error and nothing is leaked (region unmapped,
-// monitor released). Errors: CLLM_EINVAL (cfg or out NULL, bad struct_size,
+// monitor released). Errors: CLLM_EINVAL (out NULL, cfg NULL (no capacity), bad struct_size,
 // capacity 0, unknown enum, reader_threads < 0 or > 64, a node out of range,
 // more than 64 interleave nodes),
 // CLLM_EOVERFLOW (capacity cannot be rounded up), CLLM_ELIMIT (the monitor refused
@@ -264,8 +283,8 @@ typedef struct cllm_weights_stats {
 
 // Fill *st. Reads the page placement and huge pages back from the kernel: O(pages)
 // (a move_pages query per 1024 pages and one pass over /proc/self/smaps), so call
-// it after loading, not on a hot path. Errors: CLLM_EINVAL (NULL, struct_size too
-// small). Thread: any (the figures are each exact; not one snapshot under alloc).
+// it after loading, not on a hot path. Errors: CLLM_EINVAL (NULL, bad
+// struct_size). Thread: any (the figures are each exact; not one snapshot under alloc).
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_weights_stats(const cllm_weights_t *w,
                                                           cllm_weights_stats_t *st);
 // As cllm_weights_stats, with the page read-back (huge_bytes, pages_*) of copy

@@ -60,8 +60,17 @@ int cllm__prim_resident_bytes(const void *addr, size_t size, size_t *out);
  * yet committed are counted in *absent, others beyond max_nodes in *other. */
 int cllm__prim_pages_per_node(const void *addr, size_t size, size_t *counts, int max_nodes,
                               size_t *absent, size_t *other);
+/* Memory policy modes of mbind(2) and get_mempolicy(2), the kernel's values. */
+enum { CLLM__PRIM_MPOL_DEFAULT = 0, CLLM__PRIM_MPOL_BIND = 2, CLLM__PRIM_MPOL_INTERLEAVE = 3 };
+/* Words in a node mask of cllm__prim_bind (bit i = OS node i). */
+#define CLLM__PRIM_NODEMASK_WORDS 16
+
+/* Set the memory policy of [addr, addr+size) (addr page aligned) to `mode` over the
+ * nodes of mask[CLLM__PRIM_NODEMASK_WORDS] (mbind, no flags: pages already present
+ * stay where they are). Fault: BIND. */
+int cllm__prim_bind(void *addr, size_t size, int mode, const unsigned long *mask);
 /* The memory policy of the page at addr (get_mempolicy with MPOL_F_ADDR):
- * *mode is MPOL_DEFAULT/BIND/INTERLEAVE/PREFERRED..., *nodemask the node bits. */
+ * *mode is one of the modes above (or another MPOL_*), *nodemask the node bits. */
 int cllm__prim_policy(const void *addr, int *mode, unsigned long *nodemask);
 
 /* Open a file read-only (O_CLOEXEC). Fault: OPEN. */
