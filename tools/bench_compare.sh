@@ -44,6 +44,9 @@
 # Environment: BENCH_COMPARE_KEYS (see above), BENCH_COMPARE_TMP (parent of the temporary
 # directory, default /tmp).
 set -euo pipefail
+# One compound command: bash reads it whole before running it, so a checkout or an edit of
+# this file during a run changes nothing in that run.
+{
 
 ALL_BENCHES=(arena_bench heap_bench kv_bench monitor_bench weights_bench kv_tier_bench)
 say() { printf 'bench_compare: %s\n' "$*" >&2; }
@@ -129,7 +132,9 @@ prepare() {
   local sha
   sha=$(git -C "$repo" rev-parse --verify --quiet "$spec^{commit}") \
     || { say "$side: '$spec' is neither a commit nor a directory"; exit 2; }
-  echo "$(git -C "$repo" rev-parse --short=7 "$sha") ($spec)" > "$tmp/label.$side"
+  local short
+  short=$(git -C "$repo" rev-parse --short=7 "$sha")
+  case "$short" in "$spec"*) echo "$short" ;; *) echo "$short ($spec)" ;; esac > "$tmp/label.$side"
   local wt="$tmp/wt_$side"
   WT[$side]=$wt
   git -C "$repo" worktree add --detach "$wt" "$sha" >/dev/null 2>&1 \
@@ -389,7 +394,9 @@ def is_lib_file(f):
     for p in ("/proc/self/cwd/", "./"):
         if f.startswith(p):
             f = f[len(p):]
-    return f.startswith("lib/") or f.startswith("include/cllm/")
+    # Public headers also come through Bazel's bazel-out/.../_virtual_includes/<lib>/cllm/.
+    return (f.startswith("lib/") or f.startswith("include/cllm/")
+            or ("/_virtual_includes/" in f and "/cllm/" in f))
 
 
 def is_cllm(fn):
@@ -634,3 +641,4 @@ if [ ${#failures[@]} -gt 0 ]; then
   exit 1
 fi
 exit 0
+}
