@@ -229,7 +229,9 @@ done
 for b in "${!NOTE[@]}"; do say "not compared: $b: ${NOTE[$b]}"; done
 
 # The load while the timed rounds run: one sample of /proc/loadavg every 5 s.
-(while :; do cut -d' ' -f1 /proc/loadavg; sleep 5; done) > "$tmp/load" 2>/dev/null &
+# (sleep in the background and wait: the TERM at the end then stops it at once)
+(trap 'exit 0' TERM; while :; do cut -d' ' -f1 /proc/loadavg; sleep 5 & wait $!; done) \
+  > "$tmp/load" 2>/dev/null &
 sampler_pid=$!
 
 # run_one SIDE BENCH ROUND
@@ -241,7 +243,9 @@ run_one() {
   timeout "$timeout_s" "$tmp/bin/$side/$b" "${a[@]}" > "$out.jsonl" 2> "$out.err" || rc=$?
   echo "$((SECONDS - t0))" > "$out.secs"
   if [ "$rc" != 0 ] || ! grep -q '^{' "$out.jsonl"; then
-    failures+=("$b ($side, round $r): exit $rc$([ "$rc" = 124 ] && echo ', timed out')")
+    local why="exit $rc"
+    [ "$rc" = 124 ] && why+=", timed out after $timeout_s s"
+    failures+=("$b ($side, round $r): $why")
     say "RUN FAILED: $b $side round $r (exit $rc); stderr's end:"; tail -5 "$out.err" >&2 || true
   fi
 }
