@@ -582,9 +582,13 @@ if meta["callgrind"]:
         if c.get("failed"):
             print(f"| {b} | `{c['args']}` | failed | | | | | |")
             continue
-        print(f"| {b} | `{c['args']}` | {mi(c['old']['total'])} | {mi(c['new']['total'])} "
+        mark = " (1)" if any(k[0] == b for side in only.values() for k in side) else ""
+        print(f"| {b}{mark} | `{c['args']}` | {mi(c['old']['total'])} | {mi(c['new']['total'])} "
               f"| {rt(c['ratio_total'])} | {mi(c['old']['cllm'])} | {mi(c['new']['cllm'])} "
               f"| {rt(c['ratio_cllm'])} |")
+    if any(k[0] in callgrind for side in only.values() for k in side):
+        print("\n(1) rows on one side only (listed above): the two runs do different work, and "
+              "the whole-run and cllm ratios include that work; the function rows show where.")
     print()
     heavy = [(b, f) for b, c in callgrind.items() if not c.get("failed") for f in c["functions"]
              if f["share"] >= 0.01 and (f["ratio"] is None or not LO <= f["ratio"] <= HI)]
