@@ -133,7 +133,7 @@ grep -q '^#### Rows outside \[0.9, 1.1\]: 2 of 6' "$work/r.md" || fail "outside 
 grep -q '| foo_bench | slower | x | 1 |  | 10.0 | 12.0 | \*\*1.200\*\* |' "$work/r.md" || fail "marked row"
 grep -q '^- foo_bench gone y threads=2$' "$work/r.md" || fail "only-in-old list"
 grep -q '| cllm_arena_reset | 0.0 M | 0.0 M | \*\*1.333\*\* |' "$work/r.md" || fail "function row"
-grep -q "^| foo_bench (1) | `--json --quick --reps 1` |" "$work/r.md" || fail "one-side mark in the instruction table"
+grep -q '^| foo_bench (1) | `--json --quick --reps 1` |' "$work/r.md" || fail "one-side mark in the instruction table"
 
 # A failing run: reported, the others still compared, exit 1.
 fake_bench "$work/new" old_only_bench "" ""
