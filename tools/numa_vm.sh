@@ -19,7 +19,7 @@
 #   2x1   2 nodes x 1 CPU, 2 GiB each
 #   2x4i  2 nodes, 4 CPUs interleaved (CPUs 0,2 on node 0; 1,3 on node 1), 2 GiB each
 #   4x1u  4 nodes x 1 CPU, unequal memory: 2048 + 1024 + 1024 + 512 MiB
-# (weights_test loads a 256 MiB file from tmpfs into a 456 MiB region bound to one node,
+# (weights_load_test loads a 256 MiB file from tmpfs into a 456 MiB region bound to one node,
 # while Criterion runs another test beside it: 1 GiB nodes run out.)
 # Options:
 #   --layout L        as above

@@ -19,7 +19,7 @@
  * Classes: MemoryMonitor (over cllm_monitor_global()), KVCacheMemoryManager,
  * ModelExecutorMemoryManager, FloatArray, RAIIWrapper<T>.
  *
- * Where the seed is wrong this header is not (STYLE.md 4.1): limits are one exact
+ * Where the seed is wrong this header is not: limits are one exact
  * reservation (no check-then-add), the peak is the value installed and resetPeak lowers
  * it to the current use (never below), getUsedMemory is O(1) and takes no C++ lock,
  * no user callback ever runs under a lock (C or C++), megabytes are converted with an
