@@ -13,6 +13,13 @@
 #include <stddef.h>
 #include <sys/types.h>
 
+/* Exported from the testing library only, for white-box tests (tests/prim_test.c). */
+#ifdef CLLM_FAULT_INJECTION
+#define CLLM_TEST_VISIBLE __attribute__((visibility("default")))
+#else
+#define CLLM_TEST_VISIBLE
+#endif
+
 /* The base page size (4096 here). */
 size_t cllm__prim_page_size(void);
 /* The transparent huge page size (2 MiB on x86-64). */
@@ -54,7 +61,7 @@ int cllm__prim_protect(void *addr, size_t size, bool writable);
 int cllm__prim_huge_bytes(const void *addr, size_t size, size_t *out);
 /* Bytes of the range (page aligned) whose pages are resident, from mincore(2): exact
  * for the range itself, whatever the kernel merged it with (smaps is per mapping). */
-int cllm__prim_resident_bytes(const void *addr, size_t size, size_t *out);
+CLLM_TEST_VISIBLE int cllm__prim_resident_bytes(const void *addr, size_t size, size_t *out);
 /* For each page of the range (page aligned), the NUMA node it is on, via
  * move_pages(2) in query mode: counts[node] += 1 for nodes < max_nodes; pages not
  * yet committed are counted in *absent, others beyond max_nodes in *other. */
