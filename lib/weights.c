@@ -6,15 +6,22 @@
  *   2. map the region, uncommitted (hugetlbfs first when asked; on failure the
  *      ordinary mapping, 2 MiB aligned, advised for THP);
  *   3. apply the NUMA policy with mbind while no page of the region exists;
- *   4. commit every page (MADV_POPULATE_WRITE) in steps of COMMIT_STEP, on the
- *      reader threads, each bound to the node its pages go to;
- *   5. lock (mlock2 MLOCK_ONFAULT over pages already present, so it faults nothing
- *      in and moves nothing: they are where the policy put them).
+ *   4. lock (mlock2 MLOCK_ONFAULT: each page is locked when it is first written,
+ *      so locking faults nothing in and places nothing).
  * Any failure undoes what was done before it (unmap, release) and returns.
  *
+ * Pages become resident on their first write, after the policy is in place, so
+ * they land where it says: a load's reader threads (bound to the policy's nodes)
+ * write its range with pread, never committed beforehand (a load that fills the
+ * region writes every page once); alloc commits the pages up to its end that are
+ * not yet (MADV_POPULATE_WRITE, in steps of COMMIT_STEP on the reader threads);
+ * seal commits the rest. So the pages below `committed` are all present, and
+ * `committed` only grows.
+ *
  * Invariants (cllm_weights_check):
- *   - used <= capacity; committed == capacity (the whole region is committed at
- *     create); locked is 0 or capacity; the monitor holds >= capacity in WEIGHTS;
+ *   - used <= committed <= capacity, committed == capacity once sealed; locked is
+ *     0 or capacity; the monitor holds >= capacity in WEIGHTS (charged at create,
+ *     before any page is resident);
  *   - every byte in [used, capacity) is zero: alloc hands out zeros, and a failed
  *     load zeroes what it wrote before returning (so "the heap as it was" holds
  *     byte for byte, not just for the bump pointer);
@@ -42,6 +49,7 @@
 #include "internal/fault.h"
 #include "internal/prim.h"
 #include "internal/util.h"
+#include "weights_job.h"
 #include "weights_replica.h"
 
 #define WEIGHTS_MAGIC 0x574549474854534cull /* "WEIGHTSL" */
@@ -57,7 +65,9 @@ struct cllm_weights {
   char *base;
   size_t capacity;                 /* one copy (what alloc and load fill) */
   int replicas;                    /* copies, back to back (REPLICATE), else 1 */
-  size_t span;                     /* capacity x replicas: mapped, committed, charged */
+  size_t span;                     /* capacity x replicas: mapped and charged */
+  size_t commit_unit;              /* the page: base page, or the hugetlbfs page */
+  size_t committed;                /* [0, committed) of every copy is present */
   _Atomic size_t used;             /* bump offset */
   _Atomic bool sealed;
   cllm_monitor_t *monitor;
@@ -150,107 +160,43 @@ static cllm_status_t status_of_errno(int e) {
   }
 }
 
-/* ---- the parallel chunk runner (commit at create, pread at load) ---------------- */
-
-typedef struct job {
-  cllm_weights_t *w;
-  char *dst;
-  size_t total, chunk;
-  int fd;                 /* < 0: commit (populate) instead of read */
-  off_t file_off;
-  _Atomic size_t next;    /* next offset to claim */
-  _Atomic size_t done;    /* bytes completed */
-  _Atomic int err;        /* first errno; -1 = short read (EOF) */
-  _Atomic bool stop;
-} job_t;
-
-typedef struct worker {
-  job_t *job;
-  int node;               /* bind to this node first, or -1 */
-  pthread_t tid;
-} worker_t;
-
-static void job_fail(job_t *j, int e) {
-  int zero = 0;
-  atomic_compare_exchange_strong(&j->err, &zero, e);
-  atomic_store_explicit(&j->stop, true, memory_order_release);
+/* A chunk job over [dst, dst + total) with this heap's threads, binding and
+ * progress callback (fd < 0: commit). Replicas: reads fill copy 0, on node 0. */
+static cllm__weights_job_t job_of(const cllm_weights_t *w, char *dst, size_t total, size_t chunk,
+                                  int fd) {
+  cllm__weights_job_t j = {.dst = dst, .total = total, .chunk = chunk, .fd = fd,
+                           .topo = w->topo, .threads = w->readers, .progress = w->progress,
+                           .progress_user = w->progress_user};
+  if (w->bind_readers) {
+    j.nodes = w->nodes_applied; /* with replicas, nodes_applied[0] is node 0 */
+    j.n_nodes = w->replicas > 1 ? 1 : w->n_nodes_applied;
+  }
+  return j;
 }
 
-/* Claim and process one chunk; false when there is nothing left or the job stopped. */
-static bool job_step(job_t *j) {
-  if (atomic_load_explicit(&j->stop, memory_order_acquire)) return false;
-  size_t off = cllm__atomic_add_relaxed(&j->next, j->chunk);
-  if (off >= j->total) return false;
-  size_t n = j->total - off < j->chunk ? j->total - off : j->chunk;
+/* Commit [committed, to) of every copy (to rounded up to the commit unit, at most
+ * capacity) on the reader threads. With no policy on a several-node machine only
+ * this thread touches the pages (first touch decides their node). Returns 0 or an
+ * errno; on failure `committed` is unchanged (pages already faulted stay, charged). */
+static int commit_to(cllm_weights_t *w, size_t to) {
+  to = cllm__align_down(to + w->commit_unit - 1, w->commit_unit); /* to <= capacity */
+  if (to > w->capacity) to = w->capacity;
+  if (to <= w->committed) return 0;
+  size_t from = w->committed;
+  size_t step = COMMIT_STEP;
+  if (w->huge_applied == CLLM_WEIGHTS_HUGE_HUGETLBFS) step = cllm__align_down(step, w->commit_unit);
   int e;
-  if (j->fd < 0) {
-    e = cllm__prim_populate(j->dst + off, n);
+  if (w->replicas > 1) {
+    e = cllm__weights_replicas_fill(w->topo, w->base, w->capacity, 0, w->replicas, from, to - from,
+                                    w->readers, step, false);
   } else {
-    size_t got = 0;
-    e = cllm__prim_pread_full(j->fd, j->dst + off, n, j->file_off + (off_t)off, &got);
-    if (e == 0 && got < n) e = -1;
+    int n_nodes = w->topo != NULL ? cllm_topology_nodes(w->topo) : 1;
+    cllm__weights_job_t commit = job_of(w, w->base + from, to - from, step, -1);
+    e = cllm__weights_job_run(&commit, false,
+                              !(w->numa_applied == CLLM_WEIGHTS_NUMA_DEFAULT && n_nodes > 1));
   }
-  if (e != 0) {
-    job_fail(j, e);
-    return false;
-  }
-  cllm__atomic_add_relaxed(&j->done, n);
-  return true;
-}
-
-static void *worker_main(void *arg) {
-  worker_t *wk = arg;
-  if (wk->node >= 0) CLLM_DISCARD(cllm_thread_bind_node(wk->job->w->topo, wk->node));
-  while (job_step(wk->job)) {
-  }
-  return NULL;
-}
-
-/* Run the job on the calling thread plus up to w->readers - 1 threads (fewer if the
- * job is small or a thread cannot start). `progress` (reads only) runs on the
- * calling thread after each of its chunks and once at the end; false cancels.
- * Returns 0, an errno, -1 (short read) or -2 (cancelled). */
-static int job_run(job_t *j, bool with_progress, bool multi) {
-  cllm_weights_t *w = j->w;
-  worker_t workers[MAX_READERS];
-  int n_threads = 0;
-  size_t n_chunks = (j->total + j->chunk - 1) / j->chunk;
-  int want = multi ? w->readers : 1;
-  if ((size_t)want > n_chunks) want = (int)n_chunks;
-  for (int i = 1; i < want; i++) {
-    worker_t *wk = &workers[n_threads];
-    wk->job = j;
-    /* Replicas: reads fill copy 0, on node 0. */
-    wk->node = !w->bind_readers ? -1
-               : w->replicas > 1 ? 0
-                                 : w->nodes_applied[i % w->n_nodes_applied];
-    if (pthread_create(&wk->tid, NULL, worker_main, wk) != 0) break;
-    n_threads++;
-  }
-  bool cancelled = false;
-  while (job_step(j)) {
-    if (with_progress && w->progress != NULL &&
-        !w->progress(w->progress_user, atomic_load(&j->done), j->total)) {
-      cancelled = true;
-      atomic_store_explicit(&j->stop, true, memory_order_release);
-      break;
-    }
-  }
-  for (int i = 0; i < n_threads; i++) pthread_join(workers[i].tid, NULL);
-  int e = atomic_load(&j->err);
-  if (e != 0) return e;
-  if (cancelled) return -2;
-  cllm_assert_internal(atomic_load(&j->done) == j->total);
-  if (with_progress && w->progress != NULL &&
-      !w->progress(w->progress_user, j->total, j->total))
-    return -2;
-  return 0;
-}
-
-/* How far a stopped job may have written (claimed chunks), for undoing it. */
-static size_t job_claimed(job_t *j) {
-  size_t c = atomic_load(&j->next);
-  return c < j->total ? c : j->total;
+  if (e == 0) w->committed = to;
+  return e;
 }
 
 /* ---- create / destroy ----------------------------------------------------------- */
@@ -490,20 +436,9 @@ cllm_status_t cllm_weights_create(const cllm_weights_config_t *cfg, cllm_weights
   s = place_region(w, cfg);
   if (s != CLLM_OK) goto fail_unmap;
   w->bind_readers = w->n_nodes_applied > 0 && n_nodes > 1 && cllm_topology_is_this_system(topo);
-
-  /* Commit. With no policy on a several-node machine, only this thread may touch
-   * the pages (first touch decides their node). */
-  size_t step = COMMIT_STEP;
-  if (w->huge_applied == CLLM_WEIGHTS_HUGE_HUGETLBFS) step = cllm__align_down(step, granule);
-  job_t commit = {.w = w, .dst = w->base, .total = capacity, .chunk = step, .fd = -1};
-  bool multi = !(w->numa_applied == CLLM_WEIGHTS_NUMA_DEFAULT && n_nodes > 1);
-  int e = w->replicas > 1 ? cllm__weights_replicas_fill(topo, w->base, capacity, 0, w->replicas, 0,
-                                                        capacity, w->readers, step, false)
-                          : job_run(&commit, false, multi);
-  if (e != 0) {
-    s = status_of_errno(e);
-    goto fail_unmap;
-  }
+  /* Nothing is committed here: pages land on their first write (see the top). */
+  w->commit_unit = w->huge_applied == CLLM_WEIGHTS_HUGE_HUGETLBFS ? granule
+                                                                  : cllm__prim_page_size();
   s = lock_region(w);
   if (s != CLLM_OK) goto fail_unmap;
   *out = w;
@@ -570,6 +505,8 @@ cllm_status_t cllm_weights_alloc(cllm_weights_t *w, size_t bytes, size_t align, 
   size_t off;
   s = place(w, bytes, align, &off);
   if (s != CLLM_OK) return s;
+  int e = commit_to(w, off + bytes); /* alloc hands out committed zeros */
+  if (e != 0) return status_of_errno(e);
   atomic_store_explicit(&w->used, off + bytes, memory_order_relaxed);
   *out = w->base + off;
   return CLLM_OK;
@@ -593,16 +530,17 @@ static cllm_status_t load_into(cllm_weights_t *w, int fd, uint64_t offset, size_
   size_t off;
   cllm_status_t s = place(w, bytes, 0, &off);
   if (s != CLLM_OK) return s;
-
-  job_t j = {.w = w, .dst = w->base + off, .total = bytes, .chunk = w->chunk, .fd = fd,
-             .file_off = (off_t)offset};
-  e = job_run(&j, true, true);
+  /* The pages below off are committed (committed >= used); the load's own pages
+   * are first written by the readers, never populated first. */
+  cllm__weights_job_t j = job_of(w, w->base + off, bytes, w->chunk, fd);
+  j.file_off = (off_t)offset;
+  e = cllm__weights_job_run(&j, true, true);
   if (e == 0 && w->replicas > 1) /* the other copies, from copy 0 (a copy cannot fail) */
     (void)cllm__weights_replicas_fill(w->topo, w->base, w->capacity, 1, w->replicas, off, bytes,
                                       w->readers, w->chunk, true);
   if (e != 0) {
     /* Put the zeros back where chunks may have been written. */
-    memset(j.dst, 0, job_claimed(&j));
+    memset(j.dst, 0, cllm__weights_job_claimed(&j));
     if (e > 0) atomic_store_explicit(&w->last_load_errno, e, memory_order_relaxed);
     if (e == -2) return CLLM_EPREEMPTED;
     if (e == -1) {
@@ -614,6 +552,8 @@ static cllm_status_t load_into(cllm_weights_t *w, int fd, uint64_t offset, size_
                (unsigned long long)offset, strerror(e));
     return e == EIO ? CLLM_EIO : e == EBADF ? CLLM_EINVAL : CLLM_ESYS;
   }
+  size_t top = cllm__align_down(off + bytes + w->commit_unit - 1, w->commit_unit);
+  if (top > w->committed) w->committed = top; /* written, so present; top <= capacity */
   atomic_store_explicit(&w->used, off + bytes, memory_order_relaxed);
   cllm__atomic_add_relaxed(&w->loads, 1);
   cllm__atomic_add_relaxed(&w->loaded_bytes, bytes);
@@ -661,12 +601,18 @@ cllm_status_t cllm_weights_load_path(cllm_weights_t *w, const char *path, uint64
 cllm_status_t cllm_weights_seal(cllm_weights_t *w) {
   if (w == NULL || w->magic != WEIGHTS_MAGIC) return CLLM_EINVAL;
   if (atomic_load_explicit(&w->sealed, memory_order_acquire)) return CLLM_OK;
+  /* The pages no alloc or load reached are committed now, by the policy. */
+  int e = commit_to(w, w->capacity);
+  if (e != 0) {
+    cllm__warn("weights: committing the rest of the region at seal failed: %s", strerror(e));
+    return status_of_errno(e);
+  }
   /* Hand-written allocations reach the other copies now (loads are there already). */
   size_t used = atomic_load_explicit(&w->used, memory_order_relaxed);
   if (w->replicas > 1 && used > 0) /* a copy cannot fail */
     (void)cllm__weights_replicas_fill(w->topo, w->base, w->capacity, 1, w->replicas, 0, used,
                                       w->readers, w->chunk, true);
-  int e = cllm__prim_protect(w->base, w->span, false);
+  e = cllm__prim_protect(w->base, w->span, false);
   if (e != 0) {
     cllm__warn("weights: mprotect(PROT_READ) of %zu bytes failed: %s", w->capacity,
                strerror(e));
@@ -760,6 +706,12 @@ cllm_status_t cllm_weights_check(const cllm_weights_t *w) {
   }
   if (w->base == NULL || ((uintptr_t)w->base & (cllm__prim_page_size() - 1)) != 0) {
     cllm__error("weights check: region base %p not page aligned", (void *)w->base);
+    return CLLM_ECORRUPT;
+  }
+  bool sealed = atomic_load_explicit(&w->sealed, memory_order_acquire);
+  if (w->committed < used || w->committed > w->capacity || (sealed && w->committed != w->capacity)) {
+    cllm__error("weights check: committed %zu is not in [used %zu, capacity %zu]%s", w->committed,
+                used, w->capacity, sealed ? " or not the capacity once sealed" : "");
     return CLLM_ECORRUPT;
   }
   if (w->locked != 0 && w->locked != w->span) {

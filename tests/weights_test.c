@@ -341,13 +341,72 @@ Test(weights, footprint_is_what_create_charges_and_resident_never_passes_it) {
       cllm_weights_stats_t st = stats_of(w);
       cr_assert_eq(st.readback_status, CLLM_OK);
       cr_assert_leq(st.resident_bytes, fp);
-      cr_assert_eq(st.resident_bytes, st.capacity_bytes, "committed at create");
+      cr_assert_eq(st.resident_bytes, 0, "nothing resident before the first write");
+      cr_assert_eq(cllm_weights_seal(w), CLLM_OK);
+      st = stats_of(w);
+      cr_assert_eq(st.resident_bytes, st.capacity_bytes, "seal commits the rest");
+      cr_assert_leq(st.resident_bytes, fp);
       cllm_weights_destroy(w);
     }
   }
   cllm_weights_config_t c = cfg_with(m, 0);
   cr_assert_eq(cllm_weights_footprint(&c), 0);  // create refuses it
   cr_assert_eq(cllm_weights_footprint(NULL), 0);
+  cllm_monitor_destroy(m);
+}
+
+/* A load that fills the region writes every page once: no commit step (madvise)
+ * runs, the pages become resident by the readers' writes, and resident never
+ * passes the charge taken at create. A partial fill commits the rest at seal. */
+Test(weights, a_full_load_is_never_populated_first) {
+  cllm_monitor_t *m = mk_monitor(0);
+  uint64_t csum;
+  const char *path = make_file(6 * MiB, 43, 0, 6 * MiB, &csum);
+  for (int huge = 0; huge < 2; huge++) {
+    cllm_weights_config_t c = cfg_with(m, 6 * MiB);
+    c.huge_pages = huge ? CLLM_WEIGHTS_HUGE_TRANSPARENT : CLLM_WEIGHTS_HUGE_OFF;
+    c.reader_threads = 2, c.read_chunk_bytes = MiB;
+    cllm_weights_t *w;
+    cr_assert_eq(cllm_weights_create(&c, &w), CLLM_OK);
+    cllm_weights_stats_t st = stats_of(w);
+    cr_assert_eq(cllm_monitor_used(m, CLLM_CAT_WEIGHTS), st.capacity_bytes, "charged first");
+    cr_assert_eq(st.resident_bytes, 0);
+    cllm_fault_reset();
+    unsigned long madvise0 = cllm_fault_calls(CLLM_FAULT_MADVISE);
+    void *p;
+    cr_assert_eq(cllm_weights_load_path(w, path, 0, CLLM_WEIGHTS_TO_EOF, &p), CLLM_OK);
+    cr_assert_eq(cllm_fault_calls(CLLM_FAULT_MADVISE), madvise0, "no commit step (huge %d)", huge);
+    cr_assert_eq(checksum(p, 6 * MiB), csum);
+    st = stats_of(w);
+    cr_assert_eq(st.resident_bytes, st.capacity_bytes, "written once, so resident");
+    cr_assert_eq(st.pages_absent, 0);
+    cr_assert_leq(st.resident_bytes, cllm_monitor_used(m, CLLM_CAT_WEIGHTS));
+    cr_assert_eq(cllm_weights_seal(w), CLLM_OK);
+    cr_assert_eq(cllm_fault_calls(CLLM_FAULT_MADVISE), madvise0, "nothing left for seal");
+    cr_assert_eq(cllm_weights_check(w), CLLM_OK);
+    cllm_weights_destroy(w);
+  }
+  /* Partial: an alloc commits its pages, a load writes its own, seal commits the
+   * rest; resident stays at or below the charge at every step. */
+  cllm_weights_config_t c = cfg_with(m, 16 * MiB);
+  c.huge_pages = CLLM_WEIGHTS_HUGE_OFF;
+  cllm_weights_t *w;
+  cr_assert_eq(cllm_weights_create(&c, &w), CLLM_OK);
+  size_t page = (size_t)sysconf(_SC_PAGESIZE);
+  void *a, *p;
+  cr_assert_eq(cllm_weights_alloc(w, 10, 0, &a), CLLM_OK);
+  cr_assert_eq(stats_of(w).resident_bytes, page, "alloc commits its page");
+  cr_assert_eq(cllm_weights_alloc(w, 3 * page, page, &a), CLLM_OK);
+  cr_assert_eq(stats_of(w).resident_bytes, 4 * page);
+  cr_assert_eq(cllm_weights_load_path(w, path, MiB, 2 * MiB, &p), CLLM_OK);
+  cr_assert_eq(stats_of(w).resident_bytes, 4 * page + 2 * MiB);
+  cr_assert_eq(cllm_weights_check(w), CLLM_OK);
+  cr_assert_leq(stats_of(w).resident_bytes, cllm_monitor_used(m, CLLM_CAT_WEIGHTS));
+  cr_assert_eq(cllm_weights_seal(w), CLLM_OK);
+  cr_assert_eq(stats_of(w).resident_bytes, 16 * MiB);
+  cr_assert_eq(cllm_weights_check(w), CLLM_OK);
+  cllm_weights_destroy(w);
+  unlink(path);
   cllm_monitor_destroy(m);
 }
 
@@ -407,7 +466,9 @@ static int os_node0(void) {
   return info.os_index;
 }
 
-static void check_pages_add_up(const cllm_weights_t *w) {
+/* Seals first: seal commits the pages no alloc or load wrote. */
+static void check_pages_add_up(cllm_weights_t *w) {
+  cr_assert_eq(cllm_weights_seal(w), CLLM_OK);
   cllm_weights_stats_t st = stats_of(w);
   cr_assert_eq(st.readback_status, CLLM_OK);
   cr_assert_eq(st.page_bytes, (size_t)sysconf(_SC_PAGESIZE));
@@ -1058,7 +1119,8 @@ Test(weights, each_os_failure_gives_a_status_and_leaks_nothing) {
     cr_assert_eq(cllm_monitor_used(m, CLLM_CAT_COUNT), 0, "monitor balanced");
     cr_assert_lt(proc_status_kb("VmSize"), vm0 + 4 * 1024, "nothing mapped");
   }
-  /* madvise: the 1st is the THP advice (tolerated: OFF, says why), the 2nd a commit step. */
+  /* madvise: the 1st is the THP advice (tolerated: OFF, says why); create commits
+   * nothing, so the next is a commit step of alloc or seal: refused, state kept. */
   cllm_fault_reset();
   cllm_fault_arm(CLLM_FAULT_MADVISE, 1);
   cr_assert_eq(cllm_weights_create(&c, &w), CLLM_OK);
@@ -1067,8 +1129,19 @@ Test(weights, each_os_failure_gives_a_status_and_leaks_nothing) {
   cllm_weights_destroy(w);
   cllm_fault_reset();
   cllm_fault_arm(CLLM_FAULT_MADVISE, 2);
-  cr_assert_eq(cllm_weights_create(&c, &w), CLLM_ENOMEM);
-  cr_assert_null(w);
+  cr_assert_eq(cllm_weights_create(&c, &w), CLLM_OK);
+  cr_assert_eq(cllm_fault_injected(), 0, "create commits nothing");
+  void *a = NULL;
+  cr_assert_eq(cllm_weights_alloc(w, 3 * 4096, 0, &a), CLLM_ENOMEM);
+  cr_assert_null(a);
+  cr_assert_eq(stats_of(w).used_bytes, 0);
+  cllm_fault_arm(CLLM_FAULT_MADVISE, 1);
+  cr_assert_eq(cllm_weights_seal(w), CLLM_ENOMEM);
+  cr_assert_not(stats_of(w).sealed);
+  cr_assert_eq(cllm_weights_check(w), CLLM_OK);
+  cr_assert_eq(cllm_weights_seal(w), CLLM_OK);
+  cr_assert_eq(cllm_weights_check(w), CLLM_OK);
+  cllm_weights_destroy(w);
   cr_assert_eq(cllm_monitor_used(m, CLLM_CAT_COUNT), 0);
   /* bind: one node, so BIND proceeds with the default policy and says so. */
   cllm_fault_reset();
@@ -1190,7 +1263,7 @@ Test(weights, replicate_gives_one_copy_where_it_cannot_replicate) {
     cr_assert_eq(cllm_weights_replica_stats(w, -1, &rs), CLLM_ENOTFOUND);
     cr_assert_eq(cllm_weights_replica_stats(w, 0, &rs), CLLM_OK);
     cr_assert_eq(rs.replicas, 1);
-    cr_assert_eq(rs.pages_absent, 0);
+    cr_assert_eq(rs.pages_absent, rs.capacity_bytes / rs.page_bytes, "nothing written yet");
     void *p = NULL;
     cr_assert_eq(cllm_weights_alloc(w, 1000, 0, &p), CLLM_OK);
     memset(p, 7, 1000);
