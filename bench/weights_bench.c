@@ -21,12 +21,17 @@
  *                                        untouched region: MADV_POPULATE_WRITE)
  * case full_load   create + a load that fills the whole region, in ns per MiB (unit
  *                  "ns_per_MiB"), default (auto) readers, interleaved per repetition:
- *   impl cllm_weights_first_write      what the library does: the readers' pread is
- *                                      each page's first write (THP)
+ *   impl cllm_weights_populate_chunk   what the library does: each reader commits a
+ *                                      chunk's pages (MADV_POPULATE_WRITE), then preads
+ *                                      into it (THP)
  *   impl cllm_weights_populate_first   the region committed first (MADV_POPULATE_WRITE
  *                                      in 64 MiB steps on as many threads), then the
- *                                      load: every page written twice (THP)
- *   impl ..._4k                        the same two with base pages (huge_pages OFF)
+ *                                      load (what create did before) (THP)
+ *   impl cllm_weights_first_write      the same threads and chunks pread straight into
+ *                                      the untouched region: each page's first write
+ *                                      is the read's (done by the bench on the heap's
+ *                                      region, the library never does it) (THP)
+ *   impl ..._4k                        the same three with base pages (huge_pages OFF)
  * case stream_read GB/s of one summing pass over loaded weights (unit "ns_per_MiB"):
  *   impl cllm_weights_off / cllm_weights_thp   heap with base pages / THP
  * case replicate / case interleave  GB/s of threads reading the whole model once each,
@@ -284,26 +289,35 @@ static void case_first_touch(const bench_opts_t *o) {
 
 typedef struct populate_arg {
   char *base;
-  size_t bytes;
+  size_t bytes, step;
+  int fd; /* < 0: populate; else pread the file */
   _Atomic size_t next;
 } populate_arg_t;
-
-#define POPULATE_STEP (64 * MiB)
 
 static void *populate_steps(void *arg) {
   populate_arg_t *a = arg;
   for (;;) {
-    size_t off = atomic_fetch_add(&a->next, POPULATE_STEP);
+    size_t off = atomic_fetch_add(&a->next, a->step);
     if (off >= a->bytes) return NULL;
-    size_t n = a->bytes - off < POPULATE_STEP ? a->bytes - off : POPULATE_STEP;
-    if (madvise(a->base + off, n, 23 /* MADV_POPULATE_WRITE */) != 0) die("populate");
+    size_t n = a->bytes - off < a->step ? a->bytes - off : a->step;
+    if (a->fd < 0) {
+      if (madvise(a->base + off, n, 23 /* MADV_POPULATE_WRITE */) != 0) die("populate");
+      continue;
+    }
+    for (size_t done = 0; done < n;) {
+      ssize_t r = pread(a->fd, a->base + off + done, n - done, (off_t)(off + done));
+      if (r <= 0) die("pread");
+      done += (size_t)r;
+    }
   }
 }
 
-/* What create did before pages landed on first write: commit the whole region on
- * `threads` threads (the caller one of them). */
-static void populate_region(cllm_weights_t *w, int threads) {
-  populate_arg_t a = {.base = (char *)cllm_weights_base(w), .bytes = g_size};
+/* Commit the whole region (fd < 0: in 64 MiB steps, as create did before pages
+ * landed on first write), or pread the file into it in the library's default 8 MiB
+ * chunks, on `threads` threads (the caller one of them). */
+static void fill_region(cllm_weights_t *w, int threads, int fd) {
+  populate_arg_t a = {.base = (char *)cllm_weights_base(w), .bytes = g_size,
+                      .step = fd < 0 ? 64 * MiB : 8 * MiB, .fd = fd};
   pthread_t tid[8];
   int n = 0;
   for (int i = 1; i < threads && i < 8; i++)
@@ -313,28 +327,36 @@ static void populate_region(cllm_weights_t *w, int threads) {
 }
 
 static void case_full_load(const bench_opts_t *o) {
-  static const char *const impl[2][2] = {
-      {"cllm_weights_first_write_4k", "cllm_weights_populate_first_4k"},
-      {"cllm_weights_first_write", "cllm_weights_populate_first"}};
-  static double ns[2][2][BENCH_MAX_REPS];
+  enum { CHUNK, FIRST, RAW, N_WAYS };
+  static const char *const impl[2][N_WAYS] = {
+      {"cllm_weights_populate_chunk_4k", "cllm_weights_populate_first_4k",
+       "cllm_weights_first_write_4k"},
+      {"cllm_weights_populate_chunk", "cllm_weights_populate_first", "cllm_weights_first_write"}};
+  static const char *const note[N_WAYS] = {"cllm_weights_load: chunk committed, then read",
+                                           "region committed, then cllm_weights_load",
+                                           "pread into the untouched region (bench threads)"};
+  static double ns[2][N_WAYS][BENCH_MAX_REPS];
   int readers = o->ncpu < 8 ? o->ncpu : 8;
+  int fd = open(g_path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) die("open");
   for (int r = 0; r < o->reps; r++) {
     for (int thp = 1; thp >= 0; thp--) {
-      for (int first = 0; first <= 1; first++) {
+      for (int way = 0; way < N_WAYS; way++) {
         double t0 = bench_now_ns();
         cllm_weights_t *w =
             heap(g_size, thp ? CLLM_WEIGHTS_HUGE_TRANSPARENT : CLLM_WEIGHTS_HUGE_OFF, readers);
-        if (first) populate_region(w, readers);
-        bench_sink(load(w));
-        ns[thp][first][r] = bench_now_ns() - t0;
+        if (way == FIRST) fill_region(w, readers, -1);
+        if (way == RAW) fill_region(w, readers, fd);
+        else bench_sink(load(w));
+        ns[thp][way][r] = bench_now_ns() - t0;
         cllm_weights_destroy(w);
       }
     }
   }
+  close(fd);
   for (int thp = 1; thp >= 0; thp--)
-    for (int first = 0; first <= 1; first++)
-      emit_bw(o, "full_load", impl[thp][first], readers, ns[thp][first], g_size / MiB, 0,
-              first ? "region committed, then loaded" : "loaded into untouched pages");
+    for (int way = 0; way < N_WAYS; way++)
+      emit_bw(o, "full_load", impl[thp][way], readers, ns[thp][way], g_size / MiB, 0, note[way]);
 }
 
 /* ---- case stream_read --------------------------------------------------------------- */
