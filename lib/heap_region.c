@@ -5,8 +5,9 @@
  *   sized in 32 MiB multiples (mimalloc 2.0.9 segfaults on an unaligned arena and
  *   rounds sizes down), bound to its node with mbind before anything touches it,
  *   advised for THP, and registered as an exclusive mimalloc arena tagged
- *   numa_node = -1, not committed (so mimalloc returns the spans it frees). mimalloc can neither unregister an arena nor take more than 64,
- *   so a registered region is never unmapped: it lives in this pool, and when its
+ *   numa_node = -1, not committed (so mimalloc returns the spans it frees).
+ *   mimalloc can neither unregister an arena nor take more than 64, so a
+ *   registered region is never unmapped: it lives in this pool, and when its
  *   heaps object is destroyed it waits for a later create asking for the same size,
  *   OS node and THP setting. Only heaps created in an exclusive arena allocate from
  *   it, and the heaps API never reaches a destroyed object's heaps, so a pooled

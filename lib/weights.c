@@ -10,10 +10,10 @@
  *      so locking faults nothing in and places nothing).
  * Any failure undoes what was done before it (unmap, release) and returns.
  *
- * Pages become resident on their first write, after the policy is in place, so
- * they land where it says: a load's reader threads (bound to the policy's nodes)
- * write its range with pread, never committed beforehand (a load that fills the
- * region writes every page once); alloc commits the pages up to its end that are
+ * Pages become resident only when written, after the policy is in place, so they
+ * land where it says: a load's reader threads (bound to the policy's nodes) commit
+ * each chunk just before they pread into it (no pass over the range beforehand);
+ * alloc commits the pages up to its end that are
  * not yet (MADV_POPULATE_WRITE, in steps of COMMIT_STEP on the reader threads);
  * seal commits the rest. So the pages below `committed` are all present, and
  * `committed` only grows.
@@ -531,7 +531,8 @@ static cllm_status_t load_into(cllm_weights_t *w, int fd, uint64_t offset, size_
   cllm_status_t s = place(w, bytes, 0, &off);
   if (s != CLLM_OK) return s;
   /* The pages below off are committed (committed >= used); the load's own pages
-   * are first written by the readers, never populated first. */
+   * are committed by the readers, each chunk just before its read (never the whole
+   * range first), so by the policy, on the readers' nodes. */
   cllm__weights_job_t j = job_of(w, w->base + off, bytes, w->chunk, fd);
   j.file_off = (off_t)offset;
   e = cllm__weights_job_run(&j, true, true);
@@ -550,7 +551,7 @@ static cllm_status_t load_into(cllm_weights_t *w, int fd, uint64_t offset, size_
     }
     cllm__warn("weights: read of %zu bytes at offset %llu failed: %s", bytes,
                (unsigned long long)offset, strerror(e));
-    return e == EIO ? CLLM_EIO : e == EBADF ? CLLM_EINVAL : CLLM_ESYS;
+    return e == EIO ? CLLM_EIO : e == EBADF ? CLLM_EINVAL : e == ENOMEM ? CLLM_ENOMEM : CLLM_ESYS;
   }
   size_t top = cllm__align_down(off + bytes + w->commit_unit - 1, w->commit_unit);
   if (top > w->committed) w->committed = top; /* written, so present; top <= capacity */

@@ -28,9 +28,9 @@
  *
  * Commit policy: create charges the whole region (stats: committed_bytes, counted
  * in the kernel's commit charge too) but writes no page. A
- * page becomes resident on its first write, where the policy puts it: a load's
- * reader threads write its range once (pread into untouched pages: a load that
- * fills the region is never populated first); alloc commits its pages before it
+ * page becomes resident when first written, where the policy puts it: a load's
+ * reader threads commit each chunk of its range just before they pread into it (no
+ * pass over the region first); alloc commits its pages before it
  * returns (MADV_POPULATE_WRITE, on the reader threads); seal commits whatever no
  * alloc or load reached, so a sealed region is wholly resident and placed.
  * capacity_bytes is rounded up to the page size (to 2 MiB with huge pages); the
@@ -190,7 +190,8 @@ CLLM_API size_t cllm_weights_footprint(const cllm_weights_config_t *cfg);
 // of read_chunk_bytes on reader_threads threads, reporting progress through the
 // configured callback. On success *out is the data; on error *out is NULL and the
 // heap is as it was (nothing allocated, the zeros back). Errors: CLLM_EINVAL (NULL
-// w/path/out, bytes 0), CLLM_ESTATE (sealed), CLLM_ENOMEM (does not fit),
+// w/path/out, bytes 0), CLLM_ESTATE (sealed), CLLM_ENOMEM (does not fit, or its
+// pages could not be committed),
 // CLLM_ENOTFOUND (no such file), CLLM_ERANGE (offset + bytes beyond the end of the
 // file; TO_EOF with nothing left), CLLM_EIO (a read error, or the file got shorter
 // during the load), CLLM_ESYS (open or read failed otherwise, e.g.
