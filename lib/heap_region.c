@@ -102,10 +102,9 @@ static cllm_status_t region_new_locked(const cllm_heaps_t *h, int node, bool bin
    * residency bound of heap.h counts 4 KiB pages then). */
   if (thp) (void)cllm__prim_advise_huge(p, size);
   else (void)cllm__prim_advise_nohuge(p, size);
-  /* Not committed: mimalloc then commits on use and decommits (MADV_DONTNEED) the
-   * spans it frees; decommit_delay 0 makes that immediate (heap.h, Residency). */
+  /* Not committed: mimalloc then commits on use and decommits (MADV_DONTNEED) what
+   * it frees, after its decommit delay (heap.h, Residency). */
   mi_arena_id_t arena = 0;
-  mi_option_set(mi_option_decommit_delay, 0);
   bool ok = !CLLM_FAULT(CLLM_FAULT_MI_ARENA) &&
             mi_manage_os_memory_ex(p, size, false /*committed*/, false /*large*/, true /*zero*/,
                                    -1 /*numa: we place*/, true /*exclusive*/, &arena);

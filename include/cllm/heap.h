@@ -24,25 +24,25 @@
  *
  * Residency. A region's pages become resident as mimalloc first touches them (with
  * transparent huge pages, 2 MiB at a time). Regions are registered with mimalloc as
- * not committed, and create sets mimalloc's decommit_delay option to 0 (a process-
- * wide mimalloc option), so when the last block of a mimalloc page is freed and the
- * page leaves its heap, its memory goes back to the kernel at once (MADV_DONTNEED;
- * the node policy stays, so it comes back on the same node). With L the current
- * HEAP charge (blocks handed out, plus batch credit, which is charged but not
- * resident), while live blocks fill the pages they are in:
- *   resident_bytes <= L + L / 2 + U x (C + T) + T x M
- * L / 2: the unused tails of full mimalloc pages (under a quarter of a page's
+ * not committed, so mimalloc gives back (MADV_DONTNEED; the node policy stays) what
+ * it frees: a segment left empty at once, a span (a page whose blocks are all
+ * freed and that left its heap) CLLM_HEAPS_DECOMMIT_DELAY_MS after it was freed, at
+ * the thread's next page free. With B the peak HEAP charge of the heaps so far:
+ *   resident_bytes <= B + B / 2 + U x (C + T) + T x M
+ * B / 2: the unused tails of full mimalloc pages (under a quarter of a page's
  * blocks up to 128 KiB, under 64 KiB beside one larger block); C: partly used
  * pages, one per size class and thread-node heap (with keep_pages, the stats'
  * kept_blocks); T: thread-node heaps; M: CLLM_HEAPS_RESIDENT_META (segment
  * metadata); U: CLLM_HEAPS_RESIDENT_UNIT (2 MiB with transparent_huge_pages, else
- * 64 KiB). mimalloc keeps the last emptied page of a class (retired) for a few
- * allocations; after cllm_heap_thread_flush on each allocating thread, which
- * frees those and the kept blocks, the floor is U x (pages still holding a live
- * block) + T x (U + M). Frees that leave one live block in many
- * pages keep those pages resident (fragmentation: up to U per live block), so
- * the hard bound is region_bytes per node; a runtime that needs one sizes
- * bytes_per_node to it.
+ * 64 KiB). Batch credit is charged but not resident. mimalloc keeps the last
+ * emptied page of a class (retired) for a few allocations; cllm_heap_thread_flush
+ * frees those and the kept blocks, so segments whose blocks are all freed go back
+ * then: the floor is U x (pages still holding a live block) + T x (U + M) when the
+ * live blocks share segments; spans freed inside a segment that still holds live
+ * blocks go back only when that segment frees a page after the delay. Frees that leave one live block in many pages keep those
+ * pages resident (fragmentation), and allocations of other sizes after them can
+ * pass the bound; the hard bound is region_bytes per node, so a runtime that
+ * needs one sizes bytes_per_node to it.
  */
 #ifndef CLLM_HEAP_H
 #define CLLM_HEAP_H
@@ -215,6 +215,8 @@ typedef struct cllm_heaps_stats {
 #define CLLM_HEAPS_RESIDENT_UNIT(thp) ((size_t)((thp) ? 2u << 20 : 64u << 10))
 // M of the Residency bound: segment metadata per thread-node heap, beyond one U.
 #define CLLM_HEAPS_RESIDENT_META ((size_t)256u << 10)
+// mimalloc's delay before it gives a freed span back (its decommit_delay default).
+#define CLLM_HEAPS_DECOMMIT_DELAY_MS 25
 
 // Per-node figures add up blocks by the node whose region holds them (allocations
 // and frees from every thread, live and exited). In PLAIN mode memory has no node:
