@@ -21,17 +21,14 @@
  *                                        untouched region: MADV_POPULATE_WRITE)
  * case full_load   create + a load that fills the whole region, in ns per MiB (unit
  *                  "ns_per_MiB"), default (auto) readers, interleaved per repetition:
- *   impl cllm_weights_populate_chunk   what the library does: each reader commits a
- *                                      chunk's pages (MADV_POPULATE_WRITE), then preads
- *                                      into it (THP)
- *   impl cllm_weights_populate_first   the region committed first (MADV_POPULATE_WRITE
- *                                      in 64 MiB steps on as many threads), then the
- *                                      load (what create did before) (THP)
- *   impl cllm_weights_first_write      the same threads and chunks pread straight into
- *                                      the untouched region: each page's first write
- *                                      is the read's (done by the bench on the heap's
- *                                      region, the library never does it) (THP)
- *   impl ..._4k                        the same three with base pages (huge_pages OFF)
+ *   impl cllm_weights_populate_first   what the library does: the load commits its
+ *                                      range (MADV_POPULATE_WRITE in 64 MiB steps on
+ *                                      the readers), then preads into it (THP)
+ *   impl cllm_weights_first_write      the same threads and 8 MiB chunks pread
+ *                                      straight into the untouched region: each
+ *                                      page's first write is the read's (done by the
+ *                                      bench on the heap's region) (THP)
+ *   impl ..._4k                        the same two with base pages (huge_pages OFF)
  * case stream_read GB/s of one summing pass over loaded weights (unit "ns_per_MiB"):
  *   impl cllm_weights_off / cllm_weights_thp   heap with base pages / THP
  * case replicate / case interleave  GB/s of threads reading the whole model once each,
@@ -312,9 +309,9 @@ static void *populate_steps(void *arg) {
   }
 }
 
-/* Commit the whole region (fd < 0: in 64 MiB steps, as create did before pages
- * landed on first write), or pread the file into it in the library's default 8 MiB
- * chunks, on `threads` threads (the caller one of them). */
+/* Pread the file into the heap's untouched region in the library's default 8 MiB
+ * chunks (fd < 0: commit it in 64 MiB steps instead), on `threads` threads (the
+ * caller one of them). */
 static void fill_region(cllm_weights_t *w, int threads, int fd) {
   populate_arg_t a = {.base = (char *)cllm_weights_base(w), .bytes = g_size,
                       .step = fd < 0 ? 64 * MiB : 8 * MiB, .fd = fd};
@@ -327,13 +324,11 @@ static void fill_region(cllm_weights_t *w, int threads, int fd) {
 }
 
 static void case_full_load(const bench_opts_t *o) {
-  enum { CHUNK, FIRST, RAW, N_WAYS };
+  enum { FIRST, RAW, N_WAYS };
   static const char *const impl[2][N_WAYS] = {
-      {"cllm_weights_populate_chunk_4k", "cllm_weights_populate_first_4k",
-       "cllm_weights_first_write_4k"},
-      {"cllm_weights_populate_chunk", "cllm_weights_populate_first", "cllm_weights_first_write"}};
-  static const char *const note[N_WAYS] = {"cllm_weights_load: chunk committed, then read",
-                                           "region committed, then cllm_weights_load",
+      {"cllm_weights_populate_first_4k", "cllm_weights_first_write_4k"},
+      {"cllm_weights_populate_first", "cllm_weights_first_write"}};
+  static const char *const note[N_WAYS] = {"cllm_weights_load: range committed, then read",
                                            "pread into the untouched region (bench threads)"};
   static double ns[2][N_WAYS][BENCH_MAX_REPS];
   int readers = o->ncpu < 8 ? o->ncpu : 8;
@@ -345,7 +340,6 @@ static void case_full_load(const bench_opts_t *o) {
         double t0 = bench_now_ns();
         cllm_weights_t *w =
             heap(g_size, thp ? CLLM_WEIGHTS_HUGE_TRANSPARENT : CLLM_WEIGHTS_HUGE_OFF, readers);
-        if (way == FIRST) fill_region(w, readers, -1);
         if (way == RAW) fill_region(w, readers, fd);
         else bench_sink(load(w));
         ns[thp][way][r] = bench_now_ns() - t0;

@@ -10,13 +10,11 @@
  *      so locking faults nothing in and places nothing).
  * Any failure undoes what was done before it (unmap, release) and returns.
  *
- * Pages become resident only when written, after the policy is in place, so they
- * land where it says: a load's reader threads (bound to the policy's nodes) commit
- * each chunk just before they pread into it (no pass over the range beforehand);
- * alloc commits the pages up to its end that are
- * not yet (MADV_POPULATE_WRITE, in steps of COMMIT_STEP on the reader threads);
- * seal commits the rest. So the pages below `committed` are all present, and
- * `committed` only grows.
+ * Pages become resident only as they are needed, after the policy is in place, so
+ * they land where it says: alloc and load commit the pages up to their end that
+ * are not yet (MADV_POPULATE_WRITE, in steps of COMMIT_STEP on the reader threads,
+ * bound to the policy's nodes), a load then preads into them; seal commits the
+ * rest. So the pages below `committed` are all present, and `committed` only grows.
  *
  * Invariants (cllm_weights_check):
  *   - used <= committed <= capacity, committed == capacity once sealed; locked is
@@ -530,9 +528,11 @@ static cllm_status_t load_into(cllm_weights_t *w, int fd, uint64_t offset, size_
   size_t off;
   cllm_status_t s = place(w, bytes, 0, &off);
   if (s != CLLM_OK) return s;
-  /* The pages below off are committed (committed >= used); the load's own pages
-   * are committed by the readers, each chunk just before its read (never the whole
-   * range first), so by the policy, on the readers' nodes. */
+  /* Commit the load's pages first (on the readers, by the policy), then read: faster
+   * here than letting the reads' own writes fault them in (bench/RESULTS.md,
+   * weights_bench full_load). */
+  e = commit_to(w, off + bytes);
+  if (e != 0) return status_of_errno(e);
   cllm__weights_job_t j = job_of(w, w->base + off, bytes, w->chunk, fd);
   j.file_off = (off_t)offset;
   e = cllm__weights_job_run(&j, true, true);

@@ -4,7 +4,6 @@
  */
 #include <pthread.h>
 #include <stdatomic.h>
-#include <stdint.h>
 
 #include "internal/atomic.h"
 #include "internal/prim.h"
@@ -25,17 +24,6 @@ static void job_fail(cllm__weights_job_t *j, int e) {
   atomic_store_explicit(&j->stop, true, memory_order_release);
 }
 
-/* Commit the pages [p, p + n) touches before a read fills them: faster than letting
- * the read's own writes fault them in (bench/RESULTS.md, weights_bench full_load),
- * and still by this thread, so by the policy, on its node. The first and last page may be
- * shared with a neighbour chunk: committing a present page changes nothing. */
-static int populate_covering(char *p, size_t n) {
-  size_t page = cllm__prim_page_size();
-  uintptr_t a = (uintptr_t)p & ~(uintptr_t)(page - 1);
-  uintptr_t b = ((uintptr_t)p + n + page - 1) & ~(uintptr_t)(page - 1);
-  return cllm__prim_populate((void *)a, (size_t)(b - a));
-}
-
 /* Claim and process one chunk; false when there is nothing left or the job stopped. */
 static bool job_step(cllm__weights_job_t *j) {
   if (atomic_load_explicit(&j->stop, memory_order_acquire)) return false;
@@ -47,8 +35,7 @@ static bool job_step(cllm__weights_job_t *j) {
     e = cllm__prim_populate(j->dst + off, n);
   } else {
     size_t got = 0;
-    e = populate_covering(j->dst + off, n);
-    if (e == 0) e = cllm__prim_pread_full(j->fd, j->dst + off, n, j->file_off + (off_t)off, &got);
+    e = cllm__prim_pread_full(j->fd, j->dst + off, n, j->file_off + (off_t)off, &got);
     if (e == 0 && got < n) e = -1;
   }
   if (e != 0) {

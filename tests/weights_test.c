@@ -355,11 +355,10 @@ Test(weights, footprint_is_what_create_charges_and_resident_never_passes_it) {
   cllm_monitor_destroy(m);
 }
 
-/* Create commits nothing; a load that fills the region commits each chunk as its
- * reader gets to it (one commit step per chunk, no pass over the region first);
- * resident never passes the charge taken at create. A partial fill commits the
- * rest at seal. */
-Test(weights, a_full_load_commits_each_chunk_as_it_reads) {
+/* Create commits nothing; a load commits its own range (one commit step per 64 MiB),
+ * then reads; resident never passes the charge taken at create. A partial fill
+ * commits the rest at seal. */
+Test(weights, a_load_commits_its_range_then_reads_it) {
   cllm_monitor_t *m = mk_monitor(0);
   uint64_t csum;
   const char *path = make_file(6 * MiB, 43, 0, 6 * MiB, &csum);
@@ -376,20 +375,19 @@ Test(weights, a_full_load_commits_each_chunk_as_it_reads) {
     unsigned long madvise0 = cllm_fault_calls(CLLM_FAULT_MADVISE);
     void *p;
     cr_assert_eq(cllm_weights_load_path(w, path, 0, CLLM_WEIGHTS_TO_EOF, &p), CLLM_OK);
-    cr_assert_eq(cllm_fault_calls(CLLM_FAULT_MADVISE), madvise0 + 6, "one step per chunk (huge %d)",
-                 huge);
+    cr_assert_eq(cllm_fault_calls(CLLM_FAULT_MADVISE), madvise0 + 1, "one step (huge %d)", huge);
     cr_assert_eq(checksum(p, 6 * MiB), csum);
     st = stats_of(w);
     cr_assert_eq(st.resident_bytes, st.capacity_bytes, "written once, so resident");
     cr_assert_eq(st.pages_absent, 0);
     cr_assert_leq(st.resident_bytes, cllm_monitor_used(m, CLLM_CAT_WEIGHTS));
     cr_assert_eq(cllm_weights_seal(w), CLLM_OK);
-    cr_assert_eq(cllm_fault_calls(CLLM_FAULT_MADVISE), madvise0 + 6, "nothing left for seal");
+    cr_assert_eq(cllm_fault_calls(CLLM_FAULT_MADVISE), madvise0 + 1, "nothing left for seal");
     cr_assert_eq(cllm_weights_check(w), CLLM_OK);
     cllm_weights_destroy(w);
   }
-  /* Partial: an alloc commits its pages, a load writes its own, seal commits the
-   * rest; resident stays at or below the charge at every step. */
+  /* Partial: an alloc commits its pages, a load its own, seal the rest; resident
+   * stays at or below the charge at every step. */
   cllm_weights_config_t c = cfg_with(m, 16 * MiB);
   c.huge_pages = CLLM_WEIGHTS_HUGE_OFF;
   cllm_weights_t *w;

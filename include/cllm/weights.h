@@ -28,9 +28,10 @@
  *
  * Commit policy: create charges the whole region (stats: committed_bytes, counted
  * in the kernel's commit charge too) but writes no page. A
- * page becomes resident when first written, where the policy puts it: a load's
- * reader threads commit each chunk of its range just before they pread into it (no
- * pass over the region first); alloc commits its pages before it
+ * page becomes resident when first needed, where the policy puts it: a load's
+ * reader threads commit its range (MADV_POPULATE_WRITE), then pread into it (on
+ * this kind of machine faster than letting the reads fault the pages in); alloc
+ * commits its pages before it
  * returns (MADV_POPULATE_WRITE, on the reader threads); seal commits whatever no
  * alloc or load reached, so a sealed region is wholly resident and placed.
  * capacity_bytes is rounded up to the page size (to 2 MiB with huge pages); the
