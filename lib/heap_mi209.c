@@ -134,23 +134,17 @@ void cllm__heap_keep_class(tstate_t *ts, size_t size) {
 }
 
 void cllm__heap_keep_release(const cllm_heaps_t *h, tstate_t *ts, bool close) {
-  if (ts->keep != NULL) {
-    size_t n = (size_t)h->nodes * (size_t)g_nclasses;
-    for (size_t i = 0; i < n; i++) {
-      if (ts->keep[i] != NULL) {
-        HEAP_TSAN_ON_FREE(ts->keep[i]);
-        mi_free(ts->keep[i]);
-        ts->keep[i] = NULL;
-      }
+  if (ts->keep == NULL) return;
+  size_t n = (size_t)h->nodes * (size_t)g_nclasses;
+  for (size_t i = 0; i < n; i++) {
+    if (ts->keep[i] != NULL) {
+      HEAP_TSAN_ON_FREE(ts->keep[i]);
+      mi_free(ts->keep[i]);
+      ts->keep[i] = NULL;
     }
-    cllm__atomic_store_relaxed(&ts->kept, 0);
-    if (close) memset(ts->fast16, 0, sizeof cllm__heap_class16);
   }
-  /* A flush then frees the pages mimalloc keeps retired (empty, one per class), so
-   * their memory goes back to the kernel now (heap.h, Residency). */
-  if (close && ts->heap != NULL)
-    for (int i = 0; i < (h->mode == CLLM_HEAP_MODE_PLAIN ? 1 : h->nodes); i++)
-      if (ts->heap[i] != NULL) mi_heap_collect(ts->heap[i], true);
+  cllm__atomic_store_relaxed(&ts->kept, 0);
+  if (close) memset(ts->fast16, 0, sizeof cllm__heap_class16);
 }
 
 /* ---- aligned blocks ---- */

@@ -5,9 +5,8 @@
  *   sized in 32 MiB multiples (mimalloc 2.0.9 segfaults on an unaligned arena and
  *   rounds sizes down), bound to its node with mbind before anything touches it,
  *   advised for THP, and registered as an exclusive mimalloc arena tagged
- *   numa_node = -1, not committed (so mimalloc returns the spans it frees).
- *   mimalloc can neither unregister an arena nor take more than 64, so a
- *   registered region is never unmapped: it lives in this pool, and when its
+ *   numa_node = -1. mimalloc can neither unregister an arena nor take more than 64,
+ *   so a registered region is never unmapped: it lives in this pool, and when its
  *   heaps object is destroyed it waits for a later create asking for the same size,
  *   OS node and THP setting. Only heaps created in an exclusive arena allocate from
  *   it, and the heaps API never reaches a destroyed object's heaps, so a pooled
@@ -102,11 +101,9 @@ static cllm_status_t region_new_locked(const cllm_heaps_t *h, int node, bool bin
    * residency bound of heap.h counts 4 KiB pages then). */
   if (thp) (void)cllm__prim_advise_huge(p, size);
   else (void)cllm__prim_advise_nohuge(p, size);
-  /* Not committed: mimalloc then commits on use and decommits (MADV_DONTNEED) what
-   * it frees, after its decommit delay (heap.h, Residency). */
   mi_arena_id_t arena = 0;
   bool ok = !CLLM_FAULT(CLLM_FAULT_MI_ARENA) &&
-            mi_manage_os_memory_ex(p, size, false /*committed*/, false /*large*/, true /*zero*/,
+            mi_manage_os_memory_ex(p, size, true /*committed*/, false /*large*/, true /*zero*/,
                                    -1 /*numa: we place*/, true /*exclusive*/, &arena);
   if (!ok) {
     cllm__warn("heaps: mimalloc refused to register a %zu-byte arena", size);

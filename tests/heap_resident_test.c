@@ -67,26 +67,11 @@ static size_t resident_mincore(const cllm_heaps_stats_t *s) {
   return total * ps;
 }
 
-/* The bound of heap.h: B + B / 2 + U x (C + T) + T x M, B the peak HEAP charge. */
+/* The bound of heap.h: B + B / 2 + U x (C + T), B the peak HEAP charge. */
 static size_t documented_bound(const world_t *w, const cllm_heaps_stats_t *s, size_t heaps_threads) {
   size_t b = cllm_monitor_peak(w->m, CLLM_CAT_HEAP);
   size_t t = heaps_threads * (size_t)s->nodes;
-  return b + b / 2 + CLLM_HEAPS_RESIDENT_UNIT(w->thp) * ((size_t)s->kept_blocks + t) +
-         t * CLLM_HEAPS_RESIDENT_META;
-}
-
-/* After frees and a flush: the floor of heap.h for segments left empty, U x (pages
- * holding a live block) + T x (U + CLLM_HEAPS_RESIDENT_META), live pages counted
- * by the caller's live blocks (each in its own page at worst). */
-static void check_floor(const world_t *w, size_t live_blocks, const char *what) {
-  cllm_heaps_stats_t s = stats(w);
-  size_t kernel = resident_mincore(&s);
-  size_t u = CLLM_HEAPS_RESIDENT_UNIT(w->thp), t = (size_t)s.nodes;
-  size_t floor = u * (live_blocks + (size_t)s.kept_blocks) + t * (u + CLLM_HEAPS_RESIDENT_META);
-  printf("heap_resident: %s (thp %d): kernel %zu KiB, floor %zu KiB\n", what, w->thp,
-         kernel / KiB, floor / KiB);
-  cr_assert_leq(kernel, floor, "%s: %zu resident > floor %zu (kept %llu)", what, kernel, floor,
-                (unsigned long long)s.kept_blocks);
+  return b + b / 2 + CLLM_HEAPS_RESIDENT_UNIT(w->thp) * ((size_t)s->kept_blocks + t);
 }
 
 static void check_bound(const world_t *w, size_t threads, const char *what) {
@@ -138,17 +123,17 @@ static void one_thread_mixes(bool thp, bool keep) {
   check_bound(&w, 1, "small + medium");
   fill(w.h, g_blocks + 5000, 40, 129 * KiB, 3 * MiB, 77 * KiB); /* large blocks */
   check_bound(&w, 1, "small + medium + large");
-  /* Freeing never adds resident pages (mimalloc gives spans back after its delay);
-   * the same work again stays within the bound of the same peak charge. */
+  /* Freed pages stay resident (a high-water mark), and are reused: repeating the
+   * same work keeps within the bound of the same peak charge. */
+  size_t high = stats(&w).resident_bytes;
   for (int round = 0; round < 6; round++) {
-    size_t before = stats(&w).resident_bytes;
     drain(w.h, g_blocks, 5040);
-    cr_assert_eq(cllm_heap_thread_flush(w.h), CLLM_OK);
-    cr_assert_leq(stats(&w).resident_bytes, before, "freeing never adds resident pages");
+    cr_assert_geq(stats(&w).resident_bytes, high, "freeing returns nothing to the kernel");
     fill(w.h, g_blocks, 4000, 16, 1024, 16);
     fill(w.h, g_blocks + 4000, 1000, 1024, 128 * KiB, 1008);
     fill(w.h, g_blocks + 5000, 40, 129 * KiB, 3 * MiB, 77 * KiB);
     check_bound(&w, 1, "the same work again");
+    high = stats(&w).resident_bytes;
   }
   drain(w.h, g_blocks, 5040);
   cllm_heap_free(w.h, one);
@@ -221,27 +206,4 @@ Test(heap_resident, footprints) {
   }
   for (int i = 0; i < 64; i++) cllm_heap_free(w.h, p[i]);
   world_end(&w);
-}
-
-/* A segment whose blocks are all freed goes back to the kernel at once: 64 MiB of
- * 4 KiB blocks, all freed, then a flush: resident falls to the floor of heap.h. */
-Test(heap_resident, freed_segments_go_back_to_the_kernel) {
-  static void *p[16384];
-  for (int thp = 0; thp < 2; thp++) {
-    world_t w = world(thp, true);
-    if (cllm_heaps_mode(w.h) == CLLM_HEAP_MODE_PLAIN) {
-      world_end(&w);
-      cr_skip_test("regions unavailable here (PLAIN mode)");
-    }
-    for (size_t i = 0; i < 16384; i++) {
-      p[i] = cllm_heap_alloc(w.h, 4096);
-      cr_assert_not_null(p[i]);
-      memset(p[i], 1, 4096);
-    }
-    cr_assert_geq(stats(&w).resident_bytes, 64 * MiB);
-    for (size_t i = 0; i < 16384; i++) cllm_heap_free(w.h, p[i]);
-    cr_assert_eq(cllm_heap_thread_flush(w.h), CLLM_OK);
-    check_floor(&w, 0, "64 MiB of 4 KiB blocks freed, flushed");
-    world_end(&w);
-  }
 }

@@ -23,26 +23,19 @@
  * calling thread (cllm_last_status()) and in the stats.
  *
  * Residency. A region's pages become resident as mimalloc first touches them (with
- * transparent huge pages, 2 MiB at a time). Regions are registered with mimalloc as
- * not committed, so mimalloc gives back (MADV_DONTNEED; the node policy stays) what
- * it frees: a segment left empty at once, a span (a page whose blocks are all
- * freed and that left its heap) CLLM_HEAPS_DECOMMIT_DELAY_MS after it was freed, at
- * the thread's next page free. With B the peak HEAP charge of the heaps so far:
- *   resident_bytes <= B + B / 2 + U x (C + T) + T x M
+ * transparent huge pages, 2 MiB at a time) and stay resident after their blocks are
+ * freed: mimalloc 2.0.9 reuses them on the node and never returns them to the
+ * kernel, so resident_bytes is a high-water mark (at most region_bytes per node).
+ * With B the peak HEAP charge of the heaps so far, it stays within
+ *   resident_bytes <= B + B / 2 + U x (C + T)
  * B / 2: the unused tails of full mimalloc pages (under a quarter of a page's
  * blocks up to 128 KiB, under 64 KiB beside one larger block); C: partly used
  * pages, one per size class and thread-node heap (with keep_pages, the stats'
- * kept_blocks); T: thread-node heaps; M: CLLM_HEAPS_RESIDENT_META (segment
- * metadata); U: CLLM_HEAPS_RESIDENT_UNIT (2 MiB with transparent_huge_pages, else
- * 64 KiB). Batch credit is charged but not resident. mimalloc keeps the last
- * emptied page of a class (retired) for a few allocations; cllm_heap_thread_flush
- * frees those and the kept blocks, so segments whose blocks are all freed go back
- * then: the floor is U x (pages still holding a live block) + T x (U + M) when the
- * live blocks share segments; spans freed inside a segment that still holds live
- * blocks go back only when that segment frees a page after the delay. Frees that leave one live block in many pages keep those
- * pages resident (fragmentation), and allocations of other sizes after them can
- * pass the bound; the hard bound is region_bytes per node, so a runtime that
- * needs one sizes bytes_per_node to it.
+ * kept_blocks); T: thread-node heaps (segment metadata); U: CLLM_HEAPS_RESIDENT_UNIT (2 MiB with
+ * transparent_huge_pages, else 64 KiB). Batch credit is charged but not resident.
+ * Frees that leave one live block in many pages, followed by allocations of other
+ * sizes, can pass the bound (fragmentation); the hard bound is region_bytes per
+ * node, so a runtime that needs one sizes bytes_per_node to it.
  */
 #ifndef CLLM_HEAP_H
 #define CLLM_HEAP_H
@@ -173,9 +166,8 @@ CLLM_API void cllm_heap_free(cllm_heaps_t *h, void *p);
 CLLM_API void cllm_heap_free_sized(cllm_heaps_t *h, void *p, size_t bytes);
 // Usable bytes of p (0 for NULL or a foreign pointer). Thread: any.
 CLLM_API size_t cllm_heap_usable_size(cllm_heaps_t *h, const void *p);
-// Return the calling thread's batch credit and its kept blocks now, and give its
-// emptied mimalloc pages back to the kernel (for a thread that stops allocating for
-// long; it takes them again as it allocates).
+// Return the calling thread's batch credit and its kept blocks now (for a thread
+// that stops allocating for long; it takes them again as it allocates).
 // Thread: owner.
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_heap_thread_flush(cllm_heaps_t *h);
 
@@ -213,10 +205,6 @@ typedef struct cllm_heaps_stats {
 
 // The page unit U of the residency bound above, per transparent_huge_pages.
 #define CLLM_HEAPS_RESIDENT_UNIT(thp) ((size_t)((thp) ? 2u << 20 : 64u << 10))
-// M of the Residency bound: segment metadata per thread-node heap, beyond one U.
-#define CLLM_HEAPS_RESIDENT_META ((size_t)256u << 10)
-// mimalloc's delay before it gives a freed span back (its decommit_delay default).
-#define CLLM_HEAPS_DECOMMIT_DELAY_MS 25
 
 // Per-node figures add up blocks by the node whose region holds them (allocations
 // and frees from every thread, live and exited). In PLAIN mode memory has no node:
