@@ -27,20 +27,19 @@
  * thread that happens to lock them.
  *
  * Commit policy: create charges the whole region (stats: committed_bytes, counted
- * in the kernel's commit charge too) but writes no page. A
- * page becomes resident when first needed, where the policy puts it: a load's
- * reader threads commit its range (MADV_POPULATE_WRITE), then pread into it (on
- * this kind of machine faster than letting the reads fault the pages in); alloc
- * commits its pages before it
- * returns (MADV_POPULATE_WRITE, on the reader threads); seal commits whatever no
- * alloc or load reached, so a sealed region is wholly resident and placed.
+ * in the kernel's commit charge too) but writes no page. A page becomes resident
+ * when first needed, where the policy puts it: a load's reader threads commit its
+ * range (MADV_POPULATE_WRITE), then pread into it (faster on the machines measured
+ * than letting the reads fault the pages in); alloc commits its pages before it
+ * returns (on the reader threads); seal commits whatever no alloc or load reached,
+ * so a sealed region is wholly resident and placed.
  * capacity_bytes is rounded up to the page size (to 2 MiB with huge pages); the
  * rounded size is what is charged and what stats report as capacity
  * (cllm_weights_footprint gives it before create).
  *
  * Residency: the region is charged before it is mapped, so its resident bytes
  * (stats: resident_bytes, read back from the kernel) never exceed the charge; no
- * slack. Until seal, resident_bytes is what was written or allocated so far.
+ * slack. Until seal, resident_bytes is what was loaded or allocated so far.
  *
  * Placement that cannot be applied (the topology is not this machine, or mbind
  * fails): LOCAL proceeds with the kernel's default policy (first touch, by the
