@@ -395,11 +395,12 @@ Test(weights, a_load_commits_its_range_then_reads_it) {
   size_t page = (size_t)sysconf(_SC_PAGESIZE);
   void *a, *p;
   cr_assert_eq(cllm_weights_alloc(w, 10, 0, &a), CLLM_OK);
-  cr_assert_eq(stats_of(w).resident_bytes, page, "alloc commits its page");
+  cr_assert_geq(stats_of(w).resident_bytes, page, "alloc commits its page");
   cr_assert_eq(cllm_weights_alloc(w, 3 * page, page, &a), CLLM_OK);
-  cr_assert_eq(stats_of(w).resident_bytes, 4 * page);
+  cr_assert_geq(stats_of(w).resident_bytes, 4 * page);
   cr_assert_eq(cllm_weights_load_path(w, path, MiB, 2 * MiB, &p), CLLM_OK);
-  cr_assert_eq(stats_of(w).resident_bytes, 4 * page + 2 * MiB);
+  /* (more where the kernel has THP "always": a commit step may fault huge pages) */
+  cr_assert_geq(stats_of(w).resident_bytes, 4 * page + 2 * MiB);
   cr_assert_eq(cllm_weights_check(w), CLLM_OK);
   cr_assert_leq(stats_of(w).resident_bytes, cllm_monitor_used(m, CLLM_CAT_WEIGHTS));
   cr_assert_eq(cllm_weights_seal(w), CLLM_OK);
