@@ -2,12 +2,13 @@
  *
  * case load        a file range in the page cache into memory; ns_per_op is ns per
  *                  MiB (extra unit = "ns_per_MiB"), gb_per_s = GB/s (1e9 bytes/s):
- *   impl cllm_weights_load         load into a heap created (committed) beforehand,
- *                                  1 reader and, as a separate row, 2 readers (threads)
+ *   impl cllm_weights_load         load into a heap created beforehand (its pages land
+ *                                  on the readers' first write), 1 reader and, as a
+ *                                  separate row, 2 readers (threads)
  *   (every row has pct_of_memcpy: memcpy's median time / the row's median time;
  *   the impls run interleaved within each repetition)
- *   impl cllm_weights_create_load  create + load (includes committing the pages),
- *                                  default (auto) reader count
+ *   impl cllm_weights_create_load  create + load (the load's writes fault the pages
+ *                                  in), default (auto) reader count
  *   impl memcpy                    memcpy of the same bytes between two committed
  *                                  buffers (the physical limit; the goal is load
  *                                  >= 80% of it)
@@ -16,7 +17,18 @@
  * case first_touch ns per 4 KiB page to commit fresh memory (unit "ns_per_4KiB_page"):
  *   impl mmap_touch_4k / mmap_touch_thp  write one byte per page of a fresh mapping
  *                                        (MADV_NOHUGEPAGE / MADV_HUGEPAGE)
- *   impl cllm_weights_create_off / _thp  cllm_weights_create (MADV_POPULATE_WRITE)
+ *   impl cllm_weights_create_off / _thp  cllm_weights_create + seal (seal commits the
+ *                                        untouched region: MADV_POPULATE_WRITE)
+ * case full_load   create + a load that fills the whole region, in ns per MiB (unit
+ *                  "ns_per_MiB"), default (auto) readers, interleaved per repetition:
+ *   impl cllm_weights_populate_first   what the library does: the load commits its
+ *                                      range (MADV_POPULATE_WRITE in 64 MiB steps on
+ *                                      the readers), then preads into it (THP)
+ *   impl cllm_weights_first_write      the same threads and 8 MiB chunks pread
+ *                                      straight into the untouched region: each
+ *                                      page's first write is the read's (done by the
+ *                                      bench on the heap's region) (THP)
+ *   impl ..._4k                        the same two with base pages (huge_pages OFF)
  * case stream_read GB/s of one summing pass over loaded weights (unit "ns_per_MiB"):
  *   impl cllm_weights_off / cllm_weights_thp   heap with base pages / THP
  * case replicate / case interleave  GB/s of threads reading the whole model once each,
@@ -34,6 +46,8 @@
 #endif
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -207,11 +221,11 @@ static void case_load(const bench_opts_t *o) {
   g_load_gbps[0] = (double)g_size / bench_median(ns[L1], o->reps);
   g_load_gbps[1] = (double)g_size / bench_median(ns[L2], o->reps);
   emit_bw(o, "load", "cllm_weights_load", 1, ns[L1], mib, memcpy_med,
-          "heap committed at create (THP), 1 reader");
+          "heap created beforehand (THP), 1 reader");
   emit_bw(o, "load", "cllm_weights_load", 2, ns[L2], mib, memcpy_med,
-          "heap committed at create (THP), 2 readers");
+          "heap created beforehand (THP), 2 readers");
   emit_bw(o, "load", "cllm_weights_create_load", auto_readers, ns[CREATE_LOAD], mib, memcpy_med,
-          "create (commit, THP) + load, default (auto) readers");
+          "create (THP) + load, default (auto) readers");
   emit_bw(o, "load", "memcpy", 1, ns[MEMCPY], mib, memcpy_med, "committed THP buffers");
   emit_bw(o, "load", "read_malloc", 1, ns[READ_MALLOC], mib, memcpy_med,
           "fresh malloc: page faults included");
@@ -258,6 +272,7 @@ static void case_first_touch(const bench_opts_t *o) {
       double t0 = bench_now_ns();
       cllm_weights_t *w =
           heap(bytes, thp ? CLLM_WEIGHTS_HUGE_TRANSPARENT : CLLM_WEIGHTS_HUGE_OFF, 1);
+      if (cllm_weights_seal(w) != CLLM_OK) die("seal");
       ns[r] = bench_now_ns() - t0;
       cllm_weights_stats_t st = {.struct_size = sizeof st};
       if (cllm_weights_stats(w, &st) == CLLM_OK) frac = (double)st.huge_bytes / (double)bytes;
@@ -265,6 +280,77 @@ static void case_first_touch(const bench_opts_t *o) {
     }
     emit_touch(o, thp ? "cllm_weights_create_thp" : "cllm_weights_create_off", ns, bytes, frac);
   }
+}
+
+/* ---- case full_load ----------------------------------------------------------------- */
+
+typedef struct populate_arg {
+  char *base;
+  size_t bytes, step;
+  int fd; /* < 0: populate; else pread the file */
+  _Atomic size_t next;
+} populate_arg_t;
+
+static void *populate_steps(void *arg) {
+  populate_arg_t *a = arg;
+  for (;;) {
+    size_t off = atomic_fetch_add(&a->next, a->step);
+    if (off >= a->bytes) return NULL;
+    size_t n = a->bytes - off < a->step ? a->bytes - off : a->step;
+    if (a->fd < 0) {
+      if (madvise(a->base + off, n, 23 /* MADV_POPULATE_WRITE */) != 0) die("populate");
+      continue;
+    }
+    for (size_t done = 0; done < n;) {
+      ssize_t r = pread(a->fd, a->base + off + done, n - done, (off_t)(off + done));
+      if (r <= 0) die("pread");
+      done += (size_t)r;
+    }
+  }
+}
+
+/* Pread the file into the heap's untouched region in the library's default 8 MiB
+ * chunks (fd < 0: commit it in 64 MiB steps instead), on `threads` threads (the
+ * caller one of them). */
+static void fill_region(cllm_weights_t *w, int threads, int fd) {
+  populate_arg_t a = {.base = (char *)cllm_weights_base(w), .bytes = g_size,
+                      .step = fd < 0 ? 64 * MiB : 8 * MiB, .fd = fd};
+  pthread_t tid[8];
+  int n = 0;
+  for (int i = 1; i < threads && i < 8; i++)
+    if (pthread_create(&tid[n], NULL, populate_steps, &a) == 0) n++;
+  populate_steps(&a);
+  for (int i = 0; i < n; i++) pthread_join(tid[i], NULL);
+}
+
+static void case_full_load(const bench_opts_t *o) {
+  enum { FIRST, RAW, N_WAYS };
+  static const char *const impl[2][N_WAYS] = {
+      {"cllm_weights_populate_first_4k", "cllm_weights_first_write_4k"},
+      {"cllm_weights_populate_first", "cllm_weights_first_write"}};
+  static const char *const note[N_WAYS] = {"cllm_weights_load: range committed, then read",
+                                           "pread into the untouched region (bench threads)"};
+  static double ns[2][N_WAYS][BENCH_MAX_REPS];
+  int readers = o->ncpu < 8 ? o->ncpu : 8;
+  int fd = open(g_path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) die("open");
+  for (int r = 0; r < o->reps; r++) {
+    for (int thp = 1; thp >= 0; thp--) {
+      for (int way = 0; way < N_WAYS; way++) {
+        double t0 = bench_now_ns();
+        cllm_weights_t *w =
+            heap(g_size, thp ? CLLM_WEIGHTS_HUGE_TRANSPARENT : CLLM_WEIGHTS_HUGE_OFF, readers);
+        if (way == RAW) fill_region(w, readers, fd);
+        else bench_sink(load(w));
+        ns[thp][way][r] = bench_now_ns() - t0;
+        cllm_weights_destroy(w);
+      }
+    }
+  }
+  close(fd);
+  for (int thp = 1; thp >= 0; thp--)
+    for (int way = 0; way < N_WAYS; way++)
+      emit_bw(o, "full_load", impl[thp][way], readers, ns[thp][way], g_size / MiB, 0, note[way]);
 }
 
 /* ---- case stream_read --------------------------------------------------------------- */
@@ -398,6 +484,7 @@ int main(int argc, char **argv) {
   double t0 = bench_now_ns();
   case_load(&o);
   case_first_touch(&o);
+  case_full_load(&o);
   case_stream_read(&o);
   case_numa_read(&o);
   unlink(g_path);

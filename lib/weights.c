@@ -6,15 +6,20 @@
  *   2. map the region, uncommitted (hugetlbfs first when asked; on failure the
  *      ordinary mapping, 2 MiB aligned, advised for THP);
  *   3. apply the NUMA policy with mbind while no page of the region exists;
- *   4. commit every page (MADV_POPULATE_WRITE) in steps of COMMIT_STEP, on the
- *      reader threads, each bound to the node its pages go to;
- *   5. lock (mlock2 MLOCK_ONFAULT over pages already present, so it faults nothing
- *      in and moves nothing: they are where the policy put them).
+ *   4. lock (mlock2 MLOCK_ONFAULT: each page is locked when it is first written,
+ *      so locking faults nothing in and places nothing).
  * Any failure undoes what was done before it (unmap, release) and returns.
  *
+ * Pages become resident only as they are needed, after the policy is in place, so
+ * they land where it says: alloc and load commit the pages up to their end that
+ * are not yet (MADV_POPULATE_WRITE, in steps of COMMIT_STEP on the reader threads,
+ * bound to the policy's nodes), a load then preads into them; seal commits the
+ * rest. So the pages below `committed` are all present, and `committed` only grows.
+ *
  * Invariants (cllm_weights_check):
- *   - used <= capacity; committed == capacity (the whole region is committed at
- *     create); locked is 0 or capacity; the monitor holds >= capacity in WEIGHTS;
+ *   - used <= committed <= capacity, committed == capacity once sealed; locked is
+ *     0 or capacity; the monitor holds >= capacity in WEIGHTS (charged at create,
+ *     before any page is resident);
  *   - every byte in [used, capacity) is zero: alloc hands out zeros, and a failed
  *     load zeroes what it wrote before returning (so "the heap as it was" holds
  *     byte for byte, not just for the bump pointer);
@@ -43,6 +48,7 @@
 #include "internal/prim.h"
 #include "internal/util.h"
 #include "internal/versioned.h"
+#include "weights_job.h"
 #include "weights_replica.h"
 
 #define WEIGHTS_MAGIC 0x574549474854534cull /* "WEIGHTSL" */
@@ -58,7 +64,9 @@ struct cllm_weights {
   char *base;
   size_t capacity;                 /* one copy (what alloc and load fill) */
   int replicas;                    /* copies, back to back (REPLICATE), else 1 */
-  size_t span;                     /* capacity x replicas: mapped, committed, charged */
+  size_t span;                     /* capacity x replicas: mapped and charged */
+  size_t commit_unit;              /* the page: base page, or the hugetlbfs page */
+  size_t committed;                /* [0, committed) of every copy is present */
   _Atomic size_t used;             /* bump offset */
   _Atomic bool sealed;
   cllm_monitor_t *monitor;
@@ -145,110 +153,44 @@ static int auto_readers(void) {
   return n < AUTO_READERS_MAX ? n : AUTO_READERS_MAX;
 }
 
-/* ---- the parallel chunk runner (commit at create, pread at load) ---------------- */
-
-#define JOB_SHORT_READ (-1) /* the file ended before the range did */
-
-typedef struct job {
-  cllm_weights_t *w;
-  char *dst;
-  size_t total, chunk;
-  int fd;                 /* < 0: commit (populate) instead of read */
-  off_t file_off;
-  _Atomic size_t next;    /* next offset to claim */
-  _Atomic size_t done;    /* bytes completed */
-  _Atomic int err;        /* first errno, or JOB_SHORT_READ */
-  _Atomic bool stop;
-} job_t;
-
-typedef struct worker {
-  job_t *job;
-  int node;               /* bind to this node first, or -1 */
-  pthread_t tid;
-} worker_t;
-
-static void job_fail(job_t *j, int e) {
-  int zero = 0;
-  atomic_compare_exchange_strong(&j->err, &zero, e);
-  atomic_store_explicit(&j->stop, true, memory_order_release);
+/* A chunk job over [dst, dst + total) with this heap's threads, binding and
+ * progress callback (fd < 0: commit). Replicas: reads fill copy 0, on node 0. */
+static cllm__weights_job_t job_of(const cllm_weights_t *w, char *dst, size_t total, size_t chunk,
+                                  int fd) {
+  cllm__weights_job_t j = {.dst = dst, .total = total, .chunk = chunk, .fd = fd,
+                           .topo = w->topo, .threads = w->readers, .progress = w->progress,
+                           .progress_user = w->progress_user};
+  if (w->bind_readers) {
+    j.nodes = w->nodes_applied; /* with replicas, nodes_applied[0] is node 0 */
+    j.n_nodes = w->replicas > 1 ? 1 : w->n_nodes_applied;
+  }
+  return j;
 }
 
-/* Claim and process one chunk; false when there is nothing left or the job stopped. */
-static bool job_step(job_t *j) {
-  if (atomic_load_explicit(&j->stop, memory_order_acquire)) return false;
-  size_t off = cllm__atomic_add_relaxed(&j->next, j->chunk);
-  if (off >= j->total) return false;
-  size_t n = j->total - off < j->chunk ? j->total - off : j->chunk;
-  int e;
-  if (j->fd < 0) {
-    e = cllm__prim_populate(j->dst + off, n);
+/* Commit [committed, to) of every copy (to rounded up to the commit unit, at most
+ * capacity) on the reader threads. With no policy on a several-node machine only
+ * this thread touches the pages (first touch decides their node). On failure
+ * `committed` is unchanged (pages already faulted stay, charged). */
+static cllm_status_t commit_to(cllm_weights_t *w, size_t to) {
+  to = cllm__align_down(to + w->commit_unit - 1, w->commit_unit); /* to <= capacity */
+  if (to > w->capacity) to = w->capacity;
+  if (to <= w->committed) return CLLM_OK;
+  size_t from = w->committed;
+  size_t step = COMMIT_STEP;
+  if (w->huge_applied == CLLM_WEIGHTS_HUGE_HUGETLBFS) step = cllm__align_down(step, w->commit_unit);
+  cllm_status_t s;
+  if (w->replicas > 1) {
+    s = cllm__status_of_errno(cllm__weights_replicas_fill(w->topo, w->base, w->capacity, 0,
+                                                          w->replicas, from, to - from,
+                                                          w->readers, step, false));
   } else {
-    size_t got = 0;
-    e = cllm__prim_pread_full(j->fd, j->dst + off, n, j->file_off + (off_t)off, &got);
-    if (e == 0 && got < n) e = JOB_SHORT_READ;
+    int n_nodes = w->topo != NULL ? cllm_topology_nodes(w->topo) : 1;
+    cllm__weights_job_t commit = job_of(w, w->base + from, to - from, step, -1);
+    s = cllm__weights_job_run(&commit, false,
+                              !(w->numa_applied == CLLM_WEIGHTS_NUMA_DEFAULT && n_nodes > 1));
   }
-  if (e != 0) {
-    job_fail(j, e);
-    return false;
-  }
-  cllm__atomic_add_relaxed(&j->done, n);
-  return true;
-}
-
-static void *worker_main(void *arg) {
-  worker_t *wk = arg;
-  if (wk->node >= 0) CLLM_DISCARD(cllm_thread_bind_node(wk->job->w->topo, wk->node));
-  while (job_step(wk->job)) {
-  }
-  return NULL;
-}
-
-/* Run the job on the calling thread plus up to w->readers - 1 threads (fewer if the
- * job is small or a thread cannot start). `progress` (reads only) runs on the
- * calling thread after each of its chunks and once at the end; false cancels.
- * CLLM_OK; CLLM_EPREEMPTED (cancelled); CLLM_EIO (short read); else the status of the
- * errno left in j->err. */
-static cllm_status_t job_run(job_t *j, bool with_progress, bool multi) {
-  cllm_weights_t *w = j->w;
-  worker_t workers[MAX_READERS];
-  int n_threads = 0;
-  size_t n_chunks = (j->total + j->chunk - 1) / j->chunk;
-  int want = multi ? w->readers : 1;
-  if ((size_t)want > n_chunks) want = (int)n_chunks;
-  for (int i = 1; i < want; i++) {
-    worker_t *wk = &workers[n_threads];
-    wk->job = j;
-    /* Replicas: reads fill copy 0, on node 0. */
-    wk->node = !w->bind_readers ? -1
-               : w->replicas > 1 ? 0
-                                 : w->nodes_applied[i % w->n_nodes_applied];
-    if (pthread_create(&wk->tid, NULL, worker_main, wk) != 0) break;
-    n_threads++;
-  }
-  bool cancelled = false;
-  while (job_step(j)) {
-    if (with_progress && w->progress != NULL &&
-        !w->progress(w->progress_user, atomic_load(&j->done), j->total)) {
-      cancelled = true;
-      atomic_store_explicit(&j->stop, true, memory_order_release);
-      break;
-    }
-  }
-  for (int i = 0; i < n_threads; i++) pthread_join(workers[i].tid, NULL);
-  int e = atomic_load(&j->err);
-  if (e != 0) return e == JOB_SHORT_READ ? CLLM_EIO : cllm__status_of_errno(e);
-  if (cancelled) return CLLM_EPREEMPTED;
-  cllm_assert_internal(atomic_load(&j->done) == j->total);
-  if (with_progress && w->progress != NULL &&
-      !w->progress(w->progress_user, j->total, j->total))
-    return CLLM_EPREEMPTED;
-  return CLLM_OK;
-}
-
-/* How far a stopped job may have written (claimed chunks), for undoing it. */
-static size_t job_claimed(job_t *j) {
-  size_t c = atomic_load(&j->next);
-  return c < j->total ? c : j->total;
+  if (s == CLLM_OK) w->committed = to;
+  return s;
 }
 
 /* ---- create / destroy ----------------------------------------------------------- */
@@ -496,19 +438,9 @@ cllm_status_t cllm_weights_create(const cllm_weights_config_t *in, cllm_weights_
   s = place_region(w, cfg);
   if (s != CLLM_OK) goto fail_unmap;
   w->bind_readers = w->n_nodes_applied > 0 && n_nodes > 1 && cllm_topology_is_this_system(topo);
-
-  /* Commit. With no policy on a several-node machine, only this thread may touch
-   * the pages (first touch decides their node). */
-  size_t step = COMMIT_STEP;
-  if (w->huge_applied == CLLM_WEIGHTS_HUGE_HUGETLBFS) step = cllm__align_down(step, granule);
-  job_t commit = {.w = w, .dst = w->base, .total = capacity, .chunk = step, .fd = -1};
-  bool multi = !(w->numa_applied == CLLM_WEIGHTS_NUMA_DEFAULT && n_nodes > 1);
-  s = w->replicas > 1
-          ? cllm__status_of_errno(cllm__weights_replicas_fill(topo, w->base, capacity, 0,
-                                                              w->replicas, 0, capacity,
-                                                              w->readers, step, false))
-          : job_run(&commit, false, multi);
-  if (s != CLLM_OK) goto fail_unmap;
+  /* Nothing is committed here: pages land on their first write (see the top). */
+  w->commit_unit = w->huge_applied == CLLM_WEIGHTS_HUGE_HUGETLBFS ? granule
+                                                                  : cllm__prim_page_size();
   s = lock_region(w);
   if (s != CLLM_OK) goto fail_unmap;
   *out = w;
@@ -575,6 +507,8 @@ cllm_status_t cllm_weights_alloc(cllm_weights_t *w, size_t bytes, size_t align, 
   size_t off;
   s = place(w, bytes, align, &off);
   if (s != CLLM_OK) return s;
+  s = commit_to(w, off + bytes); /* alloc hands out committed zeros */
+  if (s != CLLM_OK) return s;
   atomic_store_explicit(&w->used, off + bytes, memory_order_relaxed);
   *out = w->base + off;
   return CLLM_OK;
@@ -598,27 +532,33 @@ static cllm_status_t load_into(cllm_weights_t *w, int fd, uint64_t offset, size_
   size_t off;
   cllm_status_t s = place(w, bytes, 0, &off);
   if (s != CLLM_OK) return s;
-
-  job_t j = {.w = w, .dst = w->base + off, .total = bytes, .chunk = w->chunk, .fd = fd,
-             .file_off = (off_t)offset};
-  s = job_run(&j, true, true);
+  /* Commit the load's pages first (on the readers, by the policy), then read: faster
+   * here than letting the reads' own writes fault them in (bench/RESULTS.md,
+   * weights_bench full_load). */
+  s = commit_to(w, off + bytes);
+  if (s != CLLM_OK) return s;
+  cllm__weights_job_t j = job_of(w, w->base + off, bytes, w->chunk, fd);
+  j.file_off = (off_t)offset;
+  s = cllm__weights_job_run(&j, true, true);
   if (s == CLLM_OK && w->replicas > 1) /* the other copies, from copy 0 (a copy cannot fail) */
     (void)cllm__weights_replicas_fill(w->topo, w->base, w->capacity, 1, w->replicas, off, bytes,
                                       w->readers, w->chunk, true);
   if (s != CLLM_OK) {
     /* Put the zeros back where chunks may have been written. */
-    memset(j.dst, 0, job_claimed(&j));
+    memset(j.dst, 0, cllm__weights_job_claimed(&j));
     e = atomic_load(&j.err);
     if (e > 0) {
       atomic_store_explicit(&w->last_load_errno, e, memory_order_relaxed);
       cllm__warn("weights: read of %zu bytes at offset %llu failed: %s", bytes,
                  (unsigned long long)offset, strerror(e));
-    } else if (e == JOB_SHORT_READ) {
+    } else if (e == CLLM__WEIGHTS_JOB_SHORT_READ) {
       cllm__warn("weights: file ended early while loading %zu bytes at offset %llu "
                  "(truncated during the load?)", bytes, (unsigned long long)offset);
     }
     return s;
   }
+  size_t top = cllm__align_down(off + bytes + w->commit_unit - 1, w->commit_unit);
+  if (top > w->committed) w->committed = top; /* written, so present; top <= capacity */
   atomic_store_explicit(&w->used, off + bytes, memory_order_relaxed);
   cllm__atomic_add_relaxed(&w->loads, 1);
   cllm__atomic_add_relaxed(&w->loaded_bytes, bytes);
@@ -666,6 +606,13 @@ cllm_status_t cllm_weights_load_path(cllm_weights_t *w, const char *path, uint64
 cllm_status_t cllm_weights_seal(cllm_weights_t *w) {
   if (w == NULL || w->magic != WEIGHTS_MAGIC) return CLLM_EINVAL;
   if (atomic_load_explicit(&w->sealed, memory_order_acquire)) return CLLM_OK;
+  /* The pages no alloc or load reached are committed now, by the policy. */
+  cllm_status_t s = commit_to(w, w->capacity);
+  if (s != CLLM_OK) {
+    cllm__warn("weights: committing the rest of the region at seal failed: %s",
+               cllm_status_name(s));
+    return s;
+  }
   /* Hand-written allocations reach the other copies now (loads are there already). */
   size_t used = atomic_load_explicit(&w->used, memory_order_relaxed);
   if (w->replicas > 1 && used > 0) /* a copy cannot fail */
@@ -763,6 +710,11 @@ cllm_status_t cllm_weights_check(const cllm_weights_t *w) {
   CLLM_CHECK(used <= w->capacity, "weights", "used %zu > capacity %zu", used, w->capacity);
   CLLM_CHECK(w->base != NULL && ((uintptr_t)w->base & (cllm__prim_page_size() - 1)) == 0,
              "weights", "region base %p not page aligned", (void *)w->base);
+  bool sealed = atomic_load_explicit(&w->sealed, memory_order_acquire);
+  CLLM_CHECK(w->committed >= used && w->committed <= w->capacity &&
+                 (!sealed || w->committed == w->capacity),
+             "weights", "committed %zu is not in [used %zu, capacity %zu]%s", w->committed, used,
+             w->capacity, sealed ? " or not the capacity once sealed" : "");
   CLLM_CHECK(w->locked == 0 || w->locked == w->span, "weights",
              "locked %zu is neither 0 nor the region's %zu", w->locked, w->span);
   size_t charged = cllm_monitor_used(w->monitor, CLLM_CAT_WEIGHTS);

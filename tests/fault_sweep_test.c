@@ -307,7 +307,26 @@ static void unchanged_seal(sweep_ctx_t *c) {
 
 Test(fault_sweep, weights_seal) {
   sweep_case_t sc = {setup_weights_alloc, call_weights_seal, unchanged_seal, teardown_weights,
-                     {CLLM_ESYS}};
+                     {CLLM_ESYS, CLLM_ENOMEM}};
+  sweep(&sc);
+}
+
+/* alloc commits its pages (create commits none): a failed commit leaves it unchanged. */
+static void setup_weights_created(sweep_ctx_t *c) { cr_assert_eq(call_weights_create(c), CLLM_OK); }
+static cllm_status_t call_weights_alloc(sweep_ctx_t *c) {
+  return cllm_weights_alloc(c->obj, 3 * 4096, 0, &c->aux2);
+}
+static void unchanged_alloc(sweep_ctx_t *c) {
+  cr_assert_null(c->aux2);
+  cllm_weights_stats_t st = {.struct_size = sizeof st};
+  cr_assert_eq(cllm_weights_stats(c->obj, &st), CLLM_OK);
+  cr_assert_eq(st.used_bytes, 0);
+  cr_assert_eq(cllm_weights_check(c->obj), CLLM_OK);
+}
+
+Test(fault_sweep, weights_alloc) {
+  sweep_case_t sc = {setup_weights_created, call_weights_alloc, unchanged_alloc, teardown_weights,
+                     {CLLM_ENOMEM}};
   sweep(&sc);
 }
 

@@ -199,6 +199,7 @@ Test(numa_place, weights_bind_puts_every_page_on_the_node) {
     cfg.reader_threads = 2;
     cllm_weights_t *w = NULL;
     cr_assert_eq(cllm_weights_create(&cfg, &w), CLLM_OK);
+    cr_assert_eq(cllm_weights_seal(w), CLLM_OK); /* commits every page (create: none) */
     cllm_weights_stats_t st = wstats(w);
     cr_assert_eq(st.numa_applied, CLLM_WEIGHTS_NUMA_BIND);
     size_t pages = st.capacity_bytes / st.page_bytes;
@@ -222,6 +223,7 @@ Test(numa_place, weights_interleave_spreads_pages_evenly) {
   cfg.reader_threads = nodes;
   cllm_weights_t *w = NULL;
   cr_assert_eq(cllm_weights_create(&cfg, &w), CLLM_OK);
+  cr_assert_eq(cllm_weights_seal(w), CLLM_OK); /* commits every page (create: none) */
   cllm_weights_stats_t st = wstats(w);
   cr_assert_eq(st.numa_applied, CLLM_WEIGHTS_NUMA_INTERLEAVE);
   size_t pages = st.capacity_bytes / st.page_bytes, even = pages / (size_t)nodes;
@@ -439,8 +441,8 @@ Test(numa_place, a_thread_on_node_k_gets_replica_k) {
   cllm_weights_destroy(w);
 }
 
-/* A failure in the middle of the second replica's commit: create fails, nothing
- * stays mapped, the monitor is as before. */
+/* A failure in the middle of the second replica's commit (at seal: create commits
+ * nothing): seal fails, the heap stays unsealed and whole, destroy leaves nothing. */
 Test(numa_place, failure_mid_second_replica_leaves_nothing) {
   multi_node();
   cllm_monitor_t *m = mk_monitor(0);
@@ -450,27 +452,30 @@ Test(numa_place, failure_mid_second_replica_leaves_nothing) {
   cfg.monitor = m;
   cfg.reader_threads = 1;
   cllm_weights_t *w = NULL;
-  /* A successful create counts the madvise calls (advice, then 3 commits per copy). */
-  cllm_fault_reset();
+  size_t vm0 = proc_status_kib("VmSize");
+  /* A successful seal counts the madvise calls (3 commits per copy). */
   cr_assert_eq(cllm_weights_create(&cfg, &w), CLLM_OK);
+  cllm_fault_reset();
+  cr_assert_eq(cllm_weights_seal(w), CLLM_OK);
   unsigned long calls = cllm_fault_calls(CLLM_FAULT_MADVISE);
   int replicas = wstats(w).replicas;
   cllm_weights_destroy(w);
   cr_assert_geq(calls, (unsigned long)replicas * 3);
   unsigned long first_commit = calls - (unsigned long)replicas * 3 + 1;
-  size_t vm0 = proc_status_kib("VmSize");
   cllm_set_log_fn(cllm_log_discard, NULL);
+  cr_assert_eq(cllm_weights_create(&cfg, &w), CLLM_OK);
   cllm_fault_reset();
   cllm_fault_arm(CLLM_FAULT_MADVISE, first_commit + 3 + 1); /* replica 1, second step */
-  w = (cllm_weights_t *)&w;
-  cr_assert_eq(cllm_weights_create(&cfg, &w), CLLM_ENOMEM);
-  cr_assert_null(w);
+  cr_assert_eq(cllm_weights_seal(w), CLLM_ENOMEM);
   cr_assert_eq(cllm_fault_injected(), 1);
   cllm_fault_reset();
+  cr_assert_not(wstats(w).sealed);
+  cr_assert_eq(cllm_weights_check(w), CLLM_OK);
+  cllm_weights_destroy(w);
   cr_assert_eq(cllm_monitor_used(m, CLLM_CAT_COUNT), 0);
   size_t vm1 = proc_status_kib("VmSize");
   cr_assert_lt(vm1, vm0 + 64 * 1024, "VmSize %zu kB -> %zu kB: a replica stayed mapped", vm0, vm1);
-  printf("numa_place: failure in replica 1's commit: monitor 0, VmSize %zu -> %zu kB\n", vm0,
-         vm1);
+  printf("numa_place: failure in replica 1's commit: seal refused, monitor 0, VmSize %zu -> %zu "
+         "kB\n", vm0, vm1);
   cllm_monitor_destroy(m);
 }

@@ -288,6 +288,8 @@ static void world_init(world_t *w) {
   wc.capacity_bytes = 4 << 20;
   wc.monitor = w->mon;
   cr_assert_eq(cllm_weights_create(&wc, &w->weights), CLLM_OK);
+  void *wp; /* a page written, so the region has pages to report */
+  cr_assert_eq(cllm_weights_alloc(w->weights, 1000, 0, &wp), CLLM_OK);
 
   cllm_heaps_config_t hc = cllm_heaps_config_default();
   hc.bytes_per_node = 64 << 20;

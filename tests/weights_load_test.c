@@ -261,7 +261,8 @@ Test(weights, each_os_failure_gives_a_status_and_leaks_nothing) {
     cr_assert_eq(cllm_monitor_used(m, CLLM_CAT_COUNT), 0, "monitor balanced");
     cr_assert_lt(proc_status_kib_checked("VmSize"), vm0 + 4 * 1024, "nothing mapped");
   }
-  /* madvise: the 1st is the THP advice (tolerated: OFF, says why), the 2nd a commit step. */
+  /* madvise: the 1st is the THP advice (tolerated: OFF, says why); create commits
+   * nothing, so the next is a commit step of alloc or seal: refused, state kept. */
   cllm_fault_reset();
   cllm_fault_arm(CLLM_FAULT_MADVISE, 1);
   cr_assert_eq(cllm_weights_create(&c, &w), CLLM_OK);
@@ -270,8 +271,19 @@ Test(weights, each_os_failure_gives_a_status_and_leaks_nothing) {
   cllm_weights_destroy(w);
   cllm_fault_reset();
   cllm_fault_arm(CLLM_FAULT_MADVISE, 2);
-  cr_assert_eq(cllm_weights_create(&c, &w), CLLM_ENOMEM);
-  cr_assert_null(w);
+  cr_assert_eq(cllm_weights_create(&c, &w), CLLM_OK);
+  cr_assert_eq(cllm_fault_injected(), 0, "create commits nothing");
+  void *a = NULL;
+  cr_assert_eq(cllm_weights_alloc(w, 3 * 4096, 0, &a), CLLM_ENOMEM);
+  cr_assert_null(a);
+  cr_assert_eq(stats_of(w).used_bytes, 0);
+  cllm_fault_arm(CLLM_FAULT_MADVISE, 1);
+  cr_assert_eq(cllm_weights_seal(w), CLLM_ENOMEM);
+  cr_assert_not(stats_of(w).sealed);
+  cr_assert_eq(cllm_weights_check(w), CLLM_OK);
+  cr_assert_eq(cllm_weights_seal(w), CLLM_OK);
+  cr_assert_eq(cllm_weights_check(w), CLLM_OK);
+  cllm_weights_destroy(w);
   cr_assert_eq(cllm_monitor_used(m, CLLM_CAT_COUNT), 0);
   /* bind: one node, so BIND proceeds with the default policy and says so. */
   cllm_fault_reset();

@@ -191,13 +191,73 @@ Test(weights, footprint_is_what_create_charges_and_resident_never_passes_it) {
       cllm_weights_stats_t st = stats_of(w);
       cr_assert_eq(st.readback_status, CLLM_OK);
       cr_assert_leq(st.resident_bytes, fp);
-      cr_assert_eq(st.resident_bytes, st.capacity_bytes, "committed at create");
+      cr_assert_eq(st.resident_bytes, 0, "nothing resident before the first write");
+      cr_assert_eq(cllm_weights_seal(w), CLLM_OK);
+      st = stats_of(w);
+      cr_assert_eq(st.resident_bytes, st.capacity_bytes, "seal commits the rest");
+      cr_assert_leq(st.resident_bytes, fp);
       cllm_weights_destroy(w);
     }
   }
   cllm_weights_config_t c = cfg_with(m, 0);
   cr_assert_eq(cllm_weights_footprint(&c), 0);  // create refuses it
   cr_assert_eq(cllm_weights_footprint(NULL), 0);
+  cllm_monitor_destroy(m);
+}
+
+/* Create commits nothing; a load commits its own range (one commit step per 64 MiB),
+ * then reads; resident never passes the charge taken at create. A partial fill
+ * commits the rest at seal. */
+Test(weights, a_load_commits_its_range_then_reads_it) {
+  cllm_monitor_t *m = mk_monitor(0);
+  uint64_t csum;
+  const char *path = make_file(6 * MiB, 43, 0, 6 * MiB, &csum);
+  for (int huge = 0; huge < 2; huge++) {
+    cllm_weights_config_t c = cfg_with(m, 6 * MiB);
+    c.huge_pages = huge ? CLLM_WEIGHTS_HUGE_TRANSPARENT : CLLM_WEIGHTS_HUGE_OFF;
+    c.reader_threads = 2, c.read_chunk_bytes = MiB;
+    cllm_weights_t *w;
+    cr_assert_eq(cllm_weights_create(&c, &w), CLLM_OK);
+    cllm_weights_stats_t st = stats_of(w);
+    cr_assert_eq(cllm_monitor_used(m, CLLM_CAT_WEIGHTS), st.capacity_bytes, "charged first");
+    cr_assert_eq(st.resident_bytes, 0);
+    cllm_fault_reset();
+    unsigned long madvise0 = cllm_fault_calls(CLLM_FAULT_MADVISE);
+    void *p;
+    cr_assert_eq(cllm_weights_load_path(w, path, 0, CLLM_WEIGHTS_TO_EOF, &p), CLLM_OK);
+    cr_assert_eq(cllm_fault_calls(CLLM_FAULT_MADVISE), madvise0 + 1, "one step (huge %d)", huge);
+    cr_assert_eq(checksum(p, 6 * MiB), csum);
+    st = stats_of(w);
+    cr_assert_eq(st.resident_bytes, st.capacity_bytes, "written once, so resident");
+    cr_assert_eq(st.pages_absent, 0);
+    cr_assert_leq(st.resident_bytes, cllm_monitor_used(m, CLLM_CAT_WEIGHTS));
+    cr_assert_eq(cllm_weights_seal(w), CLLM_OK);
+    cr_assert_eq(cllm_fault_calls(CLLM_FAULT_MADVISE), madvise0 + 1, "nothing left for seal");
+    cr_assert_eq(cllm_weights_check(w), CLLM_OK);
+    cllm_weights_destroy(w);
+  }
+  /* Partial: an alloc commits its pages, a load its own, seal the rest; resident
+   * stays at or below the charge at every step. */
+  cllm_weights_config_t c = cfg_with(m, 16 * MiB);
+  c.huge_pages = CLLM_WEIGHTS_HUGE_OFF;
+  cllm_weights_t *w;
+  cr_assert_eq(cllm_weights_create(&c, &w), CLLM_OK);
+  size_t page = (size_t)sysconf(_SC_PAGESIZE);
+  void *a, *p;
+  cr_assert_eq(cllm_weights_alloc(w, 10, 0, &a), CLLM_OK);
+  cr_assert_geq(stats_of(w).resident_bytes, page, "alloc commits its page");
+  cr_assert_eq(cllm_weights_alloc(w, 3 * page, page, &a), CLLM_OK);
+  cr_assert_geq(stats_of(w).resident_bytes, 4 * page);
+  cr_assert_eq(cllm_weights_load_path(w, path, MiB, 2 * MiB, &p), CLLM_OK);
+  /* (more where the kernel has THP "always": a commit step may fault huge pages) */
+  cr_assert_geq(stats_of(w).resident_bytes, 4 * page + 2 * MiB);
+  cr_assert_eq(cllm_weights_check(w), CLLM_OK);
+  cr_assert_leq(stats_of(w).resident_bytes, cllm_monitor_used(m, CLLM_CAT_WEIGHTS));
+  cr_assert_eq(cllm_weights_seal(w), CLLM_OK);
+  cr_assert_eq(stats_of(w).resident_bytes, 16 * MiB);
+  cr_assert_eq(cllm_weights_check(w), CLLM_OK);
+  cllm_weights_destroy(w);
+  unlink(path);
   cllm_monitor_destroy(m);
 }
 

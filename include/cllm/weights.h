@@ -21,21 +21,25 @@
  *   cllm_weights_destroy(w);                           // frees every tensor at once
  *
  * Order at create (ARCHITECTURE.md section 4): reserve the bytes in the monitor,
- * map the region (not yet committed), ask for huge pages, apply the NUMA policy
- * (mbind) while no page exists, commit every page (MADV_POPULATE_WRITE, in large
- * steps, on the reader threads), and only then mlock. Pages are therefore placed
- * by the policy, never by the thread that happens to lock them.
+ * map the region (no page present), ask for huge pages, apply the NUMA policy
+ * (mbind) while no page exists, and mlock it on fault (MLOCK_ONFAULT: each page is
+ * locked as it appears). Pages are therefore placed by the policy, never by the
+ * thread that happens to lock them.
  *
- * Commit policy: the whole region is committed at create (simple and predictable:
- * what create returns is all the memory the model will use, charged to the
- * monitor's WEIGHTS category, and loads never fault). capacity_bytes is rounded
- * up to the page size (to 2 MiB with huge pages); the rounded size is what is
- * charged and what stats report as capacity (cllm_weights_footprint gives it
- * before create).
+ * Commit policy: create charges the whole region (stats: committed_bytes, counted
+ * in the kernel's commit charge too) but writes no page. A page becomes resident
+ * when first needed, where the policy puts it: a load's reader threads commit its
+ * range (MADV_POPULATE_WRITE), then pread into it (faster on the machines measured
+ * than letting the reads fault the pages in); alloc commits its pages before it
+ * returns (on the reader threads); seal commits whatever no alloc or load reached,
+ * so a sealed region is wholly resident and placed.
+ * capacity_bytes is rounded up to the page size (to 2 MiB with huge pages); the
+ * rounded size is what is charged and what stats report as capacity
+ * (cllm_weights_footprint gives it before create).
  *
  * Residency: the region is charged before it is mapped, so its resident bytes
  * (stats: resident_bytes, read back from the kernel) never exceed the charge; no
- * slack.
+ * slack. Until seal, resident_bytes is what was loaded or allocated so far.
  *
  * Placement that cannot be applied (the topology is not this machine, or mbind
  * fails): LOCAL proceeds with the kernel's default policy (first touch, by the
@@ -167,16 +171,16 @@ typedef struct cllm_weights_config {
 // global monitor, system topology, auto readers, 8 MiB chunks. Thread: any.
 CLLM_API cllm_weights_config_t cllm_weights_config_default(void);
 
-// Create the heap: reserve, map, place, commit and lock the whole region (see the
-// order above). *out is NULL on error and nothing is leaked (region unmapped,
+// Create the heap: reserve, map, place and lock the whole region, no page written
+// (see the order above). *out is NULL on error and nothing is leaked (region unmapped,
 // monitor released). Errors: CLLM_EINVAL (out NULL, cfg NULL (no capacity), bad struct_size,
 // capacity 0, unknown enum, reader_threads < 0 or > 64, a node out of range,
 // more than 64 interleave nodes),
 // CLLM_EOVERFLOW (capacity cannot be rounded up), CLLM_ELIMIT (the monitor refused
-// the capacity), CLLM_ENOMEM (metadata, map or commit failed), CLLM_ENOTSUP /
+// the capacity), CLLM_ENOMEM (metadata or map failed), CLLM_ENOTSUP /
 // CLLM_ESYS (a placement that matters could not be applied, see above), CLLM_ESYS
 // (lock REQUIRED and mlock failed: the errno and RLIMIT_MEMLOCK are logged).
-// Thread: any (the calling thread commits pages, with the reader threads).
+// Thread: any.
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_weights_create(const cllm_weights_config_t *cfg,
                                                            cllm_weights_t **out);
 // Unmap the region (every pointer from the heap becomes invalid) and release the
@@ -186,8 +190,9 @@ CLLM_API void cllm_weights_destroy(cllm_weights_t *w);
 // Bump-allocate `bytes` (zero-filled) aligned to `align` (a power of two; 0 = 64;
 // e.g. 4096 for page alignment). Nothing is freed until destroy.
 // Errors: CLLM_EINVAL (w or out NULL, bytes 0, align not a power of two),
-// CLLM_ESTATE (sealed), CLLM_ENOMEM (does not fit in what is left). On error *out
-// is NULL and the heap is unchanged. Thread: external-sync.
+// CLLM_ESTATE (sealed), CLLM_ENOMEM (does not fit in what is left, or its pages
+// could not be committed). On error *out is NULL and the heap is unchanged.
+// Thread: external-sync (the calling thread commits pages, with the reader threads).
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_weights_alloc(cllm_weights_t *w, size_t bytes,
                                                           size_t align, void **out);
 
@@ -204,7 +209,8 @@ CLLM_API size_t cllm_weights_footprint(const cllm_weights_config_t *cfg);
 // of read_chunk_bytes on reader_threads threads, reporting progress through the
 // configured callback. On success *out is the data; on error *out is NULL and the
 // heap is as it was (nothing allocated, the zeros back). Errors: CLLM_EINVAL (NULL
-// w/path/out, bytes 0), CLLM_ESTATE (sealed), CLLM_ENOMEM (does not fit),
+// w/path/out, bytes 0), CLLM_ESTATE (sealed), CLLM_ENOMEM (does not fit, or its
+// pages could not be committed),
 // CLLM_ENOTFOUND (no such file), CLLM_ERANGE (offset + bytes beyond the end of the
 // file; TO_EOF with nothing left), CLLM_EIO (a read error, or the file got shorter
 // during the load), CLLM_ESYS (open or read failed otherwise, e.g.
@@ -223,8 +229,10 @@ CLLM_API CLLM_NODISCARD cllm_status_t cllm_weights_load_fd(cllm_weights_t *w, in
 
 // Make the whole region read-only (mprotect): a later write is a SIGSEGV, reads
 // keep working; alloc and load are refused with CLLM_ESTATE. Sealing a sealed heap
-// is a no-op (CLLM_OK). Errors: CLLM_EINVAL (NULL), CLLM_ESYS (mprotect failed:
-// still writable, unchanged). Thread: external-sync.
+// is a no-op (CLLM_OK). First commits the pages no alloc or load wrote (see Commit
+// policy). Errors: CLLM_EINVAL (NULL), CLLM_ENOMEM / CLLM_ESYS (that commit failed:
+// unsealed, pages already committed stay), CLLM_ESYS (mprotect failed: still
+// writable, unchanged). Thread: external-sync.
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_weights_seal(cllm_weights_t *w);
 
 // The region's base address (its size is stats' capacity_bytes), e.g. to register
@@ -264,7 +272,7 @@ typedef struct cllm_weights_stats {
                                   // binding's status), else CLLM_OK
   int pages_nodes;                // entries filled in pages_per_node (highest OS node + 1)
   size_t pages_per_node[CLLM_WEIGHTS_MAX_NODES]; // base pages per OS node (move_pages)
-  size_t pages_absent;            // pages not present (0 once committed)
+  size_t pages_absent;            // pages not present (0 once sealed)
   size_t pages_other;             // pages on nodes >= CLLM_WEIGHTS_MAX_NODES or unknown
   size_t page_bytes;              // the base page size the counts are in
   cllm_status_t readback_status;  // CLLM_OK, or CLLM_ESYS if the kernel queries failed
@@ -294,7 +302,7 @@ CLLM_API CLLM_NODISCARD cllm_status_t cllm_weights_replica_stats(const cllm_weig
                                                                   int replica,
                                                                   cllm_weights_stats_t *st);
 
-// Verify the invariants (used <= capacity, committed == capacity, locked is 0 or
+// Verify the invariants (used <= committed pages <= capacity, all once sealed, locked is 0 or
 // capacity, the monitor holds at least what is committed, the bytes past `used`
 // are zero when CLLM_DEBUG >= 3). Returns CLLM_ECORRUPT on a violation (and logs
 // which), CLLM_EINVAL for NULL. Thread: external-sync.

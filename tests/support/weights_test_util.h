@@ -154,7 +154,9 @@ static inline int os_node0(void) {
   return info.os_index;
 }
 
-static inline void check_pages_add_up(const cllm_weights_t *w) {
+/* Seals first: seal commits the pages no alloc or load wrote. */
+static inline void check_pages_add_up(cllm_weights_t *w) {
+  cr_assert_eq(cllm_weights_seal(w), CLLM_OK);
   cllm_weights_stats_t st = stats_of(w);
   cr_assert_eq(st.readback_status, CLLM_OK);
   cr_assert_eq(st.page_bytes, (size_t)sysconf(_SC_PAGESIZE));
