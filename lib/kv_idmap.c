@@ -38,12 +38,6 @@ static inline unsigned idb_match(const uint32_t *lanes, uint32_t v) {
   return m & ((1u << KV_IDB_N) - 1u);
 }
 
-uint32_t kv__id_find_locked(const cllm_kv_cache_t *kv, const char *id, uint64_t *h,
-                            size_t *len) {
-  *h = kv__hash_string(id, len);
-  return kv__id_lookup_locked(kv, id, *h);
-}
-
 uint32_t kv__id_lookup_locked(const cllm_kv_cache_t *kv, const char *id, uint64_t h) {
   uint32_t tag = kv__id_tag(h);
   uint32_t b = kv__id_home(kv, h);
@@ -92,4 +86,32 @@ void kv__idmap_remove_locked(cllm_kv_cache_t *kv, uint32_t s) {
     KV_IDB_OVF(bk)--;  // this entry passed bucket b when it was inserted
     b = (b + 1) & kv->idmask;
   }
+}
+
+cllm_status_t kv__idmap_check_locked(const cllm_kv_cache_t *kv, uint32_t *ovf,
+                                     uint64_t *entries) {
+  /* every entry names a live slot with its tag; the overflow counts equal the
+   * entries whose path from their home bucket passes each bucket */
+  *entries = 0;
+  for (uint32_t b = 0; b <= kv->idmask; b++) ovf[b] = 0;
+  for (uint32_t b = 0; b <= kv->idmask; b++) {
+    const kv_idbucket_t *bk = kv__id_bucket(kv, b);
+    CLLM_CHECK(bk->tag[KV_IDB_N] == 0, "kv", "id map bucket %u: lane 7 has a tag", b);
+    for (unsigned i = 0; i < KV_IDB_N; i++) {
+      uint32_t tag = bk->tag[i], sp = bk->slot[i];
+      CLLM_CHECK((tag == 0) == (sp == 0), "kv", "id map bucket %u entry %u half empty", b, i);
+      if (sp == 0) continue;
+      ++*entries;
+      CLLM_CHECK(sp - 1u < kv->max_slots && tag == kv__id_tag(kv->slots[sp - 1u].id_hash), "kv",
+                 "id map bucket %u entry %u is corrupt", b, i);
+      for (uint32_t c = kv__id_home(kv, kv->slots[sp - 1u].id_hash); c != b;
+           c = (c + 1) & kv->idmask)
+        ovf[c]++;
+    }
+  }
+  for (uint32_t b = 0; b <= kv->idmask; b++)
+    CLLM_CHECK(KV_IDB_OVF(kv__id_bucket(kv, b)) == ovf[b], "kv",
+               "id map bucket %u overflow count %u, expected %u", b,
+               KV_IDB_OVF(kv__id_bucket(kv, b)), ovf[b]);
+  return CLLM_OK;
 }

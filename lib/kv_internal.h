@@ -16,6 +16,7 @@
 #include <cllm/kv_cache.h>
 
 #include "internal/util.h"
+#include "kv_list.h"
 
 #define KV_NONE CLLM_KV_NONE
 
@@ -24,7 +25,10 @@ enum { KV_FREE = 0, KV_ACTIVE = 1, KV_CACHED = 2 };
 
 typedef struct kv_block {
   uint32_t refcnt;
-  uint32_t prev, next;     // FREE: free stack links; CACHED (unpinned): LRU links
+  union {                  // FREE: free stack links; CACHED (unpinned): LRU links
+    kv_link_t link;
+    struct { uint32_t prev, next; };
+  };
   uint32_t hprev, hnext;   // hash index chain (indexed blocks only)
   uint32_t parent;         // indexed: the block before this one in its chain (NONE: first)
   uint32_t parent_gen;     // the parent's gen when this block was indexed
@@ -57,7 +61,10 @@ typedef struct kv_slot {
   size_t length;          // reserved token positions (copy entry: unused)
   uint32_t nb, table_cap;
   uint32_t gen;           // handle generation
-  uint32_t lru_prev, lru_next;  // sequence LRU (per band) or copy-entry LRU; free slot list
+  union {                 // sequence LRU (per band) or copy-entry LRU; free slot list
+    kv_link_t lru;        //   (singly linked through lru_next)
+    struct { uint32_t lru_prev, lru_next; };
+  };
   uint32_t victim_next;   // callback list
   uint8_t state, kind, band, in_lru, cb_pending, chain_broken;
   uint8_t vreason;        // eviction reason, stable while cb_pending
@@ -164,9 +171,23 @@ struct cllm_kv_cache {
   cllm_status_t numa_status;
 };
 
+/* The lists threaded through the blocks (free stacks, LRU) and the slots (LRU). */
+static inline kv_links_t kv__block_links(const cllm_kv_cache_t *kv) {
+  return (kv_links_t){(char *)kv->blocks, sizeof(kv_block_t), offsetof(kv_block_t, link)};
+}
+static inline kv_links_t kv__slot_links(const cllm_kv_cache_t *kv) {
+  return (kv_links_t){(char *)kv->slots, sizeof(kv_slot_t), offsetof(kv_slot_t, lru)};
+}
+
 /* ---- lib/kv_cache.c: blocks ---- */
-static inline void kv__lock(cllm_kv_cache_t *kv) { (void)pthread_mutex_lock(&kv->lock); }
-static inline void kv__unlock(cllm_kv_cache_t *kv) { (void)pthread_mutex_unlock(&kv->lock); }
+/* The mutex is no part of the cache's visible state: read-only calls take a const
+ * cache and still lock it (a cache is never defined const: create allocates it). */
+static inline void kv__lock(const cllm_kv_cache_t *kv) {
+  (void)pthread_mutex_lock((pthread_mutex_t *)&kv->lock);
+}
+static inline void kv__unlock(const cllm_kv_cache_t *kv) {
+  (void)pthread_mutex_unlock((pthread_mutex_t *)&kv->lock);
+}
 /* Take k blocks into ids[] (ACTIVE, refcount 1, fill 0, band `band`): recycled FREE
  * (resident), given-back FREE (charged again), never used (committed and charged
  * first), then LRU CACHED; when the monitor refuses a charge, CACHED blocks are used
@@ -258,9 +279,19 @@ void kv__idmap_insert_locked(cllm_kv_cache_t *kv, uint32_t s);
 void kv__idmap_remove_locked(cllm_kv_cache_t *kv, uint32_t s);
 /* Look up `id` (NUL-terminated) whose hash is h; returns the slot or KV_NONE. */
 uint32_t kv__id_lookup_locked(const cllm_kv_cache_t *kv, const char *id, uint64_t h);
-/* The same, hashing first: *h gets the hash, *len strlen(id). */
-uint32_t kv__id_find_locked(const cllm_kv_cache_t *kv, const char *id, uint64_t *h,
-                            size_t *len);
+/* The id map's part of cllm_kv_check: every entry names a live slot, the overflow
+ * counts match; *entries gets the number of entries. ovf: idmask + 1 scratch counters. */
+cllm_status_t kv__idmap_check_locked(const cllm_kv_cache_t *kv, uint32_t *ovf,
+                                     uint64_t *entries);
+/* The prologue of every call by id: hash (*h, *len = strlen(id)), start loading the
+ * home bucket, lock, look up. Returns the slot or KV_NONE; the lock is held. */
+static inline uint32_t kv__id_lock(const cllm_kv_cache_t *kv, const char *id, uint64_t *h,
+                                   size_t *len) {
+  *h = kv__hash_string(id, len);
+  kv__id_prefetch(kv, *h);
+  kv__lock(kv);
+  return kv__id_lookup_locked(kv, id, *h);
+}
 /* A free slot holding a copy of id, entered in the id map (state S_OPEN, kind). */
 cllm_status_t kv__slot_new_locked(cllm_kv_cache_t *kv, const char *id, uint64_t h, size_t len,
                                   uint8_t kind, uint32_t *out);
@@ -275,7 +306,11 @@ static inline cllm_status_t kv__table_reserve(kv_slot_t *sl, uint32_t n) {
 /* Queue slot s for the eviction callback (copies its id, or sets cb_pending). */
 void kv__victim_push_locked(cllm_kv_cache_t *kv, kv_victims_t *v, uint32_t s);
 /* Unlock, run the callbacks, then finish the victims under the lock again. */
-void kv__unlock_and_call(cllm_kv_cache_t *kv, kv_victims_t *v);
+void kv__unlock_and_call_slow(cllm_kv_cache_t *kv, kv_victims_t *v);
+static inline void kv__unlock_and_call(cllm_kv_cache_t *kv, kv_victims_t *v) {
+  if (v->n_inline == 0 && v->head == KV_NONE) kv__unlock(kv);  // no victims: nothing to call
+  else kv__unlock_and_call_slow(kv, v);
+}
 void kv__free_slots(cllm_kv_cache_t *kv);
 /* refs: num_blocks zeroed counters (filled); ovf: idmask + 1 scratch counters. */
 cllm_status_t kv__check_slots_locked(const cllm_kv_cache_t *kv, uint32_t *refs, uint32_t *ovf);

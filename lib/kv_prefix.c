@@ -214,6 +214,11 @@ void kv__commit_tokens_locked(cllm_kv_cache_t *kv, uint32_t s, const cllm_kv_tok
   cllm_kv_token_t *tail = &kv->tails[(size_t)s * kv->bt];
   size_t pos = sl->committed;
   uint32_t mask = kv->bt - 1;
+  if ((pos & mask) + n < kv->bt) {  // the block stays partial: nothing to index
+    for (size_t i = 0; i < n; i++) tail[(pos & mask) + i] = tokens[i];
+    sl->committed = pos + n;
+    return;
+  }
   while (n > 0) {
     size_t off = pos & mask;
     size_t take = kv->bt - off;
@@ -235,11 +240,9 @@ cllm_status_t kv__check_index_locked(const cllm_kv_cache_t *kv) {
     uint32_t prev = KV_NONE;
     for (uint32_t c = kv->hbuckets[k]; c != KV_NONE; c = kv->blocks[c].hnext) {
       const kv_block_t *bl = &kv->blocks[c];
-      if (c >= kv->num_blocks || !bl->linked || (bl->hash & kv->hmask) != k || bl->hprev != prev ||
-          ++walked > kv->num_blocks) {
-        cllm__error("kv check: hash index chain %llu broken at block %u", (unsigned long long)k, c);
-        return CLLM_ECORRUPT;
-      }
+      CLLM_CHECK(c < kv->num_blocks && bl->linked && (bl->hash & kv->hmask) == k &&
+                     bl->hprev == prev && ++walked <= kv->num_blocks,
+                 "kv", "hash index chain %llu broken at block %u", (unsigned long long)k, c);
       in_chains += bl->indexed;
       prev = c;
     }
@@ -248,24 +251,15 @@ cllm_status_t kv__check_index_locked(const cllm_kv_cache_t *kv) {
     const kv_block_t *bl = &kv->blocks[b];
     linked += bl->linked;
     if (!bl->indexed) continue;
-    if (!bl->linked) {
-      cllm__error("kv check: indexed block %u is not in the index", b);
-      return CLLM_ECORRUPT;
-    }
+    CLLM_CHECK(bl->linked, "kv", "indexed block %u is not in the index", b);
     flagged++;
-    if ((bl->state != KV_ACTIVE && bl->state != KV_CACHED) || bl->fill != kv->bt) {
-      cllm__error("kv check: indexed block %u has state %u fill %u", b, bl->state, bl->fill);
-      return CLLM_ECORRUPT;
-    }
-    if (bl->parent != KV_NONE && bl->parent >= kv->num_blocks) {
-      cllm__error("kv check: indexed block %u has parent %u", b, bl->parent);
-      return CLLM_ECORRUPT;
-    }
+    CLLM_CHECK((bl->state == KV_ACTIVE || bl->state == KV_CACHED) && bl->fill == kv->bt, "kv",
+               "indexed block %u has state %u fill %u", b, bl->state, bl->fill);
+    CLLM_CHECK(bl->parent == KV_NONE || bl->parent < kv->num_blocks, "kv",
+               "indexed block %u has parent %u", b, bl->parent);
   }
-  if (in_chains != kv->indexed_count || flagged != kv->indexed_count || walked != linked) {
-    cllm__error("kv check: index holds %llu blocks, %llu flagged, counter %u",
-                (unsigned long long)in_chains, (unsigned long long)flagged, kv->indexed_count);
-    return CLLM_ECORRUPT;
-  }
+  CLLM_CHECK(in_chains == kv->indexed_count && flagged == kv->indexed_count && walked == linked,
+             "kv", "index holds %llu blocks, %llu flagged, counter %u",
+             (unsigned long long)in_chains, (unsigned long long)flagged, kv->indexed_count);
   return CLLM_OK;
 }

@@ -240,7 +240,7 @@ CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_seq_open_with_prompt(
 
 // Find the open (or preempted) sequence named `id`. Errors: CLLM_EINVAL,
 // CLLM_ENOTFOUND (no such id, or it names a copy entry). Thread: any.
-CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_seq_find(cllm_kv_cache_t *kv, const char *id,
+CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_seq_find(const cllm_kv_cache_t *kv, const char *id,
                                                         cllm_kv_seq_t *out);
 
 // Make room for n_tokens new tokens at positions [length, length+n_tokens): blocks
@@ -275,7 +275,7 @@ CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_seq_ensure(cllm_kv_cache_t *kv, cl
                                                           cllm_kv_loc_t *locs);
 
 // Token ids recorded so far (commit's next position). Errors as length. Thread: any.
-CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_seq_committed(cllm_kv_cache_t *kv,
+CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_seq_committed(const cllm_kv_cache_t *kv,
                                                              cllm_kv_seq_t seq, size_t *n);
 
 // The sequence's own block table (block ids in position order), not a copy:
@@ -286,7 +286,7 @@ CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_seq_committed(cllm_kv_cache_t *kv,
 // sequence reads it lock-free between its own calls, and a one-token-per-step loop
 // asks again only when ensure returns offset 0. Errors: as length.
 // Thread: any (read the table as stated).
-CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_seq_table_view(cllm_kv_cache_t *kv,
+CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_seq_table_view(const cllm_kv_cache_t *kv,
                                                               cllm_kv_seq_t seq,
                                                               const uint32_t **table,
                                                               size_t *n_blocks);
@@ -302,13 +302,13 @@ CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_seq_commit(cllm_kv_cache_t *kv, cl
 // gets the number of blocks always; out NULL with cap 0 asks only the size.
 // Errors: CLLM_EINVAL, CLLM_ENOTFOUND, CLLM_EPREEMPTED, CLLM_ERANGE (cap too small;
 // nothing copied). Thread: any.
-CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_seq_block_table(cllm_kv_cache_t *kv,
+CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_seq_block_table(const cllm_kv_cache_t *kv,
                                                                cllm_kv_seq_t seq, uint32_t *out,
                                                                size_t cap, size_t *n_blocks);
 
 // Tokens held (reserved positions). Errors: CLLM_EINVAL, CLLM_ENOTFOUND,
 // CLLM_EPREEMPTED. Thread: any.
-CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_seq_length(cllm_kv_cache_t *kv, cllm_kv_seq_t seq,
+CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_seq_length(const cllm_kv_cache_t *kv, cllm_kv_seq_t seq,
                                                           size_t *length);
 
 // Mark the sequence most recently used (preemption order). Errors as length.
@@ -376,7 +376,7 @@ CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_evict(cllm_kv_cache_t *kv, const c
 
 // Copy-API bytes in use (entry blocks x block_bytes) and the budget. 0 for NULL.
 // Thread: any.
-CLLM_API size_t cllm_kv_used_bytes(cllm_kv_cache_t *kv);
+CLLM_API size_t cllm_kv_used_bytes(const cllm_kv_cache_t *kv);
 CLLM_API size_t cllm_kv_total_bytes(const cllm_kv_cache_t *kv);
 
 /* ---- Statistics and checks ---------------------------------------------------- */
@@ -432,13 +432,13 @@ typedef struct cllm_kv_stats {
 // Fill *st: O(1) under the lock, then resident_bytes from the kernel (one mincore
 // per 4 MiB of pools, no lock). Errors: CLLM_EINVAL (NULL, struct_size too small).
 // Thread: any.
-CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_stats(cllm_kv_cache_t *kv, cllm_kv_stats_t *st);
+CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_stats(const cllm_kv_cache_t *kv, cllm_kv_stats_t *st);
 
 // Verify every invariant (O(blocks + sequences), under the lock): block states and
 // counts, refcounts vs block tables, free and LRU list integrity, the hash index vs
 // the indexed blocks, the id map, token and copy counters, and the monitor charge.
 // Errors: CLLM_ECORRUPT (logged), CLLM_EINVAL, CLLM_ENOMEM (scratch). Thread: any.
-CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_check(cllm_kv_cache_t *kv);
+CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_check(const cllm_kv_cache_t *kv);
 
 CLLM_EXTERN_C_END
 #endif /* CLLM_KV_CACHE_H */
