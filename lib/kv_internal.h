@@ -242,8 +242,20 @@ uint32_t kv__index_find_locked(cllm_kv_cache_t *kv, uint64_t hash, uint64_t salt
                                uint32_t prev, uint32_t prev_gen, const cllm_kv_token_t *tokens);
 /* Record `n` committed tokens of slot s (positions checked by the caller),
  * indexing every block that becomes full. */
-void kv__commit_tokens_locked(cllm_kv_cache_t *kv, uint32_t s, const cllm_kv_token_t *tokens,
-                              size_t n);
+void kv__commit_tokens_blocks_locked(cllm_kv_cache_t *kv, uint32_t s,
+                                     const cllm_kv_token_t *tokens, size_t n);
+static inline void kv__commit_tokens_locked(cllm_kv_cache_t *kv, uint32_t s,
+                                            const cllm_kv_token_t *tokens, size_t n) {
+  kv_slot_t *sl = &kv->slots[s];
+  size_t off = sl->committed & (kv->bt - 1);
+  if (off + n >= kv->bt) {  // a block becomes full: it is indexed
+    kv__commit_tokens_blocks_locked(kv, s, tokens, n);
+    return;
+  }
+  cllm_kv_token_t *tail = &kv->tails[(size_t)s * kv->bt + off];
+  for (size_t i = 0; i < n; i++) tail[i] = tokens[i];
+  sl->committed += n;
+}
 /* Longest cached prefix of tokens[0..n) in blocks (at most max_blocks) for `salt`:
  * ids[] receives the blocks (not referenced yet). */
 uint32_t kv__match_prefix_locked(cllm_kv_cache_t *kv, uint64_t salt,

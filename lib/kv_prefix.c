@@ -208,17 +208,12 @@ static void register_block_locked(cllm_kv_cache_t *kv, uint32_t s, uint32_t idx)
   sl->chain_prev_gen = kv->blocks[canonical].gen;
 }
 
-void kv__commit_tokens_locked(cllm_kv_cache_t *kv, uint32_t s, const cllm_kv_token_t *tokens,
-                              size_t n) {
+void kv__commit_tokens_blocks_locked(cllm_kv_cache_t *kv, uint32_t s,
+                                     const cllm_kv_token_t *tokens, size_t n) {
   kv_slot_t *sl = &kv->slots[s];
   cllm_kv_token_t *tail = &kv->tails[(size_t)s * kv->bt];
   size_t pos = sl->committed;
   uint32_t mask = kv->bt - 1;
-  if ((pos & mask) + n < kv->bt) {  // the block stays partial: nothing to index
-    for (size_t i = 0; i < n; i++) tail[(pos & mask) + i] = tokens[i];
-    sl->committed = pos + n;
-    return;
-  }
   while (n > 0) {
     size_t off = pos & mask;
     size_t take = kv->bt - off;

@@ -182,12 +182,16 @@ static void seq_lru_remove_locked(cllm_kv_cache_t *kv, uint32_t s) {
   sl->in_lru = 0;
 }
 
-/* Mark s most recently used; enter or leave the list by whether it holds blocks. */
-static void seq_lru_touch_locked(cllm_kv_cache_t *kv, uint32_t s) {
-  kv_slot_t *sl = &kv->slots[s];
-  if (sl->in_lru && sl->nb > 0 && kv->seq_lru_tail[sl->band] == s) return;  // already last
+static void seq_lru_move_locked(cllm_kv_cache_t *kv, uint32_t s) {
   seq_lru_remove_locked(kv, s);
-  if (sl->nb > 0) seq_lru_add_locked(kv, s);
+  if (kv->slots[s].nb > 0) seq_lru_add_locked(kv, s);
+}
+
+/* Mark s most recently used; enter or leave the list by whether it holds blocks. */
+static inline void seq_lru_touch_locked(cllm_kv_cache_t *kv, uint32_t s) {
+  const kv_slot_t *sl = &kv->slots[s];
+  if (sl->in_lru && sl->nb > 0 && kv->seq_lru_tail[sl->band] == s) return;  // already last
+  seq_lru_move_locked(kv, s);
 }
 
 /* ---- block release and preemption -------------------------------------------------- */
@@ -375,7 +379,7 @@ static void locate_locked(const cllm_kv_cache_t *kv, const kv_slot_t *sl, size_t
 
 /* The decode step: n more positions that fit in the last block, which this sequence
  * holds alone (no block to take, nothing to copy). False: reserve_locked's full path. */
-static bool grow_in_place_locked(cllm_kv_cache_t *kv, uint32_t s, size_t n, cllm_kv_loc_t *locs) {
+static inline bool grow_in_place_locked(cllm_kv_cache_t *kv, uint32_t s, size_t n, cllm_kv_loc_t *locs) {
   kv_slot_t *sl = &kv->slots[s];
   uint32_t off = (uint32_t)(sl->length & (kv->bt - 1));
   if (off == 0 || n > kv->bt - off) return false;
@@ -388,10 +392,9 @@ static bool grow_in_place_locked(cllm_kv_cache_t *kv, uint32_t s, size_t n, cllm
   return true;
 }
 
-/* Reserve n_tokens more positions of open slot s (the body of cllm_kv_seq_reserve). */
-static cllm_status_t reserve_locked(cllm_kv_cache_t *kv, uint32_t s, size_t n_tokens,
-                                    cllm_kv_loc_t *locs, kv_victims_t *v) {
-  if (grow_in_place_locked(kv, s, n_tokens, locs)) return CLLM_OK;
+/* reserve_locked past its fast path: blocks to take, or a shared block to copy. */
+static cllm_status_t reserve_blocks_locked(cllm_kv_cache_t *kv, uint32_t s, size_t n_tokens,
+                                           cllm_kv_loc_t *locs, kv_victims_t *v) {
   cllm_status_t rc;
   kv_slot_t *sl = &kv->slots[s];
   size_t len = sl->length, new_len;
@@ -444,6 +447,13 @@ static cllm_status_t reserve_locked(cllm_kv_cache_t *kv, uint32_t s, size_t n_to
   if (locs != NULL) locate_locked(kv, sl, len, n_tokens, locs);
   seq_lru_touch_locked(kv, s);
   return CLLM_OK;
+}
+
+/* Reserve n_tokens more positions of open slot s (the body of cllm_kv_seq_reserve). */
+static inline cllm_status_t reserve_locked(cllm_kv_cache_t *kv, uint32_t s, size_t n_tokens,
+                                           cllm_kv_loc_t *locs, kv_victims_t *v) {
+  if (grow_in_place_locked(kv, s, n_tokens, locs)) return CLLM_OK;
+  return reserve_blocks_locked(kv, s, n_tokens, locs, v);
 }
 
 cllm_status_t cllm_kv_seq_reserve(cllm_kv_cache_t *kv, cllm_kv_seq_t seq, size_t n_tokens,
