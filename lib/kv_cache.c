@@ -612,15 +612,12 @@ cllm_status_t cllm_kv_cache_create(const cllm_kv_config_t *in, cllm_kv_cache_t *
   uint32_t nbuckets = pow2_at_least(nblocks);
   kv->hbuckets = CLLM_FAULT(CLLM_FAULT_MALLOC) ? NULL : malloc((size_t)nbuckets * sizeof(uint32_t));
   kv->slots = kv_calloc_lines(max_slots, sizeof(kv_slot_t));
-  uint32_t nmap = pow2_at_least(2 * (uint64_t)max_slots) / 8;  // buckets of 7 entries
-  kv->idmap = kv_calloc_lines(nmap, sizeof(kv_idbucket_t));
   kv->tails = kv_calloc(max_slots * (size_t)bt, sizeof(cllm_kv_token_t));
   if (kv->blocks == NULL || kv->btok == NULL || kv->hbuckets == NULL || kv->slots == NULL ||
-      kv->idmap == NULL || kv->tails == NULL)
+      kv->tails == NULL || kv__idmap_alloc(kv, kv->max_slots) != CLLM_OK)
     goto fail;
   memset(kv->hbuckets, 0xff, (size_t)nbuckets * sizeof(uint32_t));
   kv->hmask = nbuckets - 1;
-  kv->idmask = nmap - 1;
   for (uint32_t s = 0; s < kv->max_slots; s++) {
     kv_slot_t *sl = &kv->slots[s];
     sl->lru_next = s + 1 < kv->max_slots ? s + 1 : KV_NONE;

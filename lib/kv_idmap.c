@@ -1,16 +1,35 @@
 /* The KV cache's id map: request ids to slots (one-cache-line buckets, below).
  *
- * Lock order: every function requires kv->lock (the *_locked names).
+ * Lock order: the *_locked functions require kv->lock; kv__id_lock takes it.
  */
+#include <stdlib.h>
 #include <string.h>
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
 
+#include "internal/fault.h"
 #include "internal/util.h"
 #include "kv_internal.h"
 
 /* ---- the id map ------------------------------------------------------------------ */
+
+/* A bucket: lanes 0..KV_IDB_N-1 hold entries (tag: the low 32 bits of the id hash
+ * with bit 0 set, so never 0; slot: slot index + 1), tag 0 / slot 0 = empty; lane 7
+ * has tag 0 and, as its slot word, the bucket's overflow count. */
+#define KV_IDB_N 7
+typedef struct kv_idbucket {
+  uint32_t tag[8];
+  uint32_t slot[8];
+} kv_idbucket_t;
+#define KV_IDB_OVF(bk) ((bk)->slot[KV_IDB_N])
+static inline uint32_t kv__id_tag(uint64_t h) { return (uint32_t)h | 1u; }
+static inline kv_idbucket_t *kv__id_bucket(const cllm_kv_cache_t *kv, uint32_t b) {
+  return &kv->idmap[b];
+}
+static inline uint32_t kv__id_home(const cllm_kv_cache_t *kv, uint64_t h) {
+  return (uint32_t)(h >> 32) & kv->idmask;
+}
 
 /* Buckets of one cache line (kv_idbucket_t, 64-byte aligned): 7 entries, each a tag
  * (32 bits of the id hash, never 0) and a slot number + 1, and an overflow count:
@@ -36,6 +55,30 @@ static inline unsigned idb_match(const uint32_t *lanes, uint32_t v) {
   for (unsigned i = 0; i < 8; i++) m |= (unsigned)(lanes[i] == v) << i;
 #endif
   return m & ((1u << KV_IDB_N) - 1u);
+}
+
+cllm_status_t kv__idmap_alloc(cllm_kv_cache_t *kv, uint32_t max_slots) {
+  uint64_t n = 16;  // buckets of 7 entries for 2 x max_slots, rounded up: >= 7/4 x max_slots
+  while (n < 2 * (uint64_t)max_slots) n <<= 1;
+  n /= 8;
+  void *p = NULL;
+  if (CLLM_FAULT(CLLM_FAULT_MALLOC) || posix_memalign(&p, 64, n * sizeof(kv_idbucket_t)) != 0)
+    return CLLM_ENOMEM;
+  memset(p, 0, n * sizeof(kv_idbucket_t));
+  kv->idmap = p;
+  kv->idmask = (uint32_t)n - 1;
+  return CLLM_OK;
+}
+
+void kv__idmap_prefetch(const cllm_kv_cache_t *kv, uint64_t h) {
+  __builtin_prefetch(kv__id_bucket(kv, kv__id_home(kv, h)), 1);
+}
+
+uint32_t kv__id_lock(const cllm_kv_cache_t *kv, const char *id, uint64_t *h, size_t *len) {
+  *h = kv__hash_string(id, len);
+  __builtin_prefetch(kv__id_bucket(kv, kv__id_home(kv, *h)));
+  kv__lock(kv);
+  return kv__id_lookup_locked(kv, id, *h);
 }
 
 uint32_t kv__id_lookup_locked(const cllm_kv_cache_t *kv, const char *id, uint64_t h) {

@@ -154,7 +154,7 @@ struct cllm_kv_cache {
   /* slots */
   kv_slot_t *slots;
   uint32_t max_slots, slot_free_head, slots_used;
-  struct kv_idbucket *idmap;  // the id map: buckets of one cache line (see kv_seq.c)
+  struct kv_idbucket *idmap;  // the id map (lib/kv_idmap.c): buckets of one cache line
   uint32_t idmask;        // buckets - 1 (a power of two)
   cllm_kv_token_t *tails; // [max_slots][bt]: committed tokens of the partial block
   uint32_t seq_lru_head[CLLM_KV_BANDS], seq_lru_tail[CLLM_KV_BANDS];
@@ -263,47 +263,27 @@ uint32_t kv__match_prefix_locked(cllm_kv_cache_t *kv, uint64_t salt,
                                  uint32_t *ids);
 cllm_status_t kv__check_index_locked(const cllm_kv_cache_t *kv);
 
-/* ---- lib/kv_seq.c (slots) and lib/kv_idmap.c (the id map) ---- */
-/* An id map bucket: lanes 0..KV_IDB_N-1 hold entries (tag: the low 32 bits of the id
- * hash with bit 0 set, so never 0; slot: slot index + 1), tag 0 / slot 0 = empty;
- * lane 7 has tag 0 and, as its slot word, the bucket's overflow count. */
-#define KV_IDB_N 7
-typedef struct kv_idbucket {
-  uint32_t tag[8];
-  uint32_t slot[8];
-} kv_idbucket_t;
-#define KV_IDB_OVF(bk) ((bk)->slot[KV_IDB_N])
-static inline uint32_t kv__id_tag(uint64_t h) { return (uint32_t)h | 1u; }
-static inline kv_idbucket_t *kv__id_bucket(const cllm_kv_cache_t *kv, uint32_t b) {
-  return &kv->idmap[b];
-}
-static inline uint32_t kv__id_home(const cllm_kv_cache_t *kv, uint64_t h) {
-  return (uint32_t)(h >> 32) & kv->idmask;
-}
-/* Public entry points hash the id before taking the lock (kv__hash_string needs no
- * lock) and start loading its home bucket: idmap and idmask never change after
- * create, so this reads nothing the lock guards. */
-static inline void kv__id_prefetch(const cllm_kv_cache_t *kv, uint64_t h) {
-  __builtin_prefetch(kv__id_bucket(kv, kv__id_home(kv, h)));
-}
-/* Enter slot s (its id_hash set) in the id map / take it out (lib/kv_idmap.c). */
+/* ---- lib/kv_idmap.c: the id map (request ids -> slots) ---- */
+/* Allocate an empty map with room for max_slots entries (kv->idmap, kv->idmask);
+ * CLLM_ENOMEM. kv_free_all frees kv->idmap. */
+cllm_status_t kv__idmap_alloc(cllm_kv_cache_t *kv, uint32_t max_slots);
+/* Enter slot s (its id_hash set) / take it out. */
 void kv__idmap_insert_locked(cllm_kv_cache_t *kv, uint32_t s);
 void kv__idmap_remove_locked(cllm_kv_cache_t *kv, uint32_t s);
 /* Look up `id` (NUL-terminated) whose hash is h; returns the slot or KV_NONE. */
 uint32_t kv__id_lookup_locked(const cllm_kv_cache_t *kv, const char *id, uint64_t h);
-/* The id map's part of cllm_kv_check: every entry names a live slot, the overflow
- * counts match; *entries gets the number of entries. ovf: idmask + 1 scratch counters. */
+/* The prologue of every call by id: hash (*h, *len = strlen(id)), start loading the
+ * id's bucket (the map's layout never changes after create: no lock needed), lock,
+ * look up. Returns the slot or KV_NONE; the lock is held. */
+uint32_t kv__id_lock(const cllm_kv_cache_t *kv, const char *id, uint64_t *h, size_t *len);
+/* Start loading the bucket of hash h for a write (no lock needed, as above). */
+void kv__idmap_prefetch(const cllm_kv_cache_t *kv, uint64_t h);
+/* The map's part of cllm_kv_check: every entry names a live slot, the overflow counts
+ * match; *entries gets the number of entries. ovf: idmask + 1 scratch counters. */
 cllm_status_t kv__idmap_check_locked(const cllm_kv_cache_t *kv, uint32_t *ovf,
                                      uint64_t *entries);
-/* The prologue of every call by id: hash (*h, *len = strlen(id)), start loading the
- * home bucket, lock, look up. Returns the slot or KV_NONE; the lock is held. */
-static inline uint32_t kv__id_lock(const cllm_kv_cache_t *kv, const char *id, uint64_t *h,
-                                   size_t *len) {
-  *h = kv__hash_string(id, len);
-  kv__id_prefetch(kv, *h);
-  kv__lock(kv);
-  return kv__id_lookup_locked(kv, id, *h);
-}
+
+/* ---- lib/kv_seq.c: slots ---- */
 /* A free slot holding a copy of id, entered in the id map (state S_OPEN, kind). */
 cllm_status_t kv__slot_new_locked(cllm_kv_cache_t *kv, const char *id, uint64_t h, size_t len,
                                   uint8_t kind, uint32_t *out);

@@ -57,35 +57,19 @@ uint64_t kv__hash_default(void *user, uint64_t prev, uint64_t salt, const cllm_k
 }
 
 /* Request-id hash (the id map) and strlen in one pass. The id is read a byte at a
- * time: callers often format it just before the call, and a wide load over bytes
- * still in the store buffer cannot be forwarded (it waits for them to reach the
- * cache: strlen + word loads cost more than the whole hash). The bytes are
- * gathered into 64-bit words (a shift per byte) and each word is mixed in with
- * one multiply, so the dependency chain is a multiply per 8 bytes. */
+ * time (callers often format it just before the call: a wide load over bytes still in
+ * the store buffer waits for them); bytes gather into 64-bit words, one multiply per
+ * word. */
 uint64_t kv__hash_string(const char *s, size_t *len) {
   const unsigned char *p = (const unsigned char *)s;
-  uint64_t h = 0xa0761d6478bd642fULL, w;
+  uint64_t h = 0xa0761d6478bd642fULL, w = 0;
   size_t n = 0;
-  unsigned c, i;
-  for (;; n += 8) {  // 8 bytes per round, unrolled: a load, a test, a shift-or each
-#define KV_HS_BYTE(k) \
-  if ((c = p[n + (k)]) == 0) {  \
-    i = (k);                    \
-    break;                      \
-  }                             \
-  w = (w << 8) | c;
-    w = 0;
-    do {
-      KV_HS_BYTE(0) KV_HS_BYTE(1) KV_HS_BYTE(2) KV_HS_BYTE(3)
-      KV_HS_BYTE(4) KV_HS_BYTE(5) KV_HS_BYTE(6) KV_HS_BYTE(7)
-      i = 8;
-    } while (0);
-#undef KV_HS_BYTE
-    if (i < 8) {
-      n += i;
-      break;
+  for (; p[n] != 0; n++) {
+    w = (w << 8) | p[n];
+    if ((n & 7) == 7) {
+      h = mix64(h ^ w, 0xe7037ed1a0b428dbULL);
+      w = 0;
     }
-    h = mix64(h ^ w, 0xe7037ed1a0b428dbULL);
   }
   *len = n;
   return mix64(h ^ w ^ ((uint64_t)n << 56), 0x8ebc6af09c88c6e3ULL) ^ n;

@@ -1,17 +1,14 @@
-/* KV cache sequences: slots, the id map, block tables, reserve / commit / close /
+/* KV cache sequences: slots, block tables, reserve / ensure / commit / close /
  * fork / touch / pin, preemption and the eviction callback.
  *
  * Concept
  *   A sequence (or a copy-API entry, lib/kv_copy.c) lives in a slot of a flat array
  *   of max_seqs slots; a handle is (slot, generation) and turns stale when the slot
- *   is retired. Request ids map to slots through a table of one-cache-line buckets
- *   of 7 (tag, slot) entries with overflow counts (see "the id map" below: a lookup
- *   or delete reads one line nearly always, no tombstones; a slot is read only when
- *   its tag matches). The id is hashed before the lock is taken. A slot is two cache
- *   lines and holds ids of up to 15 bytes and block tables of up to 2 blocks itself;
- *   longer ones get an owned buffer that the slot keeps when it is reused, so in
- *   steady state open/close allocate nothing; a table grows by doubling (amortised
- *   O(1)).
+ *   is retired. Request ids map to slots through the id map (lib/kv_idmap.c); the id
+ *   is hashed before the lock is taken. A slot is two cache lines and holds ids of
+ *   up to 15 bytes and block tables of up to 2 blocks itself; longer ones get an
+ *   owned buffer that the slot keeps when it is reused, so in steady state
+ *   open/close allocate nothing; a table grows by doubling (amortised O(1)).
  *
  *   Open sequences that hold blocks sit in one LRU list per priority band (32-bit
  *   links through the slots): preemption takes the least recently used sequence of
@@ -223,7 +220,7 @@ static void preempt_locked(cllm_kv_cache_t *kv, uint32_t s, kv_victims_t *v) {
   kv__victim_push_locked(kv, v, s);
   /* Its owner closes (or finds) it by id soon after the callback: start loading
    * its id-map bucket now (a random line, likely out of cache). */
-  __builtin_prefetch(kv__id_bucket(kv, kv__id_home(kv, sl->id_hash)), 1);
+  kv__idmap_prefetch(kv, sl->id_hash);
 }
 
 static uint32_t preempt_victim_locked(const cllm_kv_cache_t *kv, uint32_t requester) {
@@ -350,17 +347,9 @@ cllm_status_t cllm_kv_seq_find(const cllm_kv_cache_t *kv, const char *id, cllm_k
 
 /* ---- reserve / commit ------------------------------------------------------------- */
 
-/* locs[j] = {b, off + j} for j < n: one 64-bit store per location where the layout
- * allows (block in the low half on a little-endian machine). */
+/* locs[j] = {b, off + j} for j < n. */
 static inline void fill_locs(cllm_kv_loc_t *locs, uint32_t b, uint32_t off, size_t n) {
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-  _Static_assert(sizeof(cllm_kv_loc_t) == 8 && offsetof(cllm_kv_loc_t, offset) == 4,
-                 "cllm_kv_loc_t is {uint32_t block; uint32_t offset}");
-  uint64_t w = (uint64_t)b | ((uint64_t)off << 32);
-  for (size_t j = 0; j < n; j++, w += (uint64_t)1 << 32) memcpy(&locs[j], &w, sizeof w);
-#else
   for (size_t j = 0; j < n; j++) locs[j] = (cllm_kv_loc_t){b, off + (uint32_t)j};
-#endif
 }
 
 /* locs[i] = where position pos + i lies, for positions already reserved. */
