@@ -70,13 +70,8 @@ cllm_status_t kv__idmap_alloc(cllm_kv_cache_t *kv, uint32_t max_slots) {
   return CLLM_OK;
 }
 
-void kv__idmap_prefetch(const cllm_kv_cache_t *kv, uint64_t h) {
-  __builtin_prefetch(kv__id_bucket(kv, kv__id_home(kv, h)), 1);
-}
-
 uint32_t kv__id_lock(const cllm_kv_cache_t *kv, const char *id, uint64_t *h, size_t *len) {
   *h = kv__hash_string(id, len);
-  __builtin_prefetch(kv__id_bucket(kv, kv__id_home(kv, *h)));
   kv__lock(kv);
   return kv__id_lookup_locked(kv, id, *h);
 }

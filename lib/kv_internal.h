@@ -272,12 +272,9 @@ void kv__idmap_insert_locked(cllm_kv_cache_t *kv, uint32_t s);
 void kv__idmap_remove_locked(cllm_kv_cache_t *kv, uint32_t s);
 /* Look up `id` (NUL-terminated) whose hash is h; returns the slot or KV_NONE. */
 uint32_t kv__id_lookup_locked(const cllm_kv_cache_t *kv, const char *id, uint64_t h);
-/* The prologue of every call by id: hash (*h, *len = strlen(id)), start loading the
- * id's bucket (the map's layout never changes after create: no lock needed), lock,
- * look up. Returns the slot or KV_NONE; the lock is held. */
+/* The prologue of every call by id: hash (*h, *len = strlen(id); no lock needed),
+ * lock, look up. Returns the slot or KV_NONE; the lock is held. */
 uint32_t kv__id_lock(const cllm_kv_cache_t *kv, const char *id, uint64_t *h, size_t *len);
-/* Start loading the bucket of hash h for a write (no lock needed, as above). */
-void kv__idmap_prefetch(const cllm_kv_cache_t *kv, uint64_t h);
 /* The map's part of cllm_kv_check: every entry names a live slot, the overflow counts
  * match; *entries gets the number of entries. ovf: idmask + 1 scratch counters. */
 cllm_status_t kv__idmap_check_locked(const cllm_kv_cache_t *kv, uint32_t *ovf,

@@ -218,9 +218,6 @@ static void preempt_locked(cllm_kv_cache_t *kv, uint32_t s, kv_victims_t *v) {
   sl->chain_prev = KV_NONE;
   kv->st_preemptions++;
   kv__victim_push_locked(kv, v, s);
-  /* Its owner closes (or finds) it by id soon after the callback: start loading
-   * its id-map bucket now (a random line, likely out of cache). */
-  kv__idmap_prefetch(kv, sl->id_hash);
 }
 
 static uint32_t preempt_victim_locked(const cllm_kv_cache_t *kv, uint32_t requester) {
@@ -448,10 +445,14 @@ static inline cllm_status_t reserve_locked(cllm_kv_cache_t *kv, uint32_t s, size
 cllm_status_t cllm_kv_seq_reserve(cllm_kv_cache_t *kv, cllm_kv_seq_t seq, size_t n_tokens,
                                   cllm_kv_loc_t *locs) {
   if (kv == NULL || n_tokens == 0) return CLLM_EINVAL;
+  cllm_status_t rc;
+  if (seq_lock(kv, seq, &rc) != NULL && grow_in_place_locked(kv, seq.slot, n_tokens, locs)) {
+    kv__unlock(kv);  // the decode step: no block taken, so no victim to call back
+    return CLLM_OK;
+  }
   kv_victims_t v;
   kv__victims_init(&v);
-  cllm_status_t rc;
-  if (seq_lock(kv, seq, &rc) != NULL) rc = reserve_locked(kv, seq.slot, n_tokens, locs, &v);
+  if (rc == CLLM_OK) rc = reserve_blocks_locked(kv, seq.slot, n_tokens, locs, &v);
   kv__unlock_and_call(kv, &v);
   return rc;
 }
@@ -459,10 +460,14 @@ cllm_status_t cllm_kv_seq_reserve(cllm_kv_cache_t *kv, cllm_kv_seq_t seq, size_t
 cllm_status_t cllm_kv_seq_ensure(cllm_kv_cache_t *kv, cllm_kv_seq_t seq, size_t pos, size_t n,
                                  cllm_kv_loc_t *locs) {
   if (kv == NULL || n == 0) return CLLM_EINVAL;
-  kv_victims_t v;
-  kv__victims_init(&v);
   cllm_status_t rc;
   kv_slot_t *sl = seq_lock(kv, seq, &rc);
+  if (sl != NULL && pos == sl->length && grow_in_place_locked(kv, seq.slot, n, locs)) {
+    kv__unlock(kv);  // the decode step, as in cllm_kv_seq_reserve
+    return CLLM_OK;
+  }
+  kv_victims_t v;
+  kv__victims_init(&v);
   if (sl != NULL) {
     size_t len = sl->length, end;
     if (pos > len || cllm__add_overflow(pos, n, &end)) {

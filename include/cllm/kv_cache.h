@@ -68,6 +68,7 @@
  * metadata). Writing and reading K/V data through block pointers takes no lock; a
  * caller must not write a block it shares (see reserve: the cache copies a shared
  * partial block before handing it out for writing). Callbacks run outside the lock.
+ * Calls that change nothing visible take a const cache (they still take its mutex).
  */
 #ifndef CLLM_KV_CACHE_H
 #define CLLM_KV_CACHE_H
@@ -122,7 +123,8 @@ typedef enum cllm_kv_numa {
 } cllm_kv_numa_t;
 
 typedef struct cllm_kv_config {
-  size_t struct_size;        // set by cllm_kv_config_default()
+  size_t struct_size;        // set by cllm_kv_config_default(); an older, smaller struct
+                             // gets the defaults for the fields it lacks
   uint32_t layers;           // required, >= 1
   uint32_t kv_heads;         // required, >= 1
   uint32_t head_dim;         // required, >= 1
@@ -152,7 +154,9 @@ typedef struct cllm_kv_config {
 CLLM_API cllm_kv_config_t cllm_kv_config_default(void);
 
 // Create a cache. *out is NULL on error and nothing is leaked.
-// Errors: CLLM_EINVAL (NULL, bad struct_size, zero shape, dtype_bytes not 1/2/4
+// cfg NULL means the defaults, which have no shape: refused like a missing field.
+// Errors: CLLM_EINVAL (NULL, struct_size below sizeof(size_t) or larger with unknown
+// fields set, zero shape (the field is logged), dtype_bytes not 1/2/4
 // (0 included: there is no default; logged), block_tokens not a power of two,
 // capacity 0 or below one block, fraction outside [0,1], unknown numa, BIND without
 // a node), CLLM_EOVERFLOW (sizes overflow, more than 2^32-2 blocks), CLLM_ENOMEM
@@ -382,7 +386,8 @@ CLLM_API size_t cllm_kv_total_bytes(const cllm_kv_cache_t *kv);
 /* ---- Statistics and checks ---------------------------------------------------- */
 
 typedef struct cllm_kv_stats {
-  size_t struct_size;       // the caller sets sizeof(cllm_kv_stats_t)
+  size_t struct_size;       // the caller sets sizeof(cllm_kv_stats_t); stats writes
+                            // min(that, its own size) bytes and stores that count here
   size_t num_blocks;
   size_t block_bytes;
   uint32_t block_tokens;
@@ -430,7 +435,8 @@ typedef struct cllm_kv_stats {
 } cllm_kv_stats_t;
 
 // Fill *st: O(1) under the lock, then resident_bytes from the kernel (one mincore
-// per 4 MiB of pools, no lock). Errors: CLLM_EINVAL (NULL, struct_size too small).
+// per 4 MiB of pools, no lock). Errors: CLLM_EINVAL (NULL, struct_size below
+// sizeof(size_t)).
 // Thread: any.
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_stats(const cllm_kv_cache_t *kv, cllm_kv_stats_t *st);
 
