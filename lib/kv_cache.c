@@ -141,14 +141,14 @@ static cllm_status_t ensure_committed_locked(cllm_kv_cache_t *kv, uint32_t upto)
 
 /* ---- the free stacks (doubly linked through prev / next) ------------------------ */
 
-static void free_push_locked(cllm_kv_cache_t *kv, uint32_t b, bool gone) {
+static inline void free_push_locked(cllm_kv_cache_t *kv, uint32_t b, bool gone) {
   kv->blocks[b].gone = gone;
   kv__list_push_front(kv__block_links(kv), gone ? &kv->dfree_head : &kv->free_head, NULL, b);
   if (gone) kv->dfree_count++;
   else kv->free_count++;
 }
 
-static void free_remove_locked(cllm_kv_cache_t *kv, uint32_t b) {
+static inline void free_remove_locked(cllm_kv_cache_t *kv, uint32_t b) {
   kv_block_t *bl = &kv->blocks[b];
   kv__list_remove(kv__block_links(kv), bl->gone ? &kv->dfree_head : &kv->free_head, NULL, b);
   if (bl->gone) kv->dfree_count--;
@@ -216,13 +216,13 @@ static cllm_status_t recharge_unit_locked(cllm_kv_cache_t *kv) {
 
 /* ---- LRU lists (per band, head = least recently used) --------------------------- */
 
-static void lru_append_locked(cllm_kv_cache_t *kv, uint32_t b) {
+static inline void lru_append_locked(cllm_kv_cache_t *kv, uint32_t b) {
   uint32_t band = kv->blocks[b].band;
   kv__list_push_back(kv__block_links(kv), &kv->lru_head[band], &kv->lru_tail[band], b);
   kv->cached_lru++;
 }
 
-static void lru_remove_locked(cllm_kv_cache_t *kv, uint32_t b) {
+static inline void lru_remove_locked(cllm_kv_cache_t *kv, uint32_t b) {
   uint32_t band = kv->blocks[b].band;
   kv__list_remove(kv__block_links(kv), &kv->lru_head[band], &kv->lru_tail[band], b);
   kv->cached_lru--;

@@ -1,4 +1,5 @@
-/* The seed's copy API (KVCacheMemoryManager) on top of the paged KV cache.
+/* The seed's copy API on top of the paged KV cache. The seed is the original C++ design
+ * this library keeps compatible with; its KVCacheMemoryManager copied whole entries.
  *
  * Concept
  *   An entry is a request id with one K and one V float array, copied in by put and

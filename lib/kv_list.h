@@ -31,22 +31,25 @@ static inline kv_link_t *kv__link(kv_links_t a, uint32_t i) {
   return (kv_link_t *)(void *)(a.base + (size_t)i * a.stride + a.off);
 }
 
-/* Insert i first. */
+/* Insert i first. (Links are read into locals first: a store through a link may alias
+ * head or tail, and would force them to be loaded again.) */
 static inline void kv__list_push_front(kv_links_t a, uint32_t *head, uint32_t *tail, uint32_t i) {
+  uint32_t h = *head;
   kv_link_t *l = kv__link(a, i);
   l->prev = CLLM_KV_NONE;
-  l->next = *head;
-  if (*head != CLLM_KV_NONE) kv__link(a, *head)->prev = i;
+  l->next = h;
+  if (h != CLLM_KV_NONE) kv__link(a, h)->prev = i;
   else if (tail != NULL) *tail = i;
   *head = i;
 }
 
 /* Insert i last (the list keeps a tail). */
 static inline void kv__list_push_back(kv_links_t a, uint32_t *head, uint32_t *tail, uint32_t i) {
+  uint32_t t = *tail;
   kv_link_t *l = kv__link(a, i);
   l->next = CLLM_KV_NONE;
-  l->prev = *tail;
-  if (*tail != CLLM_KV_NONE) kv__link(a, *tail)->next = i;
+  l->prev = t;
+  if (t != CLLM_KV_NONE) kv__link(a, t)->next = i;
   else *head = i;
   *tail = i;
 }
@@ -54,10 +57,11 @@ static inline void kv__list_push_back(kv_links_t a, uint32_t *head, uint32_t *ta
 /* Take i (a member) out; its link becomes {KV_NONE, KV_NONE}. */
 static inline void kv__list_remove(kv_links_t a, uint32_t *head, uint32_t *tail, uint32_t i) {
   kv_link_t *l = kv__link(a, i);
-  if (l->prev != CLLM_KV_NONE) kv__link(a, l->prev)->next = l->next;
-  else *head = l->next;
-  if (l->next != CLLM_KV_NONE) kv__link(a, l->next)->prev = l->prev;
-  else if (tail != NULL) *tail = l->prev;
+  uint32_t p = l->prev, n = l->next;
+  if (p != CLLM_KV_NONE) kv__link(a, p)->next = n;
+  else *head = n;
+  if (n != CLLM_KV_NONE) kv__link(a, n)->prev = p;
+  else if (tail != NULL) *tail = p;
   l->prev = l->next = CLLM_KV_NONE;
 }
 
