@@ -29,7 +29,10 @@ typedef struct kv_block {
     kv_link_t link;
     struct { uint32_t prev, next; };
   };
-  uint32_t hprev, hnext;   // hash index chain (indexed blocks only)
+  union {                  // hash index chain (indexed blocks, and stale-linked ones)
+    kv_link_t hlink;
+    struct { uint32_t hprev, hnext; };
+  };
   uint32_t parent;         // indexed: the block before this one in its chain (NONE: first)
   uint32_t parent_gen;     // the parent's gen when this block was indexed
   uint32_t gen;            // bumped whenever the block's content identity ends
@@ -174,6 +177,9 @@ struct cllm_kv_cache {
 /* The lists threaded through the blocks (free stacks, LRU) and the slots (LRU). */
 static inline kv_links_t kv__block_links(const cllm_kv_cache_t *kv) {
   return (kv_links_t){(char *)kv->blocks, sizeof(kv_block_t), offsetof(kv_block_t, link)};
+}
+static inline kv_links_t kv__hash_links(const cllm_kv_cache_t *kv) {
+  return (kv_links_t){(char *)kv->blocks, sizeof(kv_block_t), offsetof(kv_block_t, hlink)};
 }
 static inline kv_links_t kv__slot_links(const cllm_kv_cache_t *kv) {
   return (kv_links_t){(char *)kv->slots, sizeof(kv_slot_t), offsetof(kv_slot_t, lru)};

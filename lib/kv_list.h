@@ -1,9 +1,9 @@
 /* The KV cache's one intrusive list: doubly linked, 32-bit indices into an array of
  * elements (blocks or slots), KV_NONE (CLLM_KV_NONE) ends it. An element holds a
  * kv_link_t; kv_links_t says where that link lies in the array, so one set of
- * functions serves the blocks' free stacks and LRU lists and the slots' sequence and
- * copy-entry LRU lists. A list is a head and, where the caller keeps one, a tail
- * (tail NULL: a stack, used through its head only).
+ * functions serves the blocks' free stacks, LRU lists and prefix-index chains and the
+ * slots' sequence and copy-entry LRU lists. A list is a head and, where the caller
+ * keeps one, a tail (tail NULL: used through its head only).
  *
  * Invariants: an element is in at most one list through a given link; its link is
  * {KV_NONE, KV_NONE} when it is in none. No function here takes a lock or counts:

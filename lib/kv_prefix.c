@@ -82,13 +82,10 @@ static uint64_t block_hash(const cllm_kv_cache_t *kv, uint64_t prev, uint64_t sa
 
 /* ---- the index ------------------------------------------------------------------ */
 
-static void index_unlink_locked(cllm_kv_cache_t *kv, uint32_t b) {
+static inline void index_unlink_locked(cllm_kv_cache_t *kv, uint32_t b) {
   kv_block_t *bl = &kv->blocks[b];
   if (!bl->linked) return;
-  if (bl->hprev != KV_NONE) kv->blocks[bl->hprev].hnext = bl->hnext;
-  else kv->hbuckets[bl->hash & kv->hmask] = bl->hnext;
-  if (bl->hnext != KV_NONE) kv->blocks[bl->hnext].hprev = bl->hprev;
-  bl->hprev = bl->hnext = KV_NONE;
+  kv__list_remove(kv__hash_links(kv), &kv->hbuckets[bl->hash & kv->hmask], NULL, b);
   bl->linked = 0;
 }
 
@@ -96,11 +93,7 @@ void kv__index_insert_locked(cllm_kv_cache_t *kv, uint32_t b, uint64_t hash) {
   kv_block_t *bl = &kv->blocks[b];
   index_unlink_locked(kv, b);  // a stale link under its previous hash
   bl->hash = hash;
-  uint32_t *head = &kv->hbuckets[hash & kv->hmask];
-  bl->hprev = KV_NONE;
-  bl->hnext = *head;
-  if (*head != KV_NONE) kv->blocks[*head].hprev = b;
-  *head = b;
+  kv__list_push_front(kv__hash_links(kv), &kv->hbuckets[hash & kv->hmask], NULL, b);
   bl->linked = 1;
   bl->indexed = 1;
   kv->indexed_count++;
