@@ -51,6 +51,7 @@
 #include "internal/fault.h"
 #include "internal/prim.h"
 #include "internal/util.h"
+#include "internal/versioned.h"
 #include "kv_internal.h"
 #include "kv_tier_internal.h"
 
@@ -140,25 +141,16 @@ static cllm_status_t ensure_committed_locked(cllm_kv_cache_t *kv, uint32_t upto)
 
 /* ---- the free stacks (doubly linked through prev / next) ------------------------ */
 
-static void free_push_locked(cllm_kv_cache_t *kv, uint32_t b, bool gone) {
-  uint32_t *head = gone ? &kv->dfree_head : &kv->free_head;
-  kv_block_t *bl = &kv->blocks[b];
-  bl->gone = gone;
-  bl->prev = KV_NONE;
-  bl->next = *head;
-  if (*head != KV_NONE) kv->blocks[*head].prev = b;
-  *head = b;
+static inline void free_push_locked(cllm_kv_cache_t *kv, uint32_t b, bool gone) {
+  kv->blocks[b].gone = gone;
+  kv__list_push_front(kv__block_links(kv), gone ? &kv->dfree_head : &kv->free_head, NULL, b);
   if (gone) kv->dfree_count++;
   else kv->free_count++;
 }
 
-static void free_remove_locked(cllm_kv_cache_t *kv, uint32_t b) {
+static inline void free_remove_locked(cllm_kv_cache_t *kv, uint32_t b) {
   kv_block_t *bl = &kv->blocks[b];
-  uint32_t *head = bl->gone ? &kv->dfree_head : &kv->free_head;
-  if (bl->prev != KV_NONE) kv->blocks[bl->prev].next = bl->next;
-  else *head = bl->next;
-  if (bl->next != KV_NONE) kv->blocks[bl->next].prev = bl->prev;
-  bl->prev = bl->next = KV_NONE;
+  kv__list_remove(kv__block_links(kv), bl->gone ? &kv->dfree_head : &kv->free_head, NULL, b);
   if (bl->gone) kv->dfree_count--;
   else kv->free_count--;
   bl->gone = 0;
@@ -224,25 +216,15 @@ static cllm_status_t recharge_unit_locked(cllm_kv_cache_t *kv) {
 
 /* ---- LRU lists (per band, head = least recently used) --------------------------- */
 
-static void lru_append_locked(cllm_kv_cache_t *kv, uint32_t b) {
-  kv_block_t *bl = &kv->blocks[b];
-  uint32_t band = bl->band;
-  bl->next = KV_NONE;
-  bl->prev = kv->lru_tail[band];
-  if (kv->lru_tail[band] != KV_NONE) kv->blocks[kv->lru_tail[band]].next = b;
-  else kv->lru_head[band] = b;
-  kv->lru_tail[band] = b;
+static inline void lru_append_locked(cllm_kv_cache_t *kv, uint32_t b) {
+  uint32_t band = kv->blocks[b].band;
+  kv__list_push_back(kv__block_links(kv), &kv->lru_head[band], &kv->lru_tail[band], b);
   kv->cached_lru++;
 }
 
-static void lru_remove_locked(cllm_kv_cache_t *kv, uint32_t b) {
-  kv_block_t *bl = &kv->blocks[b];
-  uint32_t band = bl->band;
-  if (bl->prev != KV_NONE) kv->blocks[bl->prev].next = bl->next;
-  else kv->lru_head[band] = bl->next;
-  if (bl->next != KV_NONE) kv->blocks[bl->next].prev = bl->prev;
-  else kv->lru_tail[band] = bl->prev;
-  bl->prev = bl->next = KV_NONE;
+static inline void lru_remove_locked(cllm_kv_cache_t *kv, uint32_t b) {
+  uint32_t band = kv->blocks[b].band;
+  kv__list_remove(kv__block_links(kv), &kv->lru_head[band], &kv->lru_tail[band], b);
   kv->cached_lru--;
 }
 
@@ -440,9 +422,25 @@ typedef struct kv_shape {
   size_t chunk, block_bytes, nblocks, stride, map_bytes, tok_n, huge, granule;
 } kv_shape_t;
 
+/* The caller's config over the defaults (lib/internal/versioned.h: NULL is the
+ * defaults, which lack the shape and are refused below like a config without it). */
+static cllm_status_t kv_config_in(const cllm_kv_config_t *in, cllm_kv_config_t *cfg) {
+  *cfg = cllm_kv_config_default();
+  if (cllm__config_in(cfg, sizeof *cfg, in) == CLLM_OK) return CLLM_OK;
+  cllm__warn("kv cache: config struct_size %zu refused (below sizeof(size_t), or unknown "
+             "trailing fields set)", in->struct_size);
+  return CLLM_EINVAL;
+}
+
 static cllm_status_t kv_shape(const cllm_kv_config_t *cfg, kv_shape_t *sh) {
-  if (cfg == NULL || cfg->struct_size < sizeof(cllm_kv_config_t)) return CLLM_EINVAL;
-  if (cfg->layers == 0 || cfg->kv_heads == 0 || cfg->head_dim == 0) return CLLM_EINVAL;
+  const char *missing = cfg->layers == 0     ? "layers"
+                        : cfg->kv_heads == 0 ? "kv_heads"
+                        : cfg->head_dim == 0 ? "head_dim"
+                                             : NULL;
+  if (missing != NULL) {
+    cllm__warn("kv cache: %s is 0; it is required (a NULL config has no shape)", missing);
+    return CLLM_EINVAL;
+  }
   if (cfg->dtype_bytes != 1 && cfg->dtype_bytes != 2 && cfg->dtype_bytes != 4) {
     cllm__warn("kv cache: dtype_bytes is %u; set it to the size of one K/V element (1, 2 or 4)",
                cfg->dtype_bytes);
@@ -511,19 +509,23 @@ static cllm_status_t place_pools(cllm_kv_cache_t *kv, const cllm_kv_config_t *cf
   }
 }
 
-size_t cllm_kv_footprint(const cllm_kv_config_t *cfg) {
+size_t cllm_kv_footprint(const cllm_kv_config_t *in) {
+  cllm_kv_config_t c;
   kv_shape_t sh;
-  if (kv_shape(cfg, &sh) != CLLM_OK) return 0;
+  if (kv_config_in(in, &c) != CLLM_OK || kv_shape(&c, &sh) != CLLM_OK) return 0;
   size_t pool = sh.nblocks * sh.chunk, per = (pool + sh.granule - 1) & ~(sh.granule - 1);
   if (per > sh.stride) per = sh.stride;
-  return per * 2u * (size_t)cfg->layers;  // <= map_bytes: no overflow
+  return per * 2u * (size_t)c.layers;  // <= map_bytes: no overflow
 }
 
-cllm_status_t cllm_kv_cache_create(const cllm_kv_config_t *cfg, cllm_kv_cache_t **out) {
+cllm_status_t cllm_kv_cache_create(const cllm_kv_config_t *in, cllm_kv_cache_t **out) {
   if (out == NULL) return CLLM_EINVAL;
   *out = NULL;
+  cllm_kv_config_t c;
+  const cllm_kv_config_t *cfg = &c;
   kv_shape_t sh;
-  cllm_status_t src = kv_shape(cfg, &sh);
+  cllm_status_t src = kv_config_in(in, &c);
+  if (src == CLLM_OK) src = kv_shape(cfg, &sh);
   if (src != CLLM_OK) return src;
   uint32_t bt = sh.bt;
   size_t chunk = sh.chunk, block_bytes = sh.block_bytes, nblocks = sh.nblocks;
@@ -610,15 +612,12 @@ cllm_status_t cllm_kv_cache_create(const cllm_kv_config_t *cfg, cllm_kv_cache_t 
   uint32_t nbuckets = pow2_at_least(nblocks);
   kv->hbuckets = CLLM_FAULT(CLLM_FAULT_MALLOC) ? NULL : malloc((size_t)nbuckets * sizeof(uint32_t));
   kv->slots = kv_calloc_lines(max_slots, sizeof(kv_slot_t));
-  uint32_t nmap = pow2_at_least(2 * (uint64_t)max_slots) / 8;  // buckets of 7 entries
-  kv->idmap = kv_calloc_lines(nmap, sizeof(kv_idbucket_t));
   kv->tails = kv_calloc(max_slots * (size_t)bt, sizeof(cllm_kv_token_t));
   if (kv->blocks == NULL || kv->btok == NULL || kv->hbuckets == NULL || kv->slots == NULL ||
-      kv->idmap == NULL || kv->tails == NULL)
+      kv->tails == NULL || kv__idmap_alloc(kv, kv->max_slots) != CLLM_OK)
     goto fail;
   memset(kv->hbuckets, 0xff, (size_t)nbuckets * sizeof(uint32_t));
   kv->hmask = nbuckets - 1;
-  kv->idmask = nmap - 1;
   for (uint32_t s = 0; s < kv->max_slots; s++) {
     kv_slot_t *sl = &kv->slots[s];
     sl->lru_next = s + 1 < kv->max_slots ? s + 1 : KV_NONE;
@@ -673,10 +672,10 @@ cllm_status_t cllm_kv_block_layer(const cllm_kv_cache_t *kv, uint32_t block, uin
 
 /* ---- statistics ----------------------------------------------------------------- */
 
-cllm_status_t cllm_kv_stats(cllm_kv_cache_t *kv, cllm_kv_stats_t *st) {
-  if (kv == NULL || st == NULL || st->struct_size < sizeof(cllm_kv_stats_t)) return CLLM_EINVAL;
+cllm_status_t cllm_kv_stats(const cllm_kv_cache_t *kv, cllm_kv_stats_t *out) {
+  if (kv == NULL || cllm__stats_size(out, sizeof *out) == 0) return CLLM_EINVAL;
+  cllm_kv_stats_t full, *st = &full;
   memset(st, 0, sizeof *st);
-  st->struct_size = sizeof *st;
   kv__lock(kv);
   st->num_blocks = kv->num_blocks;
   st->block_bytes = kv->block_bytes;
@@ -712,5 +711,6 @@ cllm_status_t cllm_kv_stats(cllm_kv_cache_t *kv, cllm_kv_stats_t *st) {
   /* base and map_bytes never change: the kernel is asked without the lock */
   int e = cllm__prim_resident_bytes(kv->base, kv->map_bytes, &st->resident_bytes);
   if (e != 0) st->resident_bytes = SIZE_MAX;
+  cllm__stats_out(out, st, sizeof *st);
   return CLLM_OK;
 }

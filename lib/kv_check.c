@@ -14,71 +14,61 @@
 
 /* ---- the invariant check -------------------------------------------------------- */
 
-#define KV_CHECK(cond, ...)              \
-  do {                                   \
-    if (!(cond)) {                       \
-      cllm__error("kv check: " __VA_ARGS__); \
-      rc = CLLM_ECORRUPT;                \
-      goto out;                          \
-    }                                    \
-  } while (0)
-
 static cllm_status_t check_blocks_locked(const cllm_kv_cache_t *kv, const uint32_t *refs) {
-  cllm_status_t rc = CLLM_OK;
   uint64_t n_free = 0, n_active = 0, n_cached = 0, n_pinned = 0, n_pinned_cached = 0, tokens = 0;
   for (uint32_t b = 0; b < kv->num_blocks; b++) {
     const kv_block_t *bl = &kv->blocks[b];
-    KV_CHECK(refs[b] == bl->refcnt, "block %u refcount %u, held %u times", b, bl->refcnt, refs[b]);
+    CLLM_CHECK(refs[b] == bl->refcnt, "kv", "block %u refcount %u, held %u times", b, bl->refcnt, refs[b]);
     if (b >= kv->hwm) {
-      KV_CHECK(bl->state == KV_FREE && bl->refcnt == 0 && !bl->indexed && bl->gen == 0,
+      CLLM_CHECK(bl->state == KV_FREE && bl->refcnt == 0 && !bl->indexed && bl->gen == 0, "kv",
                "never-used block %u is not pristine", b);
       continue;
     }
     if (bl->pinned) {
       n_pinned++;
-      KV_CHECK(bl->indexed, "pinned block %u is not indexed", b);
+      CLLM_CHECK(bl->indexed, "kv", "pinned block %u is not indexed", b);
     }
     switch (bl->state) {
       case KV_FREE:
         n_free++;
-        KV_CHECK(bl->refcnt == 0 && !bl->indexed && !bl->pinned, "free block %u in use", b);
+        CLLM_CHECK(bl->refcnt == 0 && !bl->indexed && !bl->pinned, "kv", "free block %u in use", b);
         break;
       case KV_ACTIVE:
         n_active++;
         tokens += bl->fill;
-        KV_CHECK(bl->refcnt > 0 && bl->fill <= kv->bt, "active block %u refcount 0", b);
+        CLLM_CHECK(bl->refcnt > 0 && bl->fill <= kv->bt, "kv", "active block %u refcount 0", b);
         break;
       case KV_CACHED:
         n_cached++;
         if (bl->pinned) n_pinned_cached++;
-        KV_CHECK(bl->refcnt == 0 && bl->indexed && bl->fill == kv->bt,
+        CLLM_CHECK(bl->refcnt == 0 && bl->indexed && bl->fill == kv->bt, "kv",
                  "cached block %u: refcount %u indexed %u fill %u", b, bl->refcnt, bl->indexed,
                  bl->fill);
         break;
       default:
-        KV_CHECK(0, "block %u has state %u", b, bl->state);
+        CLLM_CHECK(0, "kv", "block %u has state %u", b, bl->state);
     }
-    KV_CHECK(bl->band < CLLM_KV_BANDS, "block %u band %u", b, bl->band);
+    CLLM_CHECK(bl->band < CLLM_KV_BANDS, "kv", "block %u band %u", b, bl->band);
   }
-  KV_CHECK(n_free == (uint64_t)kv->free_count + kv->dfree_count, "free blocks %llu, counters %u+%u",
+  CLLM_CHECK(n_free == (uint64_t)kv->free_count + kv->dfree_count, "kv", "free blocks %llu, counters %u+%u",
            (unsigned long long)n_free, kv->free_count, kv->dfree_count);
-  KV_CHECK(n_active == kv->active_count, "active blocks %llu, counter %u",
+  CLLM_CHECK(n_active == kv->active_count, "kv", "active blocks %llu, counter %u",
            (unsigned long long)n_active, kv->active_count);
-  KV_CHECK(n_cached == (uint64_t)kv->cached_lru + kv->cached_pinned, "cached blocks %llu, counters %u+%u",
+  CLLM_CHECK(n_cached == (uint64_t)kv->cached_lru + kv->cached_pinned, "kv", "cached blocks %llu, counters %u+%u",
            (unsigned long long)n_cached, kv->cached_lru, kv->cached_pinned);
-  KV_CHECK(n_pinned == kv->pinned_count && n_pinned_cached == kv->cached_pinned,
+  CLLM_CHECK(n_pinned == kv->pinned_count && n_pinned_cached == kv->cached_pinned, "kv",
            "pinned counters");
-  KV_CHECK(n_pinned <= kv->pin_cap, "pinned %llu over the cap %u", (unsigned long long)n_pinned,
+  CLLM_CHECK(n_pinned <= kv->pin_cap, "kv", "pinned %llu over the cap %u", (unsigned long long)n_pinned,
            kv->pin_cap);
-  KV_CHECK(tokens == kv->tokens_active, "tokens %llu, counter %zu", (unsigned long long)tokens,
+  CLLM_CHECK(tokens == kv->tokens_active, "kv", "tokens %llu, counter %zu", (unsigned long long)tokens,
            kv->tokens_active);
-  KV_CHECK(kv->charged_bytes == 2u * (size_t)kv->layers * kv->committed_bytes -
-                                    (size_t)kv->dfree_count * kv->block_bytes,
+  CLLM_CHECK(kv->charged_bytes == 2u * (size_t)kv->layers * kv->committed_bytes -
+                                    (size_t)kv->dfree_count * kv->block_bytes, "kv",
            "charged %zu bytes for %zu committed pool bytes and %u given-back blocks",
            kv->charged_bytes, kv->committed_bytes, kv->dfree_count);
-  KV_CHECK(cllm_monitor_used(kv->mon, CLLM_CAT_KV) >= kv->charged_bytes,
+  CLLM_CHECK(cllm_monitor_used(kv->mon, CLLM_CAT_KV) >= kv->charged_bytes, "kv",
            "the monitor holds less than the cache's charge");
-  KV_CHECK(kv->hwm <= kv->committed, "blocks used past the committed mark");
+  CLLM_CHECK(kv->hwm <= kv->committed, "kv", "blocks used past the committed mark");
   /* the free stacks */
   for (int which = 0; which < 2; which++) {
     uint32_t head = which ? kv->dfree_head : kv->free_head;
@@ -86,18 +76,18 @@ static cllm_status_t check_blocks_locked(const cllm_kv_cache_t *kv, const uint32
     uint64_t walked = 0;
     uint32_t prev = KV_NONE;
     for (uint32_t b = head; b != KV_NONE; prev = b, b = kv->blocks[b].next) {
-      KV_CHECK(b < kv->hwm && kv->blocks[b].state == KV_FREE && kv->blocks[b].gone == which &&
-                   kv->blocks[b].prev == prev,
+      CLLM_CHECK(b < kv->hwm && kv->blocks[b].state == KV_FREE && kv->blocks[b].gone == which &&
+                   kv->blocks[b].prev == prev, "kv",
                "free stack %d holds block %u", which, b);
       if (which) {  // given back whole units: every block of b's unit is given back
         uint32_t first = b - b % kv->unit;
         for (uint32_t x = first; x < first + kv->unit; x++)
-          KV_CHECK(kv->blocks[x].state == KV_FREE && kv->blocks[x].gone,
+          CLLM_CHECK(kv->blocks[x].state == KV_FREE && kv->blocks[x].gone, "kv",
                    "block %u of given-back unit %u is not given back", x, first);
       }
-      KV_CHECK(++walked <= count, "free stack %d longer than its counter", which);
+      CLLM_CHECK(++walked <= count, "kv", "free stack %d longer than its counter", which);
     }
-    KV_CHECK(walked == count, "free stack %d: %llu, counter %u", which,
+    CLLM_CHECK(walked == count, "kv", "free stack %d: %llu, counter %u", which,
              (unsigned long long)walked, count);
   }
   uint64_t walked;
@@ -107,21 +97,20 @@ static cllm_status_t check_blocks_locked(const cllm_kv_cache_t *kv, const uint32
     uint32_t prev = KV_NONE;
     for (uint32_t b = kv->lru_head[band]; b != KV_NONE; b = kv->blocks[b].next) {
       const kv_block_t *bl = &kv->blocks[b];
-      KV_CHECK(b < kv->hwm && bl->state == KV_CACHED && !bl->pinned && bl->band == band,
+      CLLM_CHECK(b < kv->hwm && bl->state == KV_CACHED && !bl->pinned && bl->band == band, "kv",
                "LRU band %u holds block %u (state %u)", band, b, bl->state);
-      KV_CHECK(bl->prev == prev, "LRU back link broken at block %u", b);
-      KV_CHECK(++walked <= kv->cached_lru, "LRU longer than its counter");
+      CLLM_CHECK(bl->prev == prev, "kv", "LRU back link broken at block %u", b);
+      CLLM_CHECK(++walked <= kv->cached_lru, "kv", "LRU longer than its counter");
       prev = b;
     }
-    KV_CHECK(kv->lru_tail[band] == prev, "LRU tail of band %u", band);
+    CLLM_CHECK(kv->lru_tail[band] == prev, "kv", "LRU tail of band %u", band);
   }
-  KV_CHECK(walked == kv->cached_lru, "LRU holds %llu, counter %u", (unsigned long long)walked,
+  CLLM_CHECK(walked == kv->cached_lru, "kv", "LRU holds %llu, counter %u", (unsigned long long)walked,
            kv->cached_lru);
-out:
-  return rc;
+  return CLLM_OK;
 }
 
-cllm_status_t cllm_kv_check(cllm_kv_cache_t *kv) {
+cllm_status_t cllm_kv_check(const cllm_kv_cache_t *kv) {
   if (kv == NULL) return CLLM_EINVAL;
   uint32_t *refs = CLLM_FAULT(CLLM_FAULT_MALLOC) ? NULL : calloc(kv->num_blocks, sizeof(uint32_t));
   uint32_t *ovf = CLLM_FAULT(CLLM_FAULT_MALLOC) ? NULL : calloc((size_t)kv->idmask + 1, sizeof(uint32_t));

@@ -1,4 +1,5 @@
-/* The seed's copy API (KVCacheMemoryManager) on top of the paged KV cache.
+/* The seed's copy API on top of the paged KV cache. The seed is the original C++ design
+ * this library keeps compatible with; its KVCacheMemoryManager copied whole entries.
  *
  * Concept
  *   An entry is a request id with one K and one V float array, copied in by put and
@@ -30,21 +31,11 @@
 /* ---- the entry LRU (head = least recently used) ----------------------------------- */
 
 static void copy_lru_remove_locked(cllm_kv_cache_t *kv, uint32_t s) {
-  kv_slot_t *sl = &kv->slots[s];
-  if (sl->lru_prev != KV_NONE) kv->slots[sl->lru_prev].lru_next = sl->lru_next;
-  else kv->copy_lru_head = sl->lru_next;
-  if (sl->lru_next != KV_NONE) kv->slots[sl->lru_next].lru_prev = sl->lru_prev;
-  else kv->copy_lru_tail = sl->lru_prev;
-  sl->lru_prev = sl->lru_next = KV_NONE;
+  kv__list_remove(kv__slot_links(kv), &kv->copy_lru_head, &kv->copy_lru_tail, s);
 }
 
 static void copy_lru_append_locked(cllm_kv_cache_t *kv, uint32_t s) {
-  kv_slot_t *sl = &kv->slots[s];
-  sl->lru_next = KV_NONE;
-  sl->lru_prev = kv->copy_lru_tail;
-  if (kv->copy_lru_tail != KV_NONE) kv->slots[kv->copy_lru_tail].lru_next = s;
-  else kv->copy_lru_head = s;
-  kv->copy_lru_tail = s;
+  kv__list_push_back(kv__slot_links(kv), &kv->copy_lru_head, &kv->copy_lru_tail, s);
 }
 
 /* Is s in the entry LRU? (New entries are not, until the put succeeds.) */
@@ -102,18 +93,16 @@ cllm_status_t cllm_kv_put(cllm_kv_cache_t *kv, const char *id, const float *keys
   size_t kb = kbytes / cap + (kbytes % cap != 0), vb = vbytes / cap + (vbytes % cap != 0);
   size_t nbs = kb > vb ? kb : vb;
   size_t len;
-  uint64_t h = kv__hash_string(id, &len);
+  uint64_t h;
   kv_victims_t v;
   kv__victims_init(&v);
-  kv__id_prefetch(kv, h);
-  kv__lock(kv);
+  uint32_t s = kv__id_lock(kv, id, &h, &len);
   if (nbs > kv->copy_budget_blocks) {
     kv->st_refused++;
     kv__unlock(kv);
     return CLLM_ERANGE;  // larger than the whole budget: refused before any eviction
   }
   uint32_t nb = (uint32_t)nbs;
-  uint32_t s = kv__id_lookup_locked(kv, id, h);
   bool created = false;
   cllm_status_t rc = CLLM_OK;
   if (s != KV_NONE && kv->slots[s].kind != K_COPY) {
@@ -176,10 +165,8 @@ cllm_status_t cllm_kv_get(cllm_kv_cache_t *kv, const char *id, float *keys_out, 
   if ((keys_out == NULL && keys_cap > 0) || (values_out == NULL && values_cap > 0))
     return CLLM_EINVAL;
   size_t len;
-  uint64_t h = kv__hash_string(id, &len);
-  kv__id_prefetch(kv, h);
-  kv__lock(kv);
-  uint32_t s = kv__id_lookup_locked(kv, id, h);
+  uint64_t h;
+  uint32_t s = kv__id_lock(kv, id, &h, &len);
   if (s == KV_NONE || kv->slots[s].kind != K_COPY) {
     kv__unlock(kv);
     return CLLM_ENOTFOUND;
@@ -208,10 +195,8 @@ cllm_status_t cllm_kv_get(cllm_kv_cache_t *kv, const char *id, float *keys_out, 
 cllm_status_t cllm_kv_evict(cllm_kv_cache_t *kv, const char *id) {
   if (kv == NULL || id == NULL || id[0] == '\0') return CLLM_EINVAL;
   size_t len;
-  uint64_t h = kv__hash_string(id, &len);
-  kv__id_prefetch(kv, h);
-  kv__lock(kv);
-  uint32_t s = kv__id_lookup_locked(kv, id, h);
+  uint64_t h;
+  uint32_t s = kv__id_lock(kv, id, &h, &len);
   cllm_status_t rc = CLLM_ENOTFOUND;
   if (s != KV_NONE && kv->slots[s].kind == K_COPY) {
     kv__copy_drop_locked(kv, s);
@@ -222,7 +207,7 @@ cllm_status_t cllm_kv_evict(cllm_kv_cache_t *kv, const char *id) {
   return rc;
 }
 
-size_t cllm_kv_used_bytes(cllm_kv_cache_t *kv) {
+size_t cllm_kv_used_bytes(const cllm_kv_cache_t *kv) {
   if (kv == NULL) return 0;
   kv__lock(kv);
   size_t used = (size_t)kv->copy_blocks * kv->block_bytes;

@@ -16,6 +16,7 @@
 #include <cllm/kv_cache.h>
 
 #include "internal/util.h"
+#include "kv_list.h"
 
 #define KV_NONE CLLM_KV_NONE
 
@@ -24,8 +25,14 @@ enum { KV_FREE = 0, KV_ACTIVE = 1, KV_CACHED = 2 };
 
 typedef struct kv_block {
   uint32_t refcnt;
-  uint32_t prev, next;     // FREE: free stack links; CACHED (unpinned): LRU links
-  uint32_t hprev, hnext;   // hash index chain (indexed blocks only)
+  union {                  // FREE: free stack links; CACHED (unpinned): LRU links
+    kv_link_t link;
+    struct { uint32_t prev, next; };
+  };
+  union {                  // hash index chain (indexed blocks, and stale-linked ones)
+    kv_link_t hlink;
+    struct { uint32_t hprev, hnext; };
+  };
   uint32_t parent;         // indexed: the block before this one in its chain (NONE: first)
   uint32_t parent_gen;     // the parent's gen when this block was indexed
   uint32_t gen;            // bumped whenever the block's content identity ends
@@ -57,7 +64,10 @@ typedef struct kv_slot {
   size_t length;          // reserved token positions (copy entry: unused)
   uint32_t nb, table_cap;
   uint32_t gen;           // handle generation
-  uint32_t lru_prev, lru_next;  // sequence LRU (per band) or copy-entry LRU; free slot list
+  union {                 // sequence LRU (per band) or copy-entry LRU; free slot list
+    kv_link_t lru;        //   (singly linked through lru_next)
+    struct { uint32_t lru_prev, lru_next; };
+  };
   uint32_t victim_next;   // callback list
   uint8_t state, kind, band, in_lru, cb_pending, chain_broken;
   uint8_t vreason;        // eviction reason, stable while cb_pending
@@ -147,7 +157,7 @@ struct cllm_kv_cache {
   /* slots */
   kv_slot_t *slots;
   uint32_t max_slots, slot_free_head, slots_used;
-  struct kv_idbucket *idmap;  // the id map: buckets of one cache line (see kv_seq.c)
+  struct kv_idbucket *idmap;  // the id map (lib/kv_idmap.c): buckets of one cache line
   uint32_t idmask;        // buckets - 1 (a power of two)
   cllm_kv_token_t *tails; // [max_slots][bt]: committed tokens of the partial block
   uint32_t seq_lru_head[CLLM_KV_BANDS], seq_lru_tail[CLLM_KV_BANDS];
@@ -164,9 +174,26 @@ struct cllm_kv_cache {
   cllm_status_t numa_status;
 };
 
+/* The lists threaded through the blocks (free stacks, LRU) and the slots (LRU). */
+static inline kv_links_t kv__block_links(const cllm_kv_cache_t *kv) {
+  return (kv_links_t){(char *)kv->blocks, sizeof(kv_block_t), offsetof(kv_block_t, link)};
+}
+static inline kv_links_t kv__hash_links(const cllm_kv_cache_t *kv) {
+  return (kv_links_t){(char *)kv->blocks, sizeof(kv_block_t), offsetof(kv_block_t, hlink)};
+}
+static inline kv_links_t kv__slot_links(const cllm_kv_cache_t *kv) {
+  return (kv_links_t){(char *)kv->slots, sizeof(kv_slot_t), offsetof(kv_slot_t, lru)};
+}
+
 /* ---- lib/kv_cache.c: blocks ---- */
-static inline void kv__lock(cllm_kv_cache_t *kv) { (void)pthread_mutex_lock(&kv->lock); }
-static inline void kv__unlock(cllm_kv_cache_t *kv) { (void)pthread_mutex_unlock(&kv->lock); }
+/* The mutex is no part of the cache's visible state: read-only calls take a const
+ * cache and still lock it (a cache is never defined const: create allocates it). */
+static inline void kv__lock(const cllm_kv_cache_t *kv) {
+  (void)pthread_mutex_lock((pthread_mutex_t *)&kv->lock);
+}
+static inline void kv__unlock(const cllm_kv_cache_t *kv) {
+  (void)pthread_mutex_unlock((pthread_mutex_t *)&kv->lock);
+}
 /* Take k blocks into ids[] (ACTIVE, refcount 1, fill 0, band `band`): recycled FREE
  * (resident), given-back FREE (charged again), never used (committed and charged
  * first), then LRU CACHED; when the monitor refuses a charge, CACHED blocks are used
@@ -221,8 +248,20 @@ uint32_t kv__index_find_locked(cllm_kv_cache_t *kv, uint64_t hash, uint64_t salt
                                uint32_t prev, uint32_t prev_gen, const cllm_kv_token_t *tokens);
 /* Record `n` committed tokens of slot s (positions checked by the caller),
  * indexing every block that becomes full. */
-void kv__commit_tokens_locked(cllm_kv_cache_t *kv, uint32_t s, const cllm_kv_token_t *tokens,
-                              size_t n);
+void kv__commit_tokens_blocks_locked(cllm_kv_cache_t *kv, uint32_t s,
+                                     const cllm_kv_token_t *tokens, size_t n);
+static inline void kv__commit_tokens_locked(cllm_kv_cache_t *kv, uint32_t s,
+                                            const cllm_kv_token_t *tokens, size_t n) {
+  kv_slot_t *sl = &kv->slots[s];
+  size_t off = sl->committed & (kv->bt - 1);
+  if (off + n >= kv->bt) {  // a block becomes full: it is indexed
+    kv__commit_tokens_blocks_locked(kv, s, tokens, n);
+    return;
+  }
+  cllm_kv_token_t *tail = &kv->tails[(size_t)s * kv->bt + off];
+  for (size_t i = 0; i < n; i++) tail[i] = tokens[i];
+  sl->committed += n;
+}
 /* Longest cached prefix of tokens[0..n) in blocks (at most max_blocks) for `salt`:
  * ids[] receives the blocks (not referenced yet). */
 uint32_t kv__match_prefix_locked(cllm_kv_cache_t *kv, uint64_t salt,
@@ -230,37 +269,24 @@ uint32_t kv__match_prefix_locked(cllm_kv_cache_t *kv, uint64_t salt,
                                  uint32_t *ids);
 cllm_status_t kv__check_index_locked(const cllm_kv_cache_t *kv);
 
-/* ---- lib/kv_seq.c (slots) and lib/kv_idmap.c (the id map) ---- */
-/* An id map bucket: lanes 0..KV_IDB_N-1 hold entries (tag: the low 32 bits of the id
- * hash with bit 0 set, so never 0; slot: slot index + 1), tag 0 / slot 0 = empty;
- * lane 7 has tag 0 and, as its slot word, the bucket's overflow count. */
-#define KV_IDB_N 7
-typedef struct kv_idbucket {
-  uint32_t tag[8];
-  uint32_t slot[8];
-} kv_idbucket_t;
-#define KV_IDB_OVF(bk) ((bk)->slot[KV_IDB_N])
-static inline uint32_t kv__id_tag(uint64_t h) { return (uint32_t)h | 1u; }
-static inline kv_idbucket_t *kv__id_bucket(const cllm_kv_cache_t *kv, uint32_t b) {
-  return &kv->idmap[b];
-}
-static inline uint32_t kv__id_home(const cllm_kv_cache_t *kv, uint64_t h) {
-  return (uint32_t)(h >> 32) & kv->idmask;
-}
-/* Public entry points hash the id before taking the lock (kv__hash_string needs no
- * lock) and start loading its home bucket: idmap and idmask never change after
- * create, so this reads nothing the lock guards. */
-static inline void kv__id_prefetch(const cllm_kv_cache_t *kv, uint64_t h) {
-  __builtin_prefetch(kv__id_bucket(kv, kv__id_home(kv, h)));
-}
-/* Enter slot s (its id_hash set) in the id map / take it out (lib/kv_idmap.c). */
+/* ---- lib/kv_idmap.c: the id map (request ids -> slots) ---- */
+/* Allocate an empty map with room for max_slots entries (kv->idmap, kv->idmask);
+ * CLLM_ENOMEM. kv_free_all frees kv->idmap. */
+cllm_status_t kv__idmap_alloc(cllm_kv_cache_t *kv, uint32_t max_slots);
+/* Enter slot s (its id_hash set) / take it out. */
 void kv__idmap_insert_locked(cllm_kv_cache_t *kv, uint32_t s);
 void kv__idmap_remove_locked(cllm_kv_cache_t *kv, uint32_t s);
 /* Look up `id` (NUL-terminated) whose hash is h; returns the slot or KV_NONE. */
 uint32_t kv__id_lookup_locked(const cllm_kv_cache_t *kv, const char *id, uint64_t h);
-/* The same, hashing first: *h gets the hash, *len strlen(id). */
-uint32_t kv__id_find_locked(const cllm_kv_cache_t *kv, const char *id, uint64_t *h,
-                            size_t *len);
+/* The prologue of every call by id: hash (*h, *len = strlen(id); no lock needed),
+ * lock, look up. Returns the slot or KV_NONE; the lock is held. */
+uint32_t kv__id_lock(const cllm_kv_cache_t *kv, const char *id, uint64_t *h, size_t *len);
+/* The map's part of cllm_kv_check: every entry names a live slot, the overflow counts
+ * match; *entries gets the number of entries. ovf: idmask + 1 scratch counters. */
+cllm_status_t kv__idmap_check_locked(const cllm_kv_cache_t *kv, uint32_t *ovf,
+                                     uint64_t *entries);
+
+/* ---- lib/kv_seq.c: slots ---- */
 /* A free slot holding a copy of id, entered in the id map (state S_OPEN, kind). */
 cllm_status_t kv__slot_new_locked(cllm_kv_cache_t *kv, const char *id, uint64_t h, size_t len,
                                   uint8_t kind, uint32_t *out);
@@ -275,7 +301,11 @@ static inline cllm_status_t kv__table_reserve(kv_slot_t *sl, uint32_t n) {
 /* Queue slot s for the eviction callback (copies its id, or sets cb_pending). */
 void kv__victim_push_locked(cllm_kv_cache_t *kv, kv_victims_t *v, uint32_t s);
 /* Unlock, run the callbacks, then finish the victims under the lock again. */
-void kv__unlock_and_call(cllm_kv_cache_t *kv, kv_victims_t *v);
+void kv__unlock_and_call_slow(cllm_kv_cache_t *kv, kv_victims_t *v);
+static inline void kv__unlock_and_call(cllm_kv_cache_t *kv, kv_victims_t *v) {
+  if (v->n_inline == 0 && v->head == KV_NONE) kv__unlock(kv);  // no victims: nothing to call
+  else kv__unlock_and_call_slow(kv, v);
+}
 void kv__free_slots(cllm_kv_cache_t *kv);
 /* refs: num_blocks zeroed counters (filled); ovf: idmask + 1 scratch counters. */
 cllm_status_t kv__check_slots_locked(const cllm_kv_cache_t *kv, uint32_t *refs, uint32_t *ovf);

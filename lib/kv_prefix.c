@@ -57,35 +57,19 @@ uint64_t kv__hash_default(void *user, uint64_t prev, uint64_t salt, const cllm_k
 }
 
 /* Request-id hash (the id map) and strlen in one pass. The id is read a byte at a
- * time: callers often format it just before the call, and a wide load over bytes
- * still in the store buffer cannot be forwarded (it waits for them to reach the
- * cache: strlen + word loads cost more than the whole hash). The bytes are
- * gathered into 64-bit words (a shift per byte) and each word is mixed in with
- * one multiply, so the dependency chain is a multiply per 8 bytes. */
+ * time (callers often format it just before the call: a wide load over bytes still in
+ * the store buffer waits for them); bytes gather into 64-bit words, one multiply per
+ * word. */
 uint64_t kv__hash_string(const char *s, size_t *len) {
   const unsigned char *p = (const unsigned char *)s;
-  uint64_t h = 0xa0761d6478bd642fULL, w;
+  uint64_t h = 0xa0761d6478bd642fULL, w = 0;
   size_t n = 0;
-  unsigned c, i;
-  for (;; n += 8) {  // 8 bytes per round, unrolled: a load, a test, a shift-or each
-#define KV_HS_BYTE(k) \
-  if ((c = p[n + (k)]) == 0) {  \
-    i = (k);                    \
-    break;                      \
-  }                             \
-  w = (w << 8) | c;
-    w = 0;
-    do {
-      KV_HS_BYTE(0) KV_HS_BYTE(1) KV_HS_BYTE(2) KV_HS_BYTE(3)
-      KV_HS_BYTE(4) KV_HS_BYTE(5) KV_HS_BYTE(6) KV_HS_BYTE(7)
-      i = 8;
-    } while (0);
-#undef KV_HS_BYTE
-    if (i < 8) {
-      n += i;
-      break;
+  for (; p[n] != 0; n++) {
+    w = (w << 8) | p[n];
+    if ((n & 7) == 7) {
+      h = mix64(h ^ w, 0xe7037ed1a0b428dbULL);
+      w = 0;
     }
-    h = mix64(h ^ w, 0xe7037ed1a0b428dbULL);
   }
   *len = n;
   return mix64(h ^ w ^ ((uint64_t)n << 56), 0x8ebc6af09c88c6e3ULL) ^ n;
@@ -98,13 +82,10 @@ static uint64_t block_hash(const cllm_kv_cache_t *kv, uint64_t prev, uint64_t sa
 
 /* ---- the index ------------------------------------------------------------------ */
 
-static void index_unlink_locked(cllm_kv_cache_t *kv, uint32_t b) {
+static inline void index_unlink_locked(cllm_kv_cache_t *kv, uint32_t b) {
   kv_block_t *bl = &kv->blocks[b];
   if (!bl->linked) return;
-  if (bl->hprev != KV_NONE) kv->blocks[bl->hprev].hnext = bl->hnext;
-  else kv->hbuckets[bl->hash & kv->hmask] = bl->hnext;
-  if (bl->hnext != KV_NONE) kv->blocks[bl->hnext].hprev = bl->hprev;
-  bl->hprev = bl->hnext = KV_NONE;
+  kv__list_remove(kv__hash_links(kv), &kv->hbuckets[bl->hash & kv->hmask], NULL, b);
   bl->linked = 0;
 }
 
@@ -112,11 +93,7 @@ void kv__index_insert_locked(cllm_kv_cache_t *kv, uint32_t b, uint64_t hash) {
   kv_block_t *bl = &kv->blocks[b];
   index_unlink_locked(kv, b);  // a stale link under its previous hash
   bl->hash = hash;
-  uint32_t *head = &kv->hbuckets[hash & kv->hmask];
-  bl->hprev = KV_NONE;
-  bl->hnext = *head;
-  if (*head != KV_NONE) kv->blocks[*head].hprev = b;
-  *head = b;
+  kv__list_push_front(kv__hash_links(kv), &kv->hbuckets[hash & kv->hmask], NULL, b);
   bl->linked = 1;
   bl->indexed = 1;
   kv->indexed_count++;
@@ -208,8 +185,8 @@ static void register_block_locked(cllm_kv_cache_t *kv, uint32_t s, uint32_t idx)
   sl->chain_prev_gen = kv->blocks[canonical].gen;
 }
 
-void kv__commit_tokens_locked(cllm_kv_cache_t *kv, uint32_t s, const cllm_kv_token_t *tokens,
-                              size_t n) {
+void kv__commit_tokens_blocks_locked(cllm_kv_cache_t *kv, uint32_t s,
+                                     const cllm_kv_token_t *tokens, size_t n) {
   kv_slot_t *sl = &kv->slots[s];
   cllm_kv_token_t *tail = &kv->tails[(size_t)s * kv->bt];
   size_t pos = sl->committed;
@@ -235,11 +212,9 @@ cllm_status_t kv__check_index_locked(const cllm_kv_cache_t *kv) {
     uint32_t prev = KV_NONE;
     for (uint32_t c = kv->hbuckets[k]; c != KV_NONE; c = kv->blocks[c].hnext) {
       const kv_block_t *bl = &kv->blocks[c];
-      if (c >= kv->num_blocks || !bl->linked || (bl->hash & kv->hmask) != k || bl->hprev != prev ||
-          ++walked > kv->num_blocks) {
-        cllm__error("kv check: hash index chain %llu broken at block %u", (unsigned long long)k, c);
-        return CLLM_ECORRUPT;
-      }
+      CLLM_CHECK(c < kv->num_blocks && bl->linked && (bl->hash & kv->hmask) == k &&
+                     bl->hprev == prev && ++walked <= kv->num_blocks,
+                 "kv", "hash index chain %llu broken at block %u", (unsigned long long)k, c);
       in_chains += bl->indexed;
       prev = c;
     }
@@ -248,24 +223,15 @@ cllm_status_t kv__check_index_locked(const cllm_kv_cache_t *kv) {
     const kv_block_t *bl = &kv->blocks[b];
     linked += bl->linked;
     if (!bl->indexed) continue;
-    if (!bl->linked) {
-      cllm__error("kv check: indexed block %u is not in the index", b);
-      return CLLM_ECORRUPT;
-    }
+    CLLM_CHECK(bl->linked, "kv", "indexed block %u is not in the index", b);
     flagged++;
-    if ((bl->state != KV_ACTIVE && bl->state != KV_CACHED) || bl->fill != kv->bt) {
-      cllm__error("kv check: indexed block %u has state %u fill %u", b, bl->state, bl->fill);
-      return CLLM_ECORRUPT;
-    }
-    if (bl->parent != KV_NONE && bl->parent >= kv->num_blocks) {
-      cllm__error("kv check: indexed block %u has parent %u", b, bl->parent);
-      return CLLM_ECORRUPT;
-    }
+    CLLM_CHECK((bl->state == KV_ACTIVE || bl->state == KV_CACHED) && bl->fill == kv->bt, "kv",
+               "indexed block %u has state %u fill %u", b, bl->state, bl->fill);
+    CLLM_CHECK(bl->parent == KV_NONE || bl->parent < kv->num_blocks, "kv",
+               "indexed block %u has parent %u", b, bl->parent);
   }
-  if (in_chains != kv->indexed_count || flagged != kv->indexed_count || walked != linked) {
-    cllm__error("kv check: index holds %llu blocks, %llu flagged, counter %u",
-                (unsigned long long)in_chains, (unsigned long long)flagged, kv->indexed_count);
-    return CLLM_ECORRUPT;
-  }
+  CLLM_CHECK(in_chains == kv->indexed_count && flagged == kv->indexed_count && walked == linked,
+             "kv", "index holds %llu blocks, %llu flagged, counter %u",
+             (unsigned long long)in_chains, (unsigned long long)flagged, kv->indexed_count);
   return CLLM_OK;
 }

@@ -1,17 +1,14 @@
-/* KV cache sequences: slots, the id map, block tables, reserve / commit / close /
+/* KV cache sequences: slots, block tables, reserve / ensure / commit / close /
  * fork / touch / pin, preemption and the eviction callback.
  *
  * Concept
  *   A sequence (or a copy-API entry, lib/kv_copy.c) lives in a slot of a flat array
  *   of max_seqs slots; a handle is (slot, generation) and turns stale when the slot
- *   is retired. Request ids map to slots through a table of one-cache-line buckets
- *   of 7 (tag, slot) entries with overflow counts (see "the id map" below: a lookup
- *   or delete reads one line nearly always, no tombstones; a slot is read only when
- *   its tag matches). The id is hashed before the lock is taken. A slot is two cache
- *   lines and holds ids of up to 15 bytes and block tables of up to 2 blocks itself;
- *   longer ones get an owned buffer that the slot keeps when it is reused, so in
- *   steady state open/close allocate nothing; a table grows by doubling (amortised
- *   O(1)).
+ *   is retired. Request ids map to slots through the id map (lib/kv_idmap.c); the id
+ *   is hashed before the lock is taken. A slot is two cache lines and holds ids of
+ *   up to 15 bytes and block tables of up to 2 blocks itself; longer ones get an
+ *   owned buffer that the slot keeps when it is reused, so in steady state
+ *   open/close allocate nothing; a table grows by doubling (amortised O(1)).
  *
  *   Open sequences that hold blocks sit in one LRU list per priority band (32-bit
  *   links through the slots): preemption takes the least recently used sequence of
@@ -146,7 +143,7 @@ void kv__victim_push_locked(cllm_kv_cache_t *kv, kv_victims_t *v, uint32_t s) {
   v->tail = s;
 }
 
-void kv__unlock_and_call(cllm_kv_cache_t *kv, kv_victims_t *v) {
+void kv__unlock_and_call_slow(cllm_kv_cache_t *kv, kv_victims_t *v) {
   uint32_t head = v->head;
   kv__unlock(kv);
   for (uint32_t i = 0; i < v->n_inline; i++)
@@ -170,31 +167,28 @@ void kv__unlock_and_call(cllm_kv_cache_t *kv, kv_victims_t *v) {
 
 static void seq_lru_add_locked(cllm_kv_cache_t *kv, uint32_t s) {
   kv_slot_t *sl = &kv->slots[s];
-  uint32_t band = sl->band;
-  sl->lru_next = KV_NONE;
-  sl->lru_prev = kv->seq_lru_tail[band];
-  if (sl->lru_prev != KV_NONE) kv->slots[sl->lru_prev].lru_next = s;
-  else kv->seq_lru_head[band] = s;
-  kv->seq_lru_tail[band] = s;
+  kv__list_push_back(kv__slot_links(kv), &kv->seq_lru_head[sl->band], &kv->seq_lru_tail[sl->band],
+                     s);
   sl->in_lru = 1;
 }
 
 static void seq_lru_remove_locked(cllm_kv_cache_t *kv, uint32_t s) {
   kv_slot_t *sl = &kv->slots[s];
   if (!sl->in_lru) return;
-  uint32_t band = sl->band;
-  if (sl->lru_prev != KV_NONE) kv->slots[sl->lru_prev].lru_next = sl->lru_next;
-  else kv->seq_lru_head[band] = sl->lru_next;
-  if (sl->lru_next != KV_NONE) kv->slots[sl->lru_next].lru_prev = sl->lru_prev;
-  else kv->seq_lru_tail[band] = sl->lru_prev;
-  sl->lru_prev = sl->lru_next = KV_NONE;
+  kv__list_remove(kv__slot_links(kv), &kv->seq_lru_head[sl->band], &kv->seq_lru_tail[sl->band], s);
   sl->in_lru = 0;
 }
 
-/* Mark s most recently used; enter or leave the list by whether it holds blocks. */
-static void seq_lru_touch_locked(cllm_kv_cache_t *kv, uint32_t s) {
+static void seq_lru_move_locked(cllm_kv_cache_t *kv, uint32_t s) {
   seq_lru_remove_locked(kv, s);
   if (kv->slots[s].nb > 0) seq_lru_add_locked(kv, s);
+}
+
+/* Mark s most recently used; enter or leave the list by whether it holds blocks. */
+static inline void seq_lru_touch_locked(cllm_kv_cache_t *kv, uint32_t s) {
+  const kv_slot_t *sl = &kv->slots[s];
+  if (sl->in_lru && sl->nb > 0 && kv->seq_lru_tail[sl->band] == s) return;  // already last
+  seq_lru_move_locked(kv, s);
 }
 
 /* ---- block release and preemption -------------------------------------------------- */
@@ -224,9 +218,6 @@ static void preempt_locked(cllm_kv_cache_t *kv, uint32_t s, kv_victims_t *v) {
   sl->chain_prev = KV_NONE;
   kv->st_preemptions++;
   kv__victim_push_locked(kv, v, s);
-  /* Its owner closes (or finds) it by id soon after the callback: start loading
-   * its id-map bucket now (a random line, likely out of cache). */
-  __builtin_prefetch(kv__id_bucket(kv, kv__id_home(kv, sl->id_hash)), 1);
 }
 
 static uint32_t preempt_victim_locked(const cllm_kv_cache_t *kv, uint32_t requester) {
@@ -267,6 +258,15 @@ static cllm_status_t seq_get_locked(const cllm_kv_cache_t *kv, cllm_kv_seq_t seq
   return CLLM_ENOTFOUND;
 }
 
+/* The prologue of every call on a handle: lock, then the slot of the open sequence
+ * `seq` names, or NULL with *rc set (CLLM_ENOTFOUND, CLLM_EPREEMPTED). The lock is
+ * held either way: the caller unlocks. */
+static inline kv_slot_t *seq_lock(const cllm_kv_cache_t *kv, cllm_kv_seq_t seq, cllm_status_t *rc) {
+  kv__lock(kv);
+  *rc = seq_get_locked(kv, seq);
+  return *rc == CLLM_OK ? &kv->slots[seq.slot] : NULL;
+}
+
 static bool id_ok(const char *id) { return id != NULL && id[0] != '\0'; }
 
 /* ---- open / find ------------------------------------------------------------------- */
@@ -278,11 +278,9 @@ cllm_status_t cllm_kv_seq_open_with_prompt(cllm_kv_cache_t *kv, const char *id,
   if (kv == NULL || !id_ok(id) || out == NULL || (tokens == NULL && n > 0)) return CLLM_EINVAL;
   if (opts != NULL && opts->priority >= CLLM_KV_BANDS) return CLLM_EINVAL;
   size_t len;
-  uint64_t h = kv__hash_string(id, &len);
+  uint64_t h;
   uint32_t s;
-  kv__id_prefetch(kv, h);
-  kv__lock(kv);
-  if (kv__id_lookup_locked(kv, id, h) != KV_NONE) {
+  if (kv__id_lock(kv, id, &h, &len) != KV_NONE) {
     kv__unlock(kv);
     return CLLM_EEXIST;
   }
@@ -330,13 +328,11 @@ cllm_status_t cllm_kv_seq_open(cllm_kv_cache_t *kv, const char *id,
   return cllm_kv_seq_open_with_prompt(kv, id, opts, NULL, 0, out, NULL);
 }
 
-cllm_status_t cllm_kv_seq_find(cllm_kv_cache_t *kv, const char *id, cllm_kv_seq_t *out) {
+cllm_status_t cllm_kv_seq_find(const cllm_kv_cache_t *kv, const char *id, cllm_kv_seq_t *out) {
   if (kv == NULL || !id_ok(id) || out == NULL) return CLLM_EINVAL;
   size_t len;
-  uint64_t h = kv__hash_string(id, &len);
-  kv__id_prefetch(kv, h);
-  kv__lock(kv);
-  uint32_t s = kv__id_lookup_locked(kv, id, h);
+  uint64_t h;
+  uint32_t s = kv__id_lock(kv, id, &h, &len);
   cllm_status_t rc = CLLM_ENOTFOUND;
   if (s != KV_NONE && kv->slots[s].kind == K_SEQ) {
     *out = (cllm_kv_seq_t){s, kv->slots[s].gen};
@@ -348,17 +344,9 @@ cllm_status_t cllm_kv_seq_find(cllm_kv_cache_t *kv, const char *id, cllm_kv_seq_
 
 /* ---- reserve / commit ------------------------------------------------------------- */
 
-/* locs[j] = {b, off + j} for j < n: one 64-bit store per location where the layout
- * allows (block in the low half on a little-endian machine). */
+/* locs[j] = {b, off + j} for j < n. */
 static inline void fill_locs(cllm_kv_loc_t *locs, uint32_t b, uint32_t off, size_t n) {
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-  _Static_assert(sizeof(cllm_kv_loc_t) == 8 && offsetof(cllm_kv_loc_t, offset) == 4,
-                 "cllm_kv_loc_t is {uint32_t block; uint32_t offset}");
-  uint64_t w = (uint64_t)b | ((uint64_t)off << 32);
-  for (size_t j = 0; j < n; j++, w += (uint64_t)1 << 32) memcpy(&locs[j], &w, sizeof w);
-#else
   for (size_t j = 0; j < n; j++) locs[j] = (cllm_kv_loc_t){b, off + (uint32_t)j};
-#endif
 }
 
 /* locs[i] = where position pos + i lies, for positions already reserved. */
@@ -375,9 +363,24 @@ static void locate_locked(const cllm_kv_cache_t *kv, const kv_slot_t *sl, size_t
   }
 }
 
-/* Reserve n_tokens more positions of open slot s (the body of cllm_kv_seq_reserve). */
-static cllm_status_t reserve_locked(cllm_kv_cache_t *kv, uint32_t s, size_t n_tokens,
-                                    cllm_kv_loc_t *locs, kv_victims_t *v) {
+/* The decode step: n more positions that fit in the last block, which this sequence
+ * holds alone (no block to take, nothing to copy). False: reserve_locked's full path. */
+static inline bool grow_in_place_locked(cllm_kv_cache_t *kv, uint32_t s, size_t n, cllm_kv_loc_t *locs) {
+  kv_slot_t *sl = &kv->slots[s];
+  uint32_t off = (uint32_t)(sl->length & (kv->bt - 1));
+  if (off == 0 || n > kv->bt - off) return false;
+  uint32_t b = sl->table[sl->nb - 1];
+  if (kv->blocks[b].refcnt != 1) return false;
+  if (kv->blocks[b].fill < off + n) kv__set_fill_locked(kv, b, off + (uint32_t)n);
+  sl->length += n;
+  if (locs != NULL) fill_locs(locs, b, off, n);
+  seq_lru_touch_locked(kv, s);
+  return true;
+}
+
+/* reserve_locked past its fast path: blocks to take, or a shared block to copy. */
+static cllm_status_t reserve_blocks_locked(cllm_kv_cache_t *kv, uint32_t s, size_t n_tokens,
+                                           cllm_kv_loc_t *locs, kv_victims_t *v) {
   cllm_status_t rc;
   kv_slot_t *sl = &kv->slots[s];
   size_t len = sl->length, new_len;
@@ -432,14 +435,24 @@ static cllm_status_t reserve_locked(cllm_kv_cache_t *kv, uint32_t s, size_t n_to
   return CLLM_OK;
 }
 
+/* Reserve n_tokens more positions of open slot s (the body of cllm_kv_seq_reserve). */
+static inline cllm_status_t reserve_locked(cllm_kv_cache_t *kv, uint32_t s, size_t n_tokens,
+                                           cllm_kv_loc_t *locs, kv_victims_t *v) {
+  if (grow_in_place_locked(kv, s, n_tokens, locs)) return CLLM_OK;
+  return reserve_blocks_locked(kv, s, n_tokens, locs, v);
+}
+
 cllm_status_t cllm_kv_seq_reserve(cllm_kv_cache_t *kv, cllm_kv_seq_t seq, size_t n_tokens,
                                   cllm_kv_loc_t *locs) {
   if (kv == NULL || n_tokens == 0) return CLLM_EINVAL;
+  cllm_status_t rc;
+  if (seq_lock(kv, seq, &rc) != NULL && grow_in_place_locked(kv, seq.slot, n_tokens, locs)) {
+    kv__unlock(kv);  // the decode step: no block taken, so no victim to call back
+    return CLLM_OK;
+  }
   kv_victims_t v;
   kv__victims_init(&v);
-  kv__lock(kv);
-  cllm_status_t rc = seq_get_locked(kv, seq);
-  if (rc == CLLM_OK) rc = reserve_locked(kv, seq.slot, n_tokens, locs, &v);
+  if (rc == CLLM_OK) rc = reserve_blocks_locked(kv, seq.slot, n_tokens, locs, &v);
   kv__unlock_and_call(kv, &v);
   return rc;
 }
@@ -447,12 +460,15 @@ cllm_status_t cllm_kv_seq_reserve(cllm_kv_cache_t *kv, cllm_kv_seq_t seq, size_t
 cllm_status_t cllm_kv_seq_ensure(cllm_kv_cache_t *kv, cllm_kv_seq_t seq, size_t pos, size_t n,
                                  cllm_kv_loc_t *locs) {
   if (kv == NULL || n == 0) return CLLM_EINVAL;
+  cllm_status_t rc;
+  kv_slot_t *sl = seq_lock(kv, seq, &rc);
+  if (sl != NULL && pos == sl->length && grow_in_place_locked(kv, seq.slot, n, locs)) {
+    kv__unlock(kv);  // the decode step, as in cllm_kv_seq_reserve
+    return CLLM_OK;
+  }
   kv_victims_t v;
   kv__victims_init(&v);
-  kv__lock(kv);
-  cllm_status_t rc = seq_get_locked(kv, seq);
-  if (rc == CLLM_OK) {
-    kv_slot_t *sl = &kv->slots[seq.slot];
+  if (sl != NULL) {
     size_t len = sl->length, end;
     if (pos > len || cllm__add_overflow(pos, n, &end)) {
       kv->st_refused++;
@@ -473,10 +489,9 @@ cllm_status_t cllm_kv_seq_ensure(cllm_kv_cache_t *kv, cllm_kv_seq_t seq, size_t 
 cllm_status_t cllm_kv_seq_commit(cllm_kv_cache_t *kv, cllm_kv_seq_t seq,
                                  const cllm_kv_token_t *tokens, size_t n) {
   if (kv == NULL || tokens == NULL || n == 0) return CLLM_EINVAL;
-  kv__lock(kv);
-  cllm_status_t rc = seq_get_locked(kv, seq);
-  if (rc == CLLM_OK) {
-    kv_slot_t *sl = &kv->slots[seq.slot];
+  cllm_status_t rc;
+  kv_slot_t *sl = seq_lock(kv, seq, &rc);
+  if (sl != NULL) {
     if (n > sl->length - sl->committed) rc = CLLM_ERANGE;
     else kv__commit_tokens_locked(kv, seq.slot, tokens, n);
   }
@@ -486,13 +501,12 @@ cllm_status_t cllm_kv_seq_commit(cllm_kv_cache_t *kv, cllm_kv_seq_t seq,
 
 /* ---- queries ----------------------------------------------------------------------- */
 
-cllm_status_t cllm_kv_seq_block_table(cllm_kv_cache_t *kv, cllm_kv_seq_t seq, uint32_t *out,
-                                      size_t cap, size_t *n_blocks) {
+cllm_status_t cllm_kv_seq_block_table(const cllm_kv_cache_t *kv, cllm_kv_seq_t seq,
+                                      uint32_t *out, size_t cap, size_t *n_blocks) {
   if (kv == NULL || n_blocks == NULL || (out == NULL && cap > 0)) return CLLM_EINVAL;
-  kv__lock(kv);
-  cllm_status_t rc = seq_get_locked(kv, seq);
-  if (rc == CLLM_OK) {
-    const kv_slot_t *sl = &kv->slots[seq.slot];
+  cllm_status_t rc;
+  const kv_slot_t *sl = seq_lock(kv, seq, &rc);
+  if (sl != NULL) {
     *n_blocks = sl->nb;
     if (out != NULL) {
       if (cap < sl->nb) rc = CLLM_ERANGE;
@@ -504,33 +518,32 @@ cllm_status_t cllm_kv_seq_block_table(cllm_kv_cache_t *kv, cllm_kv_seq_t seq, ui
 }
 
 /* The sequence's length (reserved positions) or committed count. */
-static cllm_status_t seq_count(cllm_kv_cache_t *kv, cllm_kv_seq_t seq, bool committed,
+static cllm_status_t seq_count(const cllm_kv_cache_t *kv, cllm_kv_seq_t seq, bool committed,
                                size_t *out) {
   if (kv == NULL || out == NULL) return CLLM_EINVAL;
-  kv__lock(kv);
-  cllm_status_t rc = seq_get_locked(kv, seq);
-  if (rc == CLLM_OK)
-    *out = committed ? kv->slots[seq.slot].committed : kv->slots[seq.slot].length;
+  cllm_status_t rc;
+  const kv_slot_t *sl = seq_lock(kv, seq, &rc);
+  if (sl != NULL) *out = committed ? sl->committed : sl->length;
   kv__unlock(kv);
   return rc;
 }
 
-cllm_status_t cllm_kv_seq_length(cllm_kv_cache_t *kv, cllm_kv_seq_t seq, size_t *length) {
+cllm_status_t cllm_kv_seq_length(const cllm_kv_cache_t *kv, cllm_kv_seq_t seq, size_t *length) {
   return seq_count(kv, seq, false, length);
 }
 
-cllm_status_t cllm_kv_seq_committed(cllm_kv_cache_t *kv, cllm_kv_seq_t seq, size_t *n) {
+cllm_status_t cllm_kv_seq_committed(const cllm_kv_cache_t *kv, cllm_kv_seq_t seq, size_t *n) {
   return seq_count(kv, seq, true, n);
 }
 
-cllm_status_t cllm_kv_seq_table_view(cllm_kv_cache_t *kv, cllm_kv_seq_t seq,
+cllm_status_t cllm_kv_seq_table_view(const cllm_kv_cache_t *kv, cllm_kv_seq_t seq,
                                      const uint32_t **table, size_t *n_blocks) {
   if (kv == NULL || table == NULL || n_blocks == NULL) return CLLM_EINVAL;
-  kv__lock(kv);
-  cllm_status_t rc = seq_get_locked(kv, seq);
-  if (rc == CLLM_OK) {
-    *table = kv->slots[seq.slot].table;
-    *n_blocks = kv->slots[seq.slot].nb;
+  cllm_status_t rc;
+  const kv_slot_t *sl = seq_lock(kv, seq, &rc);
+  if (sl != NULL) {
+    *table = sl->table;
+    *n_blocks = sl->nb;
   }
   kv__unlock(kv);
   return rc;
@@ -538,9 +551,8 @@ cllm_status_t cllm_kv_seq_table_view(cllm_kv_cache_t *kv, cllm_kv_seq_t seq,
 
 cllm_status_t cllm_kv_seq_touch(cllm_kv_cache_t *kv, cllm_kv_seq_t seq) {
   if (kv == NULL) return CLLM_EINVAL;
-  kv__lock(kv);
-  cllm_status_t rc = seq_get_locked(kv, seq);
-  if (rc == CLLM_OK) seq_lru_touch_locked(kv, seq.slot);
+  cllm_status_t rc;
+  if (seq_lock(kv, seq, &rc) != NULL) seq_lru_touch_locked(kv, seq.slot);
   kv__unlock(kv);
   return rc;
 }
@@ -549,9 +561,9 @@ cllm_status_t cllm_kv_seq_touch(cllm_kv_cache_t *kv, cllm_kv_seq_t seq) {
 
 cllm_status_t cllm_kv_seq_close(cllm_kv_cache_t *kv, cllm_kv_seq_t seq) {
   if (kv == NULL) return CLLM_EINVAL;
-  kv__lock(kv);
-  cllm_status_t rc = seq_get_locked(kv, seq);
-  if (rc == CLLM_OK || rc == CLLM_EPREEMPTED) {
+  cllm_status_t rc;
+  (void)seq_lock(kv, seq, &rc);
+  if (rc == CLLM_OK || rc == CLLM_EPREEMPTED) {  // a preempted sequence is closed too
     release_blocks_locked(kv, seq.slot);
     kv__slot_retire_locked(kv, seq.slot);
     rc = CLLM_OK;
@@ -564,12 +576,10 @@ cllm_status_t cllm_kv_seq_fork(cllm_kv_cache_t *kv, cllm_kv_seq_t parent, const 
                                cllm_kv_seq_t *child) {
   if (kv == NULL || !id_ok(child_id) || child == NULL) return CLLM_EINVAL;
   size_t len;
-  uint64_t h = kv__hash_string(child_id, &len);
-  uint32_t c;
-  kv__id_prefetch(kv, h);
-  kv__lock(kv);
+  uint64_t h;
+  uint32_t c, existing = kv__id_lock(kv, child_id, &h, &len);
   cllm_status_t rc = seq_get_locked(kv, parent);
-  if (rc == CLLM_OK && kv__id_lookup_locked(kv, child_id, h) != KV_NONE) rc = CLLM_EEXIST;
+  if (rc == CLLM_OK && existing != KV_NONE) rc = CLLM_EEXIST;
   if (rc == CLLM_OK) rc = kv__slot_new_locked(kv, child_id, h, len, K_SEQ, &c);
   if (rc != CLLM_OK) {
     kv__unlock(kv);
@@ -607,11 +617,10 @@ cllm_status_t cllm_kv_seq_fork(cllm_kv_cache_t *kv, cllm_kv_seq_t parent, const 
 
 static cllm_status_t pin_common(cllm_kv_cache_t *kv, cllm_kv_seq_t seq, bool pin, size_t *count) {
   if (kv == NULL) return CLLM_EINVAL;
-  kv__lock(kv);
-  cllm_status_t rc = seq_get_locked(kv, seq);
+  cllm_status_t rc;
+  const kv_slot_t *sl = seq_lock(kv, seq, &rc);
   size_t n = 0;
-  if (rc == CLLM_OK) {
-    const kv_slot_t *sl = &kv->slots[seq.slot];
+  if (sl != NULL) {
     uint32_t full = (uint32_t)(sl->committed >> kv->bt_shift);
     for (uint32_t i = 0; i < full; i++) {
       const kv_block_t *bl = &kv->blocks[sl->table[i]];
@@ -644,122 +653,94 @@ cllm_status_t cllm_kv_seq_unpin(cllm_kv_cache_t *kv, cllm_kv_seq_t seq, size_t *
 
 /* ---- check -------------------------------------------------------------------------- */
 
-#define SLOT_CHECK(cond, ...)                  \
-  do {                                         \
-    if (!(cond)) {                             \
-      cllm__error("kv check: " __VA_ARGS__);   \
-      return CLLM_ECORRUPT;                    \
-    }                                          \
-  } while (0)
-
 cllm_status_t kv__check_slots_locked(const cllm_kv_cache_t *kv, uint32_t *refs, uint32_t *ovf) {
   uint64_t used = 0, seqs = 0, copies = 0, copy_blocks = 0, in_lru = 0, mapped = 0;
   for (uint32_t s = 0; s < kv->max_slots; s++) {
     const kv_slot_t *sl = &kv->slots[s];
     if (sl->state == S_FREE) {
-      SLOT_CHECK(!sl->cb_pending, "free slot %u has a pending callback", s);
+      CLLM_CHECK(!sl->cb_pending, "kv", "free slot %u has a pending callback", s);
       continue;
     }
     used++;
     if (sl->state == S_ZOMBIE) {
-      SLOT_CHECK(sl->cb_pending && sl->nb == 0, "zombie slot %u", s);
+      CLLM_CHECK(sl->cb_pending && sl->nb == 0, "kv", "zombie slot %u", s);
       continue;
     }
-    SLOT_CHECK(sl->state == S_OPEN || sl->state == S_PREEMPTED, "slot %u state %u", s, sl->state);
-    uint64_t h;
+    CLLM_CHECK(sl->state == S_OPEN || sl->state == S_PREEMPTED, "kv", "slot %u state %u", s, sl->state);
     size_t len;
-    SLOT_CHECK(kv__id_find_locked(kv, sl->id, &h, &len) == s && h == sl->id_hash,
+    uint64_t h = kv__hash_string(sl->id, &len);
+    CLLM_CHECK(kv__id_lookup_locked(kv, sl->id, h) == s && h == sl->id_hash, "kv",
                "slot %u (%s) not found by its id", s, sl->id);
     mapped++;
-    SLOT_CHECK(sl->nb <= sl->table_cap || sl->nb == 0, "slot %u table overflow", s);
+    CLLM_CHECK(sl->nb <= sl->table_cap || sl->nb == 0, "kv", "slot %u table overflow", s);
     for (uint32_t i = 0; i < sl->nb; i++) {
       uint32_t b = sl->table[i];
-      SLOT_CHECK(b < kv->hwm && kv->blocks[b].state == KV_ACTIVE, "slot %u holds block %u (state %u)",
+      CLLM_CHECK(b < kv->hwm && kv->blocks[b].state == KV_ACTIVE, "kv", "slot %u holds block %u (state %u)",
                  s, b, b < kv->num_blocks ? kv->blocks[b].state : 9);
       refs[b]++;
     }
     if (sl->kind == K_COPY) {
       copies++;
       copy_blocks += sl->nb;
-      SLOT_CHECK(sl->state == S_OPEN && !sl->in_lru, "copy entry %u state", s);
+      CLLM_CHECK(sl->state == S_OPEN && !sl->in_lru, "kv", "copy entry %u state", s);
       continue;
     }
     seqs++;
-    SLOT_CHECK(sl->committed <= sl->length, "slot %u committed %zu > length %zu", s, sl->committed,
+    CLLM_CHECK(sl->committed <= sl->length, "kv", "slot %u committed %zu > length %zu", s, sl->committed,
                sl->length);
-    SLOT_CHECK(sl->nb == ((sl->length + kv->bt - 1) >> kv->bt_shift),
+    CLLM_CHECK(sl->nb == ((sl->length + kv->bt - 1) >> kv->bt_shift), "kv",
                "slot %u holds %u blocks for %zu tokens", s, sl->nb, sl->length);
-    SLOT_CHECK(sl->state == S_OPEN || sl->nb == 0, "preempted slot %u holds blocks", s);
-    SLOT_CHECK(sl->in_lru == (sl->state == S_OPEN && sl->nb > 0), "slot %u LRU membership", s);
+    CLLM_CHECK(sl->state == S_OPEN || sl->nb == 0, "kv", "preempted slot %u holds blocks", s);
+    CLLM_CHECK(sl->in_lru == (sl->state == S_OPEN && sl->nb > 0), "kv", "slot %u LRU membership", s);
     for (uint32_t i = 0; i < sl->nb; i++) {
       size_t want = i + 1 < sl->nb ? kv->bt : sl->length - ((size_t)i << kv->bt_shift);
-      SLOT_CHECK(kv->blocks[sl->table[i]].fill >= want, "slot %u block %u fill %u < %zu", s, i,
+      CLLM_CHECK(kv->blocks[sl->table[i]].fill >= want, "kv", "slot %u block %u fill %u < %zu", s, i,
                  kv->blocks[sl->table[i]].fill, want);
     }
     if (sl->in_lru) in_lru++;
   }
-  SLOT_CHECK(used == kv->slots_used && seqs == kv->seq_count && copies == kv->copy_count,
+  CLLM_CHECK(used == kv->slots_used && seqs == kv->seq_count && copies == kv->copy_count, "kv",
              "slot counters: used %llu/%u seqs %llu/%u copies %llu/%u", (unsigned long long)used,
              kv->slots_used, (unsigned long long)seqs, kv->seq_count, (unsigned long long)copies,
              kv->copy_count);
-  SLOT_CHECK(copy_blocks == kv->copy_blocks && copy_blocks <= kv->copy_budget_blocks,
+  CLLM_CHECK(copy_blocks == kv->copy_blocks && copy_blocks <= kv->copy_budget_blocks, "kv",
              "copy blocks %llu, counter %u, budget %u", (unsigned long long)copy_blocks,
              kv->copy_blocks, kv->copy_budget_blocks);
-  /* the id map: every entry names a live slot with its tag; the overflow counts
-   * equal the entries whose path from their home bucket passes each bucket */
-  uint64_t entries = 0;
-  for (uint32_t b = 0; b <= kv->idmask; b++) ovf[b] = 0;
-  for (uint32_t b = 0; b <= kv->idmask; b++) {
-    const kv_idbucket_t *bk = kv__id_bucket(kv, b);
-    SLOT_CHECK(bk->tag[KV_IDB_N] == 0, "id map bucket %u: lane 7 has a tag", b);
-    for (unsigned i = 0; i < KV_IDB_N; i++) {
-      uint32_t tag = bk->tag[i], sp = bk->slot[i];
-      SLOT_CHECK((tag == 0) == (sp == 0), "id map bucket %u entry %u half empty", b, i);
-      if (sp == 0) continue;
-      entries++;
-      SLOT_CHECK(sp - 1u < kv->max_slots && tag == kv__id_tag(kv->slots[sp - 1u].id_hash),
-                 "id map bucket %u entry %u is corrupt", b, i);
-      for (uint32_t c = kv__id_home(kv, kv->slots[sp - 1u].id_hash); c != b;
-           c = (c + 1) & kv->idmask)
-        ovf[c]++;
-    }
-  }
-  for (uint32_t b = 0; b <= kv->idmask; b++)
-    SLOT_CHECK(KV_IDB_OVF(kv__id_bucket(kv, b)) == ovf[b],
-               "id map bucket %u overflow count %u, expected %u", b,
-               KV_IDB_OVF(kv__id_bucket(kv, b)), ovf[b]);
-  SLOT_CHECK(entries == mapped, "id map holds %llu entries for %llu slots",
+  uint64_t entries;
+  cllm_status_t rc = kv__idmap_check_locked(kv, ovf, &entries);
+  if (rc != CLLM_OK) return rc;
+  CLLM_CHECK(entries == mapped, "kv", "id map holds %llu entries for %llu slots",
              (unsigned long long)entries, (unsigned long long)mapped);
   uint64_t walked = 0;
   for (uint32_t band = 0; band < CLLM_KV_BANDS; band++) {
     uint32_t prev = KV_NONE;
     for (uint32_t s = kv->seq_lru_head[band]; s != KV_NONE; s = kv->slots[s].lru_next) {
-      SLOT_CHECK(kv->slots[s].in_lru && kv->slots[s].band == band && kv->slots[s].lru_prev == prev,
+      CLLM_CHECK(kv->slots[s].in_lru && kv->slots[s].band == band && kv->slots[s].lru_prev == prev, "kv",
                  "sequence LRU broken at slot %u", s);
-      SLOT_CHECK(++walked <= in_lru, "sequence LRU longer than its members");
+      CLLM_CHECK(++walked <= in_lru, "kv", "sequence LRU longer than its members");
       prev = s;
     }
-    SLOT_CHECK(kv->seq_lru_tail[band] == prev, "sequence LRU tail of band %u", band);
+    CLLM_CHECK(kv->seq_lru_tail[band] == prev, "kv", "sequence LRU tail of band %u", band);
   }
-  SLOT_CHECK(walked == in_lru, "sequence LRU holds %llu of %llu", (unsigned long long)walked,
+  CLLM_CHECK(walked == in_lru, "kv", "sequence LRU holds %llu of %llu", (unsigned long long)walked,
              (unsigned long long)in_lru);
   walked = 0;
   uint32_t prev = KV_NONE;
   for (uint32_t s = kv->copy_lru_head; s != KV_NONE; s = kv->slots[s].lru_next) {
-    SLOT_CHECK(kv->slots[s].kind == K_COPY && kv->slots[s].state == S_OPEN &&
-                   kv->slots[s].lru_prev == prev,
+    CLLM_CHECK(kv->slots[s].kind == K_COPY && kv->slots[s].state == S_OPEN &&
+                   kv->slots[s].lru_prev == prev, "kv",
                "copy LRU broken at slot %u", s);
-    SLOT_CHECK(++walked <= copies, "copy LRU longer than the entries");
+    CLLM_CHECK(++walked <= copies, "kv", "copy LRU longer than the entries");
     prev = s;
   }
-  SLOT_CHECK(walked == copies && kv->copy_lru_tail == prev, "copy LRU holds %llu of %llu",
+  CLLM_CHECK(walked == copies && kv->copy_lru_tail == prev, "kv", "copy LRU holds %llu of %llu",
              (unsigned long long)walked, (unsigned long long)copies);
   walked = 0;
   for (uint32_t s = kv->slot_free_head; s != KV_NONE; s = kv->slots[s].lru_next) {
-    SLOT_CHECK(kv->slots[s].state == S_FREE, "free slot list holds slot %u", s);
-    SLOT_CHECK(++walked <= kv->max_slots, "free slot list cycles");
+    CLLM_CHECK(kv->slots[s].state == S_FREE, "kv", "free slot list holds slot %u", s);
+    CLLM_CHECK(++walked <= kv->max_slots, "kv", "free slot list cycles");
   }
-  SLOT_CHECK(walked + used == kv->max_slots, "free slots %llu + used %llu != %u",
+  CLLM_CHECK(walked + used == kv->max_slots, "kv", "free slots %llu + used %llu != %u",
              (unsigned long long)walked, (unsigned long long)used, kv->max_slots);
   return CLLM_OK;
 }

@@ -68,6 +68,7 @@
  * metadata). Writing and reading K/V data through block pointers takes no lock; a
  * caller must not write a block it shares (see reserve: the cache copies a shared
  * partial block before handing it out for writing). Callbacks run outside the lock.
+ * Calls that change nothing visible take a const cache (they still take its mutex).
  */
 #ifndef CLLM_KV_CACHE_H
 #define CLLM_KV_CACHE_H
@@ -122,7 +123,8 @@ typedef enum cllm_kv_numa {
 } cllm_kv_numa_t;
 
 typedef struct cllm_kv_config {
-  size_t struct_size;        // set by cllm_kv_config_default()
+  size_t struct_size;        // set by cllm_kv_config_default(); an older, smaller struct
+                             // gets the defaults for the fields it lacks
   uint32_t layers;           // required, >= 1
   uint32_t kv_heads;         // required, >= 1
   uint32_t head_dim;         // required, >= 1
@@ -152,7 +154,9 @@ typedef struct cllm_kv_config {
 CLLM_API cllm_kv_config_t cllm_kv_config_default(void);
 
 // Create a cache. *out is NULL on error and nothing is leaked.
-// Errors: CLLM_EINVAL (NULL, bad struct_size, zero shape, dtype_bytes not 1/2/4
+// cfg NULL means the defaults, which have no shape: refused like a missing field.
+// Errors: CLLM_EINVAL (NULL, struct_size below sizeof(size_t) or larger with unknown
+// fields set, zero shape (the field is logged), dtype_bytes not 1/2/4
 // (0 included: there is no default; logged), block_tokens not a power of two,
 // capacity 0 or below one block, fraction outside [0,1], unknown numa, BIND without
 // a node), CLLM_EOVERFLOW (sizes overflow, more than 2^32-2 blocks), CLLM_ENOMEM
@@ -240,7 +244,7 @@ CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_seq_open_with_prompt(
 
 // Find the open (or preempted) sequence named `id`. Errors: CLLM_EINVAL,
 // CLLM_ENOTFOUND (no such id, or it names a copy entry). Thread: any.
-CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_seq_find(cllm_kv_cache_t *kv, const char *id,
+CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_seq_find(const cllm_kv_cache_t *kv, const char *id,
                                                         cllm_kv_seq_t *out);
 
 // Make room for n_tokens new tokens at positions [length, length+n_tokens): blocks
@@ -275,7 +279,7 @@ CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_seq_ensure(cllm_kv_cache_t *kv, cl
                                                           cllm_kv_loc_t *locs);
 
 // Token ids recorded so far (commit's next position). Errors as length. Thread: any.
-CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_seq_committed(cllm_kv_cache_t *kv,
+CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_seq_committed(const cllm_kv_cache_t *kv,
                                                              cllm_kv_seq_t seq, size_t *n);
 
 // The sequence's own block table (block ids in position order), not a copy:
@@ -286,7 +290,7 @@ CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_seq_committed(cllm_kv_cache_t *kv,
 // sequence reads it lock-free between its own calls, and a one-token-per-step loop
 // asks again only when ensure returns offset 0. Errors: as length.
 // Thread: any (read the table as stated).
-CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_seq_table_view(cllm_kv_cache_t *kv,
+CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_seq_table_view(const cllm_kv_cache_t *kv,
                                                               cllm_kv_seq_t seq,
                                                               const uint32_t **table,
                                                               size_t *n_blocks);
@@ -302,13 +306,13 @@ CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_seq_commit(cllm_kv_cache_t *kv, cl
 // gets the number of blocks always; out NULL with cap 0 asks only the size.
 // Errors: CLLM_EINVAL, CLLM_ENOTFOUND, CLLM_EPREEMPTED, CLLM_ERANGE (cap too small;
 // nothing copied). Thread: any.
-CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_seq_block_table(cllm_kv_cache_t *kv,
+CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_seq_block_table(const cllm_kv_cache_t *kv,
                                                                cllm_kv_seq_t seq, uint32_t *out,
                                                                size_t cap, size_t *n_blocks);
 
 // Tokens held (reserved positions). Errors: CLLM_EINVAL, CLLM_ENOTFOUND,
 // CLLM_EPREEMPTED. Thread: any.
-CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_seq_length(cllm_kv_cache_t *kv, cllm_kv_seq_t seq,
+CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_seq_length(const cllm_kv_cache_t *kv, cllm_kv_seq_t seq,
                                                           size_t *length);
 
 // Mark the sequence most recently used (preemption order). Errors as length.
@@ -376,13 +380,14 @@ CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_evict(cllm_kv_cache_t *kv, const c
 
 // Copy-API bytes in use (entry blocks x block_bytes) and the budget. 0 for NULL.
 // Thread: any.
-CLLM_API size_t cllm_kv_used_bytes(cllm_kv_cache_t *kv);
+CLLM_API size_t cllm_kv_used_bytes(const cllm_kv_cache_t *kv);
 CLLM_API size_t cllm_kv_total_bytes(const cllm_kv_cache_t *kv);
 
 /* ---- Statistics and checks ---------------------------------------------------- */
 
 typedef struct cllm_kv_stats {
-  size_t struct_size;       // the caller sets sizeof(cllm_kv_stats_t)
+  size_t struct_size;       // the caller sets sizeof(cllm_kv_stats_t); stats writes
+                            // min(that, its own size) bytes and stores that count here
   size_t num_blocks;
   size_t block_bytes;
   uint32_t block_tokens;
@@ -430,15 +435,16 @@ typedef struct cllm_kv_stats {
 } cllm_kv_stats_t;
 
 // Fill *st: O(1) under the lock, then resident_bytes from the kernel (one mincore
-// per 4 MiB of pools, no lock). Errors: CLLM_EINVAL (NULL, struct_size too small).
+// per 4 MiB of pools, no lock). Errors: CLLM_EINVAL (NULL, struct_size below
+// sizeof(size_t)).
 // Thread: any.
-CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_stats(cllm_kv_cache_t *kv, cllm_kv_stats_t *st);
+CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_stats(const cllm_kv_cache_t *kv, cllm_kv_stats_t *st);
 
 // Verify every invariant (O(blocks + sequences), under the lock): block states and
 // counts, refcounts vs block tables, free and LRU list integrity, the hash index vs
 // the indexed blocks, the id map, token and copy counters, and the monitor charge.
 // Errors: CLLM_ECORRUPT (logged), CLLM_EINVAL, CLLM_ENOMEM (scratch). Thread: any.
-CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_check(cllm_kv_cache_t *kv);
+CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_check(const cllm_kv_cache_t *kv);
 
 CLLM_EXTERN_C_END
 #endif /* CLLM_KV_CACHE_H */
