@@ -7,7 +7,7 @@
  * with prefix sharing and preemption, per-worker step arenas, NUMA heaps, the global
  * monitor); the malloc mode runs the same workload with malloc/free and one
  * contiguous max-length KV buffer per request. --compare runs both and prints the
- * ratios. See --help for the options and tools/README_stepsim_section.md.
+ * ratios. See --help for the options and README.md for the figures.
  *
  * This file: options, the derived configuration, the text report, main().
  */

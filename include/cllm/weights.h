@@ -20,7 +20,7 @@
  *   if (cllm_weights_stats(w, &st) == CLLM_OK) ...;    // where the pages are, locked?
  *   cllm_weights_destroy(w);                           // frees every tensor at once
  *
- * Order at create (ARCHITECTURE.md section 4): reserve the bytes in the monitor,
+ * Order at create: reserve the bytes in the monitor,
  * map the region (no page present), ask for huge pages, apply the NUMA policy
  * (mbind) while no page exists, and mlock it on fault (MLOCK_ONFAULT: each page is
  * locked as it appears). Pages are therefore placed by the policy, never by the
