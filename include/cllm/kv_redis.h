@@ -46,8 +46,10 @@ typedef struct cllm_kv_redis_config {
 CLLM_API cllm_kv_redis_config_t cllm_kv_redis_config_default(void);
 
 // A store for cllm_kv_tier_create (connections are made by the tier's threads).
-// Errors: CLLM_EINVAL (NULL, bad struct_size, no or malformed endpoint, a unix
-// socket path of 108 bytes or more, more than 16 seeds), CLLM_ENOMEM.
+// An older, smaller config gets the defaults for the fields it lacks.
+// Errors: CLLM_EINVAL (NULL, struct_size unset or a newer one with non-zero unknown
+// fields, no or malformed endpoint, a unix socket path of 108 bytes or more, more
+// than 16 seeds), CLLM_ENOMEM.
 // Thread: any.
 CLLM_API CLLM_NODISCARD cllm_status_t cllm_kv_store_redis_create(const cllm_kv_redis_config_t *cfg,
                                                                   cllm_kv_store_t *out);

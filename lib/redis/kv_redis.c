@@ -19,6 +19,8 @@
 
 #include <cllm/kv_redis.h>
 
+#include "../internal/versioned.h"
+
 #define MAX_SEEDS 16
 #define MAX_NODES 64
 #define N_SLOTS 16384
@@ -588,9 +590,14 @@ static char *dup_or_null(const char *s, bool *fail) {
   return d;
 }
 
-cllm_status_t cllm_kv_store_redis_create(const cllm_kv_redis_config_t *cfg, cllm_kv_store_t *out) {
-  if (cfg == NULL || out == NULL || cfg->struct_size != sizeof *cfg || cfg->endpoint == NULL)
+cllm_status_t cllm_kv_store_redis_create(const cllm_kv_redis_config_t *config,
+                                         cllm_kv_store_t *out) {
+  /* The struct_size rule of every config (lib/internal/versioned.h); the endpoint has no
+   * default, so a NULL config is refused like a config without one. */
+  cllm_kv_redis_config_t c = cllm_kv_redis_config_default();
+  if (out == NULL || cllm__config_in(&c, sizeof c, config) != CLLM_OK || c.endpoint == NULL)
     return CLLM_EINVAL;
+  const cllm_kv_redis_config_t *cfg = &c;
   rstore_t *s = calloc(1, sizeof *s);
   if (s == NULL) return CLLM_ENOMEM;
   const char *p = cfg->endpoint;

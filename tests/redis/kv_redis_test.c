@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
@@ -713,6 +714,28 @@ Test(kv_redis, config_validation_and_key_slots) {
   c.cluster = true;
   cr_assert_eq(cllm_kv_store_redis_create(&c, &st), CLLM_OK);
   st.ops->close(st.user);
+  /* struct_size: an older (smaller) config gets the defaults for what it lacks, a
+   * newer one with a non-zero unknown tail is refused, an unset size is refused */
+  cllm_kv_redis_config_t old = cllm_kv_redis_config_default();
+  old.endpoint = "127.0.0.1:7";
+  old.cluster = true;  /* past the older size: the default (standalone) applies */
+  old.struct_size = offsetof(cllm_kv_redis_config_t, cluster);
+  cr_assert_eq(cllm_kv_store_redis_create(&old, &st), CLLM_OK);
+  st.ops->close(st.user);
+  old.endpoint = "a:1,b:2";  /* two seeds: refused unless cluster, which it lacks */
+  cr_assert_eq(cllm_kv_store_redis_create(&old, &st), CLLM_EINVAL);
+  old.struct_size = 0;
+  cr_assert_eq(cllm_kv_store_redis_create(&old, &st), CLLM_EINVAL);
+  struct {
+    cllm_kv_redis_config_t c;
+    uint64_t newer;
+  } nc = {.c = cllm_kv_redis_config_default()};
+  nc.c.endpoint = "127.0.0.1:7";
+  nc.c.struct_size = sizeof nc;
+  cr_assert_eq(cllm_kv_store_redis_create(&nc.c, &st), CLLM_OK, "a zero tail is accepted");
+  st.ops->close(st.user);
+  nc.newer = 1;
+  cr_assert_eq(cllm_kv_store_redis_create(&nc.c, &st), CLLM_EINVAL, "a non-zero tail is not");
   /* the reference slots (Redis Cluster specification) */
   cr_assert_eq(cllm_kv_redis_key_slot("123456789", 9), 0x31c3 & 16383);
   cr_assert_eq(cllm_kv_redis_key_slot("foo", 3), 12182);
