@@ -126,6 +126,7 @@ void kv__tier_stats_locked(const cllm_kv_cache_t *kv, cllm_kv_stats_t *st) {
   st->tier_rejects_oom = CNT_GET(t->c_oom);
   st->tier_rejects_noperm = CNT_GET(t->c_noperm);
   st->tier_rejects_record = CNT_GET(t->c_record);
+  st->tier_rejects_mac = CNT_GET(t->c_mac);
 }
 
 /* ---- connections and the breaker (tier threads) ---------------------------------- */

@@ -53,6 +53,7 @@ static void run_get(cllm_kv_tier_t *t, tconn_t *tc, fjob_t *j, uint8_t *rec) {
                                          : CLLM_KV_REJECT_FORMAT;
     if (why != CLLM_KV_REJECT_NONE) {
       CNT_ADD(t->c_record, 1);
+      if (why == CLLM_KV_REJECT_MAC) CNT_ADD(t->c_mac, 1);
       cllm__warn("kv tier: record %s rejected (reason %d, %s)", j->keys[i], (int)why,
                  cllm_status_name(rc));
       return;

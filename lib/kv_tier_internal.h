@@ -138,7 +138,7 @@ struct cllm_kv_tier {
   uint64_t c_ev_dropped;
 
   uint64_t c_probes, c_hit_tokens, c_fetched_bytes, c_fetch_ns, c_spills, c_spill_bytes,
-      c_skipped, c_errors, c_timeouts, c_reconnects, c_oom, c_noperm, c_record;
+      c_skipped, c_errors, c_timeouts, c_reconnects, c_oom, c_noperm, c_record, c_mac;
 };
 
 #define CNT_ADD(field, v) __atomic_fetch_add(&(field), (uint64_t)(v), __ATOMIC_RELAXED)

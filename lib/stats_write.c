@@ -174,6 +174,7 @@ static const field_t kv_fields[] = {
     FC(cllm_kv_stats_t, tier_rejects_oom, "tier_rejects_oom_total", F_U64, "Spills refused because the store is full."),
     FC(cllm_kv_stats_t, tier_rejects_noperm, "tier_rejects_noperm_total", F_U64, "Spills refused as not permitted."),
     FC(cllm_kv_stats_t, tier_rejects_record, "tier_rejects_record_total", F_U64, "Fetched records that failed verification."),
+    FC(cllm_kv_stats_t, tier_rejects_mac, "tier_rejects_mac_total", F_U64, "Fetched records whose MAC did not verify (of tier_rejects_record)."),
 };
 
 static const field_t arena_fields[] = {

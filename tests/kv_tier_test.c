@@ -923,10 +923,13 @@ Test(kv_tier, mac_key_rejects_other_keys_no_key_and_poisoning) {
            none = reader(&p, NULL);
   cr_assert_eq(reader_fetch(&same, t, 21, &rej), 20);
   cr_assert_eq(rej, 0);
+  cr_assert_eq(stats(same.kv).tier_rejects_mac, 0);
   cr_assert_eq(reader_fetch(&other, t, 21, &rej), 0);  // another key: rejected, counted
   cr_assert_eq(rej, 1);
+  cr_assert_eq(stats(other.kv).tier_rejects_mac, 1, "counted as a MAC reject");
   cr_assert_eq(reader_fetch(&none, t, 21, &rej), 0);  // no key: cannot verify, rejected
   cr_assert_eq(rej, 1);
+  cr_assert_eq(stats(none.kv).tier_rejects_mac, 1);
   /* the record itself says it is tagged; flipping that flag or the tag is caught */
   uint8_t d[16], root[16];
   uint64_t ns = cllm_kv_tier_namespace(0, 0);
@@ -948,6 +951,7 @@ Test(kv_tier, mac_key_rejects_other_keys_no_key_and_poisoning) {
     reader_t r = reader(&p, "deployment-key-1");
     cr_assert_eq(reader_fetch(&r, t, 21, &rej), 0, "offset %zu", offs[i]);
     cr_assert_eq(rej, 1);
+    cr_assert_eq(stats(r.kv).tier_rejects_mac, 1, "offset %zu", offs[i]);
     reader_down(&r);
   }
   /* a downgrade: a valid unkeyed record (right checksum) under the same key */

@@ -432,6 +432,7 @@ typedef struct cllm_kv_stats {
   uint64_t tier_rejects_oom;       // puts refused: the store is full
   uint64_t tier_rejects_noperm;    // puts refused: not permitted
   uint64_t tier_rejects_record;    // fetched records that failed verification
+  uint64_t tier_rejects_mac;       // of those, records whose MAC (mac_key) did not verify
 } cllm_kv_stats_t;
 
 // Fill *st: O(1) under the lock, then resident_bytes from the kernel (one mincore

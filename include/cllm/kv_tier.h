@@ -253,8 +253,9 @@ typedef struct cllm_kv_tier_config {
   const void *mac_key;       // deployment MAC key (copied), up to 64 bytes; NULL = none.
   size_t mac_key_len;        // With a key, records carry a keyed BLAKE2b-64 tag instead
                              // of the checksum, and records without a valid tag are
-                             // rejected (CLLM_KV_REJECT_MAC); a tier without a key
-                             // rejects tagged records.
+                             // rejected (CLLM_KV_REJECT_MAC, counted in the stats'
+                             // tier_rejects_mac); a tier without a key rejects
+                             // tagged records.
   cllm_kv_event_fn event_fn; // block events (NULL: none), called with event_user
   void *event_user;
   uint32_t event_batch;      // events per call at most; 0 = 64. Up to 4 x blocks + 256
