@@ -536,7 +536,10 @@ cllm_status_t cllm_monitor_batch_release_slow_(cllm_monitor_batch_t *b, size_t b
 
 cllm_status_t cllm_monitor_batch_flush(cllm_monitor_batch_t *b) {
   if (b == NULL || b->monitor == NULL) return CLLM_EINVAL;
-  if (b->credit == 0) return CLLM_OK;
+  if (b->credit == 0) { /* the fast path may have used up credit it published */
+    publish(b);
+    return CLLM_OK;
+  }
   cllm_status_t rc = cllm_monitor_release(b->monitor, b->cat, b->credit);
   if (rc != CLLM_OK) return rc;
   b->credit = 0;

@@ -509,6 +509,24 @@ Test(monitor_batch, serves_from_credit_and_bounds_the_slack) {
   cllm_monitor_destroy(m);
 }
 
+/* Credit published at a refill and then used up on the fast path: a flush with no
+ * credit left still reports 0, so the stats and the check agree with the batch. */
+Test(monitor_batch, flush_of_used_up_credit_clears_what_was_published) {
+  cllm_monitor_t *m = mk(0);
+  cllm_monitor_batch_t b;
+  cr_assert_eq(cllm_monitor_batch_init(&b, m, CLLM_CAT_HEAP, 4096), CLLM_OK);
+  cr_assert_eq(cllm_monitor_batch_reserve(&b, 100), CLLM_OK);  /* refill: 4096 published */
+  cr_assert_eq(cllm_monitor_batch_reserve(&b, 4096), CLLM_OK); /* fast path: credit 0 */
+  cr_assert_eq(b.credit, 0);
+  cr_assert_eq(cllm_monitor_batch_flush(&b), CLLM_OK);
+  cllm_monitor_stats_t st = {.struct_size = sizeof st};
+  cr_assert_eq(cllm_monitor_stats(m, &st), CLLM_OK);
+  cr_assert_eq(st.batch_credit_bytes, 0, "stale credit %zu", st.batch_credit_bytes);
+  cr_assert_eq(cllm_monitor_release(m, CLLM_CAT_HEAP, 4196), CLLM_OK);
+  cr_assert_eq(cllm_monitor_check(m), CLLM_OK, "credit <= used once all is released");
+  cllm_monitor_destroy(m);
+}
+
 Test(monitor_batch, exact_near_the_limit) {
   cllm_monitor_t *m = mk(10000);
   cllm_monitor_batch_t b;
