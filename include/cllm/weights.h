@@ -29,8 +29,8 @@
  * Commit policy: create charges the whole region (stats: committed_bytes, counted
  * in the kernel's commit charge too) but writes no page. A page becomes resident
  * when first needed, where the policy puts it: a load's reader threads commit its
- * range (MADV_POPULATE_WRITE), then pread into it (faster on the machines measured
- * than letting the reads fault the pages in); alloc commits its pages before it
+ * range (MADV_POPULATE_WRITE), then pread into it (chosen over letting the reads
+ * fault the pages in: bench/RESULTS.md, weights_bench full_load); alloc commits its pages before it
  * returns (on the reader threads); seal commits whatever no alloc or load reached,
  * so a sealed region is wholly resident and placed.
  * capacity_bytes is rounded up to the page size (to 2 MiB with huge pages); the
