@@ -171,9 +171,8 @@ Test(kv_config, dtype_2_and_default_block_tokens) {
 }
 
 Test(kv_block, pointers_are_aligned_distinct_and_writable) {
-  cllm_monitor_t *m = mk_monitor(0);
-  cllm_kv_config_t c = small_cfg(m, 64, 4);
-  cllm_kv_cache_t *kv = mk(&c);
+  cllm_monitor_t *m;
+  cllm_kv_cache_t *kv = mk_cache(&m, 64, 4);
   void *k0, *v0, *k1, *v1;
   cr_assert_eq(cllm_kv_block_layer(kv, 0, 0, &k0, &v0), CLLM_OK);
   cr_assert_eq(cllm_kv_block_layer(kv, 1, 1, &k1, &v1), CLLM_OK);
@@ -207,9 +206,8 @@ Test(kv_block, pointers_are_aligned_distinct_and_writable) {
 /* ---- sequences ---------------------------------------------------------------------- */
 
 Test(kv_seq, reserve_returns_locations_and_grows_the_table) {
-  cllm_monitor_t *m = mk_monitor(0);
-  cllm_kv_config_t c = small_cfg(m, 16, 4);
-  cllm_kv_cache_t *kv = mk(&c);
+  cllm_monitor_t *m;
+  cllm_kv_cache_t *kv = mk_cache(&m, 16, 4);
   cllm_kv_seq_t s = open_seq(kv, "r1");
   cllm_kv_loc_t loc[16];
   cr_assert_eq(cllm_kv_seq_reserve(kv, s, 5, loc), CLLM_OK);
@@ -251,15 +249,12 @@ Test(kv_seq, reserve_returns_locations_and_grows_the_table) {
   cr_assert_eq(st.blocks_cached, 0);  // nothing committed: all FREE
   cr_assert_eq(st.kv_bytes, 0);
   cr_assert_eq(cllm_monitor_used(m, CLLM_CAT_KV), st.charged_bytes);  // FREE blocks stay resident
-  check(kv);
-  cllm_kv_cache_destroy(kv);
-  cllm_monitor_destroy(m);
+  check_destroy(kv, m);
 }
 
 Test(kv_seq, bad_input_gets_clear_statuses_and_changes_nothing) {
-  cllm_monitor_t *m = mk_monitor(0);
-  cllm_kv_config_t c = small_cfg(m, 8, 4);
-  cllm_kv_cache_t *kv = mk(&c);
+  cllm_monitor_t *m;
+  cllm_kv_cache_t *kv = mk_cache(&m, 8, 4);
   cllm_kv_seq_t s, x;
   cr_assert_eq(cllm_kv_seq_open(NULL, "a", NULL, &s), CLLM_EINVAL);
   cr_assert_eq(cllm_kv_seq_open(kv, NULL, NULL, &s), CLLM_EINVAL);
@@ -321,9 +316,7 @@ Test(kv_seq, bad_input_gets_clear_statuses_and_changes_nothing) {
   cr_assert_eq(cllm_kv_stats(kv, &small), CLLM_EINVAL);
   cr_assert_eq(cllm_kv_check(NULL), CLLM_EINVAL);
   cr_assert_eq(cllm_kv_used_bytes(NULL), 0);
-  check(kv);
-  cllm_kv_cache_destroy(kv);
-  cllm_monitor_destroy(m);
+  check_destroy(kv, m);
 }
 
 Test(kv_seq, slots_run_out_cleanly) {
@@ -345,9 +338,7 @@ Test(kv_seq, slots_run_out_cleanly) {
   cr_assert_eq(cllm_kv_seq_find(kv, "a-much-longer-request-id-than-thirty-two-bytes-0123456789", &s[1]),
                CLLM_OK);
   cr_assert_eq(s[1].slot, x.slot);
-  check(kv);
-  cllm_kv_cache_destroy(kv);
-  cllm_monitor_destroy(m);
+  check_destroy(kv, m);
 }
 
 /* The id map keeps buckets of 7 entries with overflow counts (lib/kv_seq.c): with 64

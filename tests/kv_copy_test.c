@@ -38,9 +38,7 @@ Test(kv_copy, one_put_evicting_many_entries_calls_back_in_lru_order) {
   cr_assert_eq(cllm_kv_get(kv, ids[18], NULL, 0, &nk, NULL, 0, &nv), CLLM_OK);
   check(kv);
   for (int i = 0; i < 18; i++) cr_assert_eq(cllm_kv_put(kv, ids[i], f, 1, NULL, 0), CLLM_OK);
-  check(kv);
-  cllm_kv_cache_destroy(kv);
-  cllm_monitor_destroy(m);
+  check_destroy(kv, m);
 }
 
 /* ---- the copy API --------------------------------------------------------------------- */
@@ -105,15 +103,12 @@ Test(kv_copy, lru_with_get_replace_without_double_count_and_oversize_refused) {
   cr_assert_eq(st.copy_entries, 1);
   cr_assert_eq(st.copy_evictions, 2);
   cr_assert_eq(cllm_monitor_used(m, CLLM_CAT_KV), st.charged_bytes);
-  check(kv);
-  cllm_kv_cache_destroy(kv);
-  cllm_monitor_destroy(m);
+  check_destroy(kv, m);
 }
 
 Test(kv_copy, data_spans_blocks_and_layers_and_sequences_can_squeeze_entries) {
-  cllm_monitor_t *m = mk_monitor(0);
-  cllm_kv_config_t c = small_cfg(m, 6, 4);
-  cllm_kv_cache_t *kv = mk(&c);
+  cllm_monitor_t *m;
+  cllm_kv_cache_t *kv = mk_cache(&m, 6, 4);
   float in[200], in2[200], out[200], out2[200];
   fill_floats(in, 200, 7);
   fill_floats(in2, 200, 8);
@@ -142,9 +137,7 @@ Test(kv_copy, data_spans_blocks_and_layers_and_sequences_can_squeeze_entries) {
   cr_assert_eq(cllm_kv_get(kv, "e1", out, 200, &nk, out2, 200, &nv), CLLM_OK, "e1 is unchanged");
   cr_assert_eq(nk, 70);
   cr_assert_eq(memcmp(out, in, 70 * 4), 0);
-  check(kv);
-  cllm_kv_cache_destroy(kv);
-  cllm_monitor_destroy(m);
+  check_destroy(kv, m);
 }
 
 /* ---- fault injection ------------------------------------------------------------------ */

@@ -21,9 +21,8 @@
 /* ---- eviction order ------------------------------------------------------------------ */
 
 Test(kv_evict, fresh_and_free_blocks_before_cached_then_lru_tail_first) {
-  cllm_monitor_t *m = mk_monitor(0);
-  cllm_kv_config_t c = small_cfg(m, 8, 4);
-  cllm_kv_cache_t *kv = mk(&c);
+  cllm_monitor_t *m;
+  cllm_kv_cache_t *kv = mk_cache(&m, 8, 4);
   cllm_kv_token_t ta[12], tb[8];
   seq_tokens(ta, 12, 1);
   seq_tokens(tb, 8, 2);
@@ -67,15 +66,12 @@ Test(kv_evict, fresh_and_free_blocks_before_cached_then_lru_tail_first) {
   cr_assert_eq(cllm_kv_seq_reserve(kv, d, 1, NULL), CLLM_ERANGE);  // 33 tokens > the cache
   cllm_kv_seq_t e = open_seq(kv, "e");
   cr_assert_eq(cllm_kv_seq_reserve(kv, e, 1, NULL), CLLM_ENOMEM);  // no preemption
-  check(kv);
-  cllm_kv_cache_destroy(kv);
-  cllm_monitor_destroy(m);
+  check_destroy(kv, m);
 }
 
 Test(kv_evict, reuse_moves_a_prefix_to_most_recent) {
-  cllm_monitor_t *m = mk_monitor(0);
-  cllm_kv_config_t c = small_cfg(m, 4, 4);
-  cllm_kv_cache_t *kv = mk(&c);
+  cllm_monitor_t *m;
+  cllm_kv_cache_t *kv = mk_cache(&m, 4, 4);
   cllm_kv_token_t ta[9], tb[9];
   seq_tokens(ta, 9, 1);
   seq_tokens(tb, 9, 2);
@@ -99,9 +95,7 @@ Test(kv_evict, reuse_moves_a_prefix_to_most_recent) {
   cr_assert_eq(dt[2], b0);
   cr_assert_eq(cllm_kv_seq_open_with_prompt(kv, "a3", NULL, ta, 9, &a2, &cached), CLLM_OK);
   cr_assert_eq(cached, 4, "a0 survived");
-  check(kv);
-  cllm_kv_cache_destroy(kv);
-  cllm_monitor_destroy(m);
+  check_destroy(kv, m);
 }
 
 /* ---- preemption ------------------------------------------------------------------------ */
@@ -150,9 +144,7 @@ Test(kv_preempt, picks_the_lru_other_sequence_and_calls_back_once) {
   cr_assert_eq(cllm_kv_seq_reserve(kv, e, 1, NULL), CLLM_OK);  // preempts D
   cr_assert_eq(r.calls, 4);
   cr_assert_str_eq(r.ids[3], "D");
-  check(kv);
-  cllm_kv_cache_destroy(kv);
-  cllm_monitor_destroy(m);
+  check_destroy(kv, m);
 }
 
 Test(kv_preempt, callback_may_close_the_victim_and_off_means_enomem_unchanged) {
@@ -189,9 +181,7 @@ Test(kv_preempt, callback_may_close_the_victim_and_off_means_enomem_unchanged) {
   st = stats(kv);
   cr_assert_eq(st.blocks_active, 4);
   cr_assert_eq(st.refused, 1);
-  check(kv);
-  cllm_kv_cache_destroy(kv);
-  cllm_monitor_destroy(m);
+  check_destroy(kv, m);
 }
 
 Test(kv_preempt, many_victims_in_one_call_get_one_callback_each_in_order) {
@@ -224,9 +214,7 @@ Test(kv_preempt, many_victims_in_one_call_get_one_callback_each_in_order) {
   check(kv);
   /* the slots were freed after their callbacks: all reusable */
   for (int i = 0; i < 13; i++) (void)open_seq(kv, ids[i]);
-  check(kv);
-  cllm_kv_cache_destroy(kv);
-  cllm_monitor_destroy(m);
+  check_destroy(kv, m);
 }
 
 /* ---- monitor ---------------------------------------------------------------------------- */
@@ -288,9 +276,7 @@ Test(kv_monitor, a_refusal_reuses_cached_blocks_then_fails_unchanged) {
   cr_assert_eq(cllm_kv_seq_length(kv, s, &n), CLLM_OK);
   cr_assert_eq(n, 12);
   cr_assert_eq(cllm_monitor_used(m, CLLM_CAT_KV), 4 * bb);
-  check(kv);
-  cllm_kv_cache_destroy(kv);
-  cllm_monitor_destroy(m);
+  check_destroy(kv, m);
 }
 
 /* ---- pinning and bands ------------------------------------------------------------- */
@@ -346,7 +332,5 @@ Test(kv_retention, low_bands_go_first_and_pinned_blocks_stay) {
   st = stats(kv);
   cr_assert_eq(st.blocks_pinned, 0);
   cr_assert_eq(st.blocks_cached, 1);
-  check(kv);
-  cllm_kv_cache_destroy(kv);
-  cllm_monitor_destroy(m);
+  check_destroy(kv, m);
 }

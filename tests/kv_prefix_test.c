@@ -21,9 +21,8 @@
 /* ---- prefix sharing ----------------------------------------------------------------- */
 
 Test(kv_prefix, common_prefix_shares_exactly_the_full_blocks) {
-  cllm_monitor_t *m = mk_monitor(0);
-  cllm_kv_config_t c = small_cfg(m, 32, 4);
-  cllm_kv_cache_t *kv = mk(&c);
+  cllm_monitor_t *m;
+  cllm_kv_cache_t *kv = mk_cache(&m, 32, 4);
   cllm_kv_token_t p1[20], p2[20];
   seq_tokens(p1, 20, 1);
   memcpy(p2, p1, sizeof p2);
@@ -68,9 +67,7 @@ Test(kv_prefix, common_prefix_shares_exactly_the_full_blocks) {
   cr_assert_eq(st.blocks_cached, 8);
   cr_assert_eq(cllm_kv_seq_open_with_prompt(kv, "s5", NULL, p2, 20, &s1, &cached), CLLM_OK);
   cr_assert_eq(cached, 16);
-  check(kv);
-  cllm_kv_cache_destroy(kv);
-  cllm_monitor_destroy(m);
+  check_destroy(kv, m);
 }
 
 Test(kv_prefix, salts_isolate_tenants) {
@@ -90,9 +87,7 @@ Test(kv_prefix, salts_isolate_tenants) {
   cr_assert_eq(cached, 0, "the unsalted tenant neither");
   cr_assert_eq(cllm_kv_seq_open_with_prompt(kv, "d", &t1, p, 13, &x, &cached), CLLM_OK);
   cr_assert_eq(cached, 12);
-  check(kv);
-  cllm_kv_cache_destroy(kv);
-  cllm_monitor_destroy(m);
+  check_destroy(kv, m);
 }
 
 static uint64_t const_hash(void *user, uint64_t prev, uint64_t salt, const cllm_kv_token_t *t,
@@ -187,9 +182,7 @@ Test(kv_prefix, a_reused_parent_block_never_validates_its_old_children) {
   cllm_kv_seq_t s;
   cr_assert_eq(cllm_kv_seq_open_with_prompt(kv, "q", NULL, q, 9, &s, &cached), CLLM_OK);
   cr_assert_eq(cached, 4, "Y was computed after X, not X'");
-  check(kv);
-  cllm_kv_cache_destroy(kv);
-  cllm_monitor_destroy(m);
+  check_destroy(kv, m);
 }
 
 Test(kv_prefix, duplicate_content_keeps_one_indexed_copy_and_the_chain_continues) {
@@ -207,9 +200,7 @@ Test(kv_prefix, duplicate_content_keeps_one_indexed_copy_and_the_chain_continues
   size_t cached;
   cr_assert_eq(cllm_kv_seq_open_with_prompt(kv, "c", NULL, p, 13, &s, &cached), CLLM_OK);
   cr_assert_eq(cached, 12, "a's block 0 then b's blocks 1 and 2");
-  check(kv);
-  cllm_kv_cache_destroy(kv);
-  cllm_monitor_destroy(m);
+  check_destroy(kv, m);
 }
 
 /* ---- fork and copy-on-write -------------------------------------------------------- */
@@ -274,7 +265,5 @@ Test(kv_fork, shares_all_blocks_and_copies_the_partial_one_on_first_write) {
   cr_assert_eq(st.blocks_cached, 1);  // p's committed block 0
   cr_assert_eq(st.kv_bytes, cllm_kv_block_bytes(kv));
   cr_assert_eq(cllm_monitor_used(m, CLLM_CAT_KV), st.charged_bytes);
-  check(kv);
-  cllm_kv_cache_destroy(kv);
-  cllm_monitor_destroy(m);
+  check_destroy(kv, m);
 }

@@ -13,9 +13,8 @@
 /* ---- ensure ---------------------------------------------------------------------- */
 
 Test(kv_runtime, ensure_locates_reserved_positions_and_reserves_new_ones) {
-  cllm_monitor_t *m = mk_monitor(0);
-  cllm_kv_config_t c = small_cfg(m, 16, 4);
-  cllm_kv_cache_t *kv = mk(&c);
+  cllm_monitor_t *m;
+  cllm_kv_cache_t *kv = mk_cache(&m, 16, 4);
   cllm_kv_seq_t s = open_seq(kv, "a");
   cllm_kv_loc_t loc[8], again[8];
   /* one token per call, as a decode loop does */
@@ -51,15 +50,12 @@ Test(kv_runtime, ensure_locates_reserved_positions_and_reserves_new_ones) {
   }
   /* locs may be NULL */
   cr_assert_eq(cllm_kv_seq_ensure(kv, s, 10, 1, NULL), CLLM_OK);
-  check(kv);
-  cllm_kv_cache_destroy(kv);
-  cllm_monitor_destroy(m);
+  check_destroy(kv, m);
 }
 
 Test(kv_runtime, ensure_refuses_gaps_and_bad_input_and_leaves_the_sequence_unchanged) {
-  cllm_monitor_t *m = mk_monitor(0);
-  cllm_kv_config_t c = small_cfg(m, 4, 4);
-  cllm_kv_cache_t *kv = mk(&c);
+  cllm_monitor_t *m;
+  cllm_kv_cache_t *kv = mk_cache(&m, 4, 4);
   cllm_kv_seq_t s = open_seq(kv, "a");
   cllm_kv_loc_t loc[4];
   cr_assert_eq(cllm_kv_seq_ensure(kv, s, 0, 3, loc), CLLM_OK);
@@ -91,9 +87,7 @@ Test(kv_runtime, ensure_refuses_gaps_and_bad_input_and_leaves_the_sequence_uncha
   cr_assert_eq(cllm_kv_seq_table_view(kv, s, NULL, &n), CLLM_EINVAL);
   cr_assert_eq(cllm_kv_seq_table_view(kv, s, &t, NULL), CLLM_EINVAL);
   cr_assert_eq(cllm_kv_seq_table_view(kv, stale, &t, &n), CLLM_ENOTFOUND);
-  check(kv);
-  cllm_kv_cache_destroy(kv);
-  cllm_monitor_destroy(m);
+  check_destroy(kv, m);
 }
 
 Test(kv_runtime, ensure_copies_a_shared_partial_block_before_extending_it) {
@@ -113,9 +107,7 @@ Test(kv_runtime, ensure_copies_a_shared_partial_block_before_extending_it) {
   cr_assert_eq(loc[0].block, tc[0]);
   cr_assert_eq(loc[1].block, tc[0]);
   cr_assert_eq(stats(kv).cow_copies, 1);
-  check(kv);
-  cllm_kv_cache_destroy(kv);
-  cllm_monitor_destroy(m);
+  check_destroy(kv, m);
 }
 
 Test(kv_runtime, the_caches_refusals_show_in_the_monitor) {
@@ -256,9 +248,7 @@ Test(kv_runtime, reclaim_gives_pages_back_and_reuse_charges_them_again) {
   cr_assert_eq(st.blocks_given_back, 0);
   cr_assert_eq(st.charged_bytes, 8 * bb);
   cr_assert_leq(st.resident_bytes, st.charged_bytes);
-  check(kv);
-  cllm_kv_cache_destroy(kv);
-  cllm_monitor_destroy(m);
+  check_destroy(kv, m);
 }
 
 Test(kv_runtime, blocks_smaller_than_a_page_are_given_back_in_whole_page_units) {
@@ -295,9 +285,7 @@ Test(kv_runtime, blocks_smaller_than_a_page_are_given_back_in_whole_page_units) 
   cr_assert_eq(st.blocks_given_back, 128);
   cr_assert_eq(st.charged_bytes, 128 * bb);
   cr_assert_leq(st.resident_bytes, st.charged_bytes);
-  check(kv);
-  cllm_kv_cache_destroy(kv);
-  cllm_monitor_destroy(m);
+  check_destroy(kv, m);
 }
 
 /* ---- placement (issue: KV pools take the weights' choices) ---------------------------- */
@@ -435,7 +423,5 @@ Test(kv_runtime, the_table_view_stays_put_until_a_block_is_added) {
   cr_assert_eq(cllm_kv_seq_ensure(kv, ch, 163, 1, NULL), CLLM_OK);
   cr_assert_eq(cllm_kv_seq_table_view(kv, ch, &t, &nb), CLLM_OK);
   cr_assert_eq(t, t0);
-  check(kv);
-  cllm_kv_cache_destroy(kv);
-  cllm_monitor_destroy(m);
+  check_destroy(kv, m);
 }

@@ -1,5 +1,6 @@
-/* Helpers shared by the KV cache's Criterion suites (kv_cache_test.c,
- * kv_model_test.c). */
+/* Helpers shared by the KV cache's Criterion suites (tests/kv_*_test.c): configs, a
+ * cache on a private monitor and its end, stats, sequences, rows, an eviction
+ * recorder. The tier suites add support/kv_tier_fixture.h. */
 #ifndef CLLM_TESTS_KV_TEST_UTIL_H
 #define CLLM_TESTS_KV_TEST_UTIL_H
 
@@ -47,6 +48,13 @@ static cllm_kv_cache_t *mk(const cllm_kv_config_t *c) {
   return kv;
 }
 
+/* A cache of small_cfg(*m, blocks, bt) on a new private monitor *m (no limit). */
+static cllm_kv_cache_t *mk_cache(cllm_monitor_t **m, size_t blocks, uint32_t bt) {
+  *m = mk_monitor(0);
+  cllm_kv_config_t c = small_cfg(*m, blocks, bt);
+  return mk(&c);
+}
+
 static cllm_kv_stats_t stats(cllm_kv_cache_t *kv) {
   cllm_kv_stats_t st;
   st.struct_size = sizeof st;
@@ -55,6 +63,13 @@ static cllm_kv_stats_t stats(cllm_kv_cache_t *kv) {
 }
 
 static void check(cllm_kv_cache_t *kv) { cr_assert_eq(cllm_kv_check(kv), CLLM_OK); }
+
+/* The end of a test: the cache's invariants hold, then the cache and its monitor go. */
+static void check_destroy(cllm_kv_cache_t *kv, cllm_monitor_t *m) {
+  check(kv);
+  cllm_kv_cache_destroy(kv);
+  cllm_monitor_destroy(m);
+}
 
 static cllm_kv_seq_t open_seq(cllm_kv_cache_t *kv, const char *id) {
   cllm_kv_seq_t s;
