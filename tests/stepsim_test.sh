@@ -208,6 +208,19 @@ ok = ok and q["tokens_generated"] == q["expected_tokens"] and q["ok"]
 if not ok: print("rejections not accounted:", r); sys.exit(1)
 EOF
 
+# ---- the default workload on two workers serves every request (a KV pool committed in
+# huge-page steps once took what the arenas needed for a full step: it could never give
+# those pages back, so every step preempted and no request finished) ----
+timeout 300 "$STEPSIM" --threads 2 --seed 42 --requests 120 --progress off --json "$TMP/d2.json" \
+  > "$TMP/d2.out" 2>&1 || die "the default workload on 2 workers failed or hung: $(tail -3 "$TMP/d2.out")"
+"$PY" - "$TMP/d2.json" <<'EOF' || fail=1
+import json, sys
+q = json.load(open(sys.argv[1]))["library"]
+r = q["requests"]
+ok = r["finished"] == r["total"] == 120 and r["rejected"] == 0 and q["ok"]
+if not ok: print("default workload on 2 workers:", r); sys.exit(1)
+EOF
+
 # ---- outputs: checked before the run, "-" is stdout, each file named ----
 for out in "--json $TMP/no/such/dir/x.json" "--timeline $TMP/no/such/dir/t.csv" "--plot $TMP/no/such/x.png"; do
   start=$(date +%s%N)

@@ -295,6 +295,7 @@ struct ss_sim {
   /* library backend */
   cllm_weights_t *wh;
   cllm_kv_cache_t *kv;
+  size_t kv_granule;                /* per pool: the pools are committed in these steps */
   cllm_heaps_t *heaps;
   int *preempted;                   /* request ids preempted by the KV cache this step */
   int n_preempted;
@@ -329,9 +330,16 @@ typedef struct ss_need {
   size_t seq;     /* KV of one sequence of --max-seq-len */
   size_t total;
 } ss_need_t;
-/* Library mode: what cllm-mem charges today (weights rounded to the 2 MiB THP
- * granule, arena chunks of at least 2 MiB, KV blocks of the whole sequence + 1). */
+/* Library mode: what cllm-mem will charge, from its footprint functions (weights,
+ * one arena chunk of a full step per worker, a KV cache of the whole sequence + 1
+ * block). */
 void ss_lib_required_bytes(const ss_config_t *cfg, ss_need_t *n);
+/* stepsim_run_lib.c: the configs library mode creates (the need asks their footprints). */
+cllm_weights_config_t ss_lib_weights_config(const ss_config_t *cfg, int nodes);
+cllm_kv_config_t ss_lib_kv_config(const ss_config_t *cfg); /* no eviction callback */
+cllm_arena_config_t ss_lib_arena_config(void);
+size_t ss_lib_seq_blocks(const ss_config_t *cfg); /* blocks of one max_seq_len sequence + 1 */
+size_t ss_lib_full_temps(const ss_config_t *cfg); /* arena charge of a full step, all workers */
 /* Malloc mode: 64-byte rounded weights, malloc'd temps, one max-length KV buffer. */
 void ss_malloc_required_bytes(const ss_config_t *cfg, ss_need_t *n);
 /* Per-worker temps of a full step (max_step_tokens spread over the workers). */

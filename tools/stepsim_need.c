@@ -3,8 +3,8 @@
  * overflow-safe size arithmetic (a product or sum that does not fit is SIZE_MAX, so
  * it compares as "more than any machine has").
  *
- * ss_lib_required_bytes() mirrors what the library charges today; when cllm-mem
- * offers footprint functions (weights, KV, arena) its body becomes calls to them.
+ * ss_lib_required_bytes() asks the library's footprint functions, with the configs
+ * the run will create (stepsim_run_lib.c builds both), so the two cannot drift.
  */
 #include "stepsim.h"
 
@@ -41,21 +41,21 @@ static void sum_need(ss_need_t *n) {
 }
 
 void ss_lib_required_bytes(const ss_config_t *c, ss_need_t *n) {
-  const size_t huge = 2 * SS_MIB; /* THP granule of the weights heap and arena chunks */
-  n->weights = ss_round_up_sat(c->weights_bytes, huge);
-  if (c->weights_numa_given && c->weights_numa == CLLM_WEIGHTS_NUMA_REPLICATE) {
-    int copies = cllm_topology_nodes(cllm_topology_system()); /* one per node */
-    if (copies > 1) n->weights = ss_mul_sat(n->weights, (size_t)copies);
-  }
-  /* every worker's arena keeps its chunks between steps: a full step each, in
-   * chunks of at least 2 MiB */
-  n->temps = ss_mul_sat((size_t)c->threads, ss_round_up_sat(ss_step_temps_full(c), huge));
-  n->book = SS_BOOK_ONE;
-  /* the block table of a sequence of max_seq_len tokens, plus one block (a deferred
-   * chunk's reservation may straddle a block edge) */
-  size_t block = ss_mul_sat((size_t)c->block_tokens, ss_model_kv_token_bytes(&c->model));
-  size_t blocks = ((size_t)c->max_seq_len + (size_t)c->block_tokens - 1) / (size_t)c->block_tokens + 1;
-  n->seq = ss_mul_sat(blocks, block);
+  int nodes = cllm_topology_nodes(cllm_topology_system());
+  cllm_weights_config_t wc = ss_lib_weights_config(c, nodes);
+  n->weights = cllm_weights_footprint(&wc);
+  if (n->weights == 0) n->weights = SIZE_MAX; /* a config create refuses: never fits */
+  n->temps = ss_lib_full_temps(c); /* every worker's arena keeps a full step's chunk */
+  cllm_heaps_config_t hc = cllm_heaps_config_default();
+  n->book = ss_add_sat(SS_BOOK_ONE, cllm_heaps_footprint(&hc));
+  /* a cache that holds one sequence of max_seq_len (plus one block: a deferred
+   * chunk's reservation may straddle a block edge), committed by pages: the least
+   * the run's cache can be (stepsim_run_lib.c's kv_fit_budget) */
+  cllm_kv_config_t kc = ss_lib_kv_config(c);
+  kc.capacity_blocks = ss_lib_seq_blocks(c);
+  kc.populate = false;
+  n->seq = cllm_kv_footprint(&kc);
+  if (n->seq == 0) n->seq = SIZE_MAX;
   sum_need(n);
 }
 

@@ -80,15 +80,46 @@ static void kv_pages_per_node(const ss_sim_t *s, ss_result_t *res) {
   }
 }
 
-static int setup_weights(ss_sim_t *s) {
-  const ss_config_t *c = s->cfg;
+cllm_weights_config_t ss_lib_weights_config(const ss_config_t *c, int nodes) {
   cllm_weights_config_t wc = cllm_weights_config_default();
   wc.capacity_bytes = c->weights_bytes;
-  wc.numa = s->nodes > 1 ? CLLM_WEIGHTS_NUMA_INTERLEAVE : CLLM_WEIGHTS_NUMA_LOCAL;
+  wc.numa = nodes > 1 ? CLLM_WEIGHTS_NUMA_INTERLEAVE : CLLM_WEIGHTS_NUMA_LOCAL;
   if (c->weights_numa_given) wc.numa = c->weights_numa, wc.node = c->weights_node;
   wc.huge_pages = CLLM_WEIGHTS_HUGE_TRANSPARENT;
   wc.lock = c->lock;
   wc.reader_threads = c->threads;
+  return wc;
+}
+
+cllm_kv_config_t ss_lib_kv_config(const ss_config_t *c) {
+  cllm_kv_config_t kc = cllm_kv_config_default();
+  if (c->kv_numa_given) kc.numa = c->kv_numa, kc.numa_node = c->kv_node;
+  kc.layers = (uint32_t)c->model.layers;
+  kc.kv_heads = (uint32_t)c->model.kv_heads;
+  kc.head_dim = (uint32_t)c->model.head_dim;
+  kc.dtype_bytes = (uint32_t)c->model.dtype_bytes;
+  kc.block_tokens = (uint32_t)c->block_tokens;
+  kc.preemption = true;
+  kc.max_seqs = (size_t)c->requests + 64;
+  return kc;
+}
+
+size_t ss_lib_seq_blocks(const ss_config_t *c) {
+  return ((size_t)c->max_seq_len + (size_t)c->block_tokens - 1) / (size_t)c->block_tokens + 1;
+}
+
+cllm_arena_config_t ss_lib_arena_config(void) {
+  cllm_arena_config_t ac = cllm_arena_config_default();
+  /* give memory back after a run of decode-only steps (the KV cache can use it);
+   * a prefill-heavy step grows the arena again, reclaiming cached KV if need be */
+  ac.shrink_after_steps = 8;
+  ac.shrink_fraction = 0.5;
+  return ac;
+}
+
+static int setup_weights(ss_sim_t *s) {
+  const ss_config_t *c = s->cfg;
+  cllm_weights_config_t wc = ss_lib_weights_config(c, s->nodes);
   cllm_status_t rc = cllm_weights_create(&wc, &s->wh);
   if (rc != CLLM_OK) return fail("weights heap", rc);
   size_t done = 0;
@@ -127,13 +158,16 @@ static int setup_weights(ss_sim_t *s) {
   return 0;
 }
 
-/* The largest KV cache whose full charge (cllm_kv_footprint) fits `budget`: with
- * populate (2 MiB commit steps per pool) while that leaves room for `need_blocks`,
- * else committed by pages. 0, or -1 when not even need_blocks fit. */
-static int kv_fit_budget(cllm_kv_config_t *kc, size_t budget, size_t need_blocks) {
+/* The largest KV cache whose full charge (cllm_kv_footprint) fits: with populate
+ * (2 MiB commit steps per pool) within `budget_huge`, while that leaves room for
+ * need_blocks, else committed by pages within `budget_pages`. 0, or -1 when not even
+ * need_blocks fit. */
+static int kv_fit_budget(cllm_kv_config_t *kc, size_t budget_huge, size_t budget_pages,
+                         size_t need_blocks) {
   size_t block = 2u * (size_t)kc->layers * kc->block_tokens * kc->kv_heads * kc->head_dim *
                  kc->dtype_bytes;
   for (int populate = 1; populate >= 0; populate--) {
+    size_t budget = populate ? budget_huge : budget_pages;
     kc->populate = populate;
     kc->capacity_blocks = budget / block;
     for (;;) {
@@ -147,6 +181,13 @@ static int kv_fit_budget(cllm_kv_config_t *kc, size_t budget, size_t need_blocks
   return -1;
 }
 
+size_t ss_lib_full_temps(const ss_config_t *c) {
+  cllm_arena_config_t ac = ss_lib_arena_config();
+  ac.initial_bytes = ss_step_temps_full(c);
+  size_t arena = cllm_arena_footprint(&ac);
+  return ss_mul_sat((size_t)c->threads, arena == 0 ? SIZE_MAX : arena);
+}
+
 static int lib_setup(ss_sim_t *s) {
   const ss_config_t *c = s->cfg;
   if (setup_weights(s) != 0) return -1;
@@ -156,12 +197,15 @@ static int lib_setup(ss_sim_t *s) {
   cllm_status_t rc = cllm_heaps_create(&hc, &s->heaps);
   if (rc != CLLM_OK) return fail("NUMA heaps", rc);
 
-  /* KV pool: what the limit leaves after the weights, the bookkeeping and the temps
-   * of a decode step (max batch tokens over the workers). The step arenas take theirs
-   * from the same monitor as they grow: a prefill-heavy step needs more than that,
-   * and then the KV cache's reclaimer gives cached blocks back (the monitor
-   * arbitrates); an arena that still cannot grow fails the step and the scheduler
-   * preempts the youngest request. */
+  /* KV pool: what the limit leaves after the weights, the bookkeeping and the temps.
+   * Committed by pages, the pool may take what a full step's temps would need
+   * beyond a decode step's (max batch tokens over the workers): the step arenas
+   * take theirs from the same monitor as they grow, and then the KV cache's
+   * reclaimer gives FREE and CACHED blocks' pages back (the monitor arbitrates); an
+   * arena that still cannot grow fails the step and the scheduler preempts the
+   * youngest request. Committed in huge-page steps, the pool gives pages back only
+   * in whole huge pages of FREE blocks (cllm/kv_cache.h): it is sized beside the
+   * arenas at a full step, so that it never has to. */
   size_t used = cllm_monitor_used(s->mon, CLLM_CAT_COUNT);
   size_t temps = (size_t)c->threads * ss_step_temp_estimate(c, c->max_batch / c->threads + 1);
   size_t book = SS_BOOK_BYTES; /* request token arrays and block tables, heap batches */
@@ -174,25 +218,20 @@ static int lib_setup(ss_sim_t *s) {
             t[0], t[1], t[2]);
     return -1;
   }
-  cllm_kv_config_t kc = cllm_kv_config_default();
-  if (c->kv_numa_given) kc.numa = c->kv_numa, kc.numa_node = c->kv_node;
-  kc.layers = (uint32_t)c->model.layers;
-  kc.kv_heads = (uint32_t)c->model.kv_heads;
-  kc.head_dim = (uint32_t)c->model.head_dim;
-  kc.dtype_bytes = (uint32_t)c->model.dtype_bytes;
-  kc.block_tokens = (uint32_t)c->block_tokens;
-  kc.preemption = true;
+  cllm_kv_config_t kc = ss_lib_kv_config(c);
   kc.evict_fn = on_evict;
   kc.evict_user = s;
-  kc.max_seqs = (size_t)c->requests + 64;
   /* the cache charges its committed pages: size it so that its full charge fits */
-  size_t need_blocks = ((size_t)c->max_seq_len + c->block_tokens - 1) / c->block_tokens + 1;
-  if (kv_fit_budget(&kc, c->mem_limit - used - book - temps, need_blocks) != 0) {
+  size_t need_blocks = ss_lib_seq_blocks(c);
+  size_t full = ss_lib_full_temps(c), left = c->mem_limit - used - book;
+  if (kv_fit_budget(&kc, left > full ? left - full : 0, left - temps, need_blocks) != 0) {
     fprintf(stderr, "stepsim: the KV cache (%zu blocks) cannot hold one sequence of --max-seq-len %d; "
             "raise %s\n", kc.capacity_blocks, c->max_seq_len,
             c->mem_limit_given ? "--mem-limit" : "--kv-budget");
     return -1;
   }
+  /* cllm/kv_cache.h "Residency": huge-page steps with populate, else pages */
+  s->kv_granule = kc.populate ? 2 * SS_MIB : (size_t)sysconf(_SC_PAGESIZE);
   rc = cllm_kv_cache_create(&kc, &s->kv);
   if (rc != CLLM_OK) return fail("KV cache", rc);
   if (c->kv_store != NULL) {  /* --kv-store: a write-through tier on Redis */
@@ -331,13 +370,29 @@ static void lib_book_free(ss_sim_t *s, void *p) { cllm_heap_free(s->heaps, p); }
 
 static size_t blocks_of(size_t tokens, int bt) { return (tokens + (size_t)bt - 1) / (size_t)bt; }
 
+/* Blocks the monitor's headroom lets the cache add: past the committed prefix every
+ * pool grows by whole granules (one step charges a granule per pool), so headroom
+ * short of a step adds nothing; given-back FREE blocks are charged again per block. */
+static size_t blocks_by_headroom(const ss_sim_t *s, const cllm_kv_stats_t *ks, size_t headroom) {
+  size_t pools = 2 * (size_t)s->cfg->model.layers, chunk = ks->block_bytes / pools;
+  size_t g = s->kv_granule;
+  size_t step_blocks = chunk >= g ? 1 : g / chunk;
+  size_t step_bytes = (chunk >= g ? (chunk + g - 1) / g * g : g) * pools;
+  size_t grow = headroom / step_bytes * step_blocks;
+  size_t beyond = ks->num_blocks - ks->blocks_committed;
+  if (grow > beyond) grow = beyond;
+  size_t back = headroom / ks->block_bytes;
+  if (back > ks->blocks_given_back) back = ks->blocks_given_back;
+  return grow > back ? grow : back;
+}
+
 static bool lib_can_admit(ss_sim_t *s, ss_req_t *r) {
   cllm_kv_stats_t ks = {.struct_size = sizeof ks};
   if (cllm_kv_stats(s->kv, &ks) != CLLM_OK) return false;
   /* Headroom for new KV: what the limit leaves, minus what the arenas may need to
    * grow back to a full step (the larger of the estimate and the most they have
-   * held: they shrink in decode-only phases); cached blocks are
-   * available either way (the KV cache reuses them, the reclaimer drops them). */
+   * held: they shrink in decode-only phases). Blocks inside the committed prefix
+   * (FREE with their pages, CACHED) need no charge; more need the headroom. */
   const ss_config_t *c = s->cfg;
   size_t limit = cllm_monitor_limit(s->mon), used = cllm_monitor_used(s->mon, CLLM_CAT_COUNT);
   size_t step_now = cllm_monitor_used(s->mon, CLLM_CAT_STEP);
@@ -346,9 +401,8 @@ static bool lib_can_admit(ss_sim_t *s, ss_req_t *r) {
   if (step_peak > step_full) step_full = step_peak;
   size_t keep = step_full > step_now ? step_full - step_now : 0;
   size_t headroom = limit > used + keep ? limit - used - keep : 0;
-  size_t avail = ks.blocks_free + ks.blocks_cached;
-  size_t by_mon = ks.blocks_cached + headroom / ks.block_bytes;
-  if (by_mon < avail) avail = by_mon;
+  size_t ready = ks.blocks_committed - ks.blocks_active - ks.blocks_given_back;
+  size_t avail = ready + blocks_by_headroom(s, &ks, headroom);
   /* the prompt, plus a watermark so running requests can still grow */
   size_t need = blocks_of((size_t)r->prompt_len + 1, s->cfg->block_tokens) + ks.num_blocks / 50 + 1;
   return avail >= need;
@@ -441,11 +495,7 @@ static void lib_snapshot(ss_sim_t *s, ss_row_t *row) {
 static int lib_worker_init(ss_worker_t *w) {
   /* with --weights-numa replicate: the copy on this worker's node (it is bound) */
   w->weights = cllm_weights_local(w->sim->wh);
-  cllm_arena_config_t ac = cllm_arena_config_default();
-  /* give memory back after a run of decode-only steps (the KV cache can use it);
-   * a prefill-heavy step grows the arena again, reclaiming cached KV if need be */
-  ac.shrink_after_steps = 8;
-  ac.shrink_fraction = 0.5;
+  cllm_arena_config_t ac = ss_lib_arena_config();
   cllm_status_t rc = cllm_arena_create(&ac, &w->arena);
   if (rc != CLLM_OK) return fail("step arena", rc);
   return 0;
