@@ -516,6 +516,15 @@ cllm_status_t cllm_weights_alloc(cllm_weights_t *w, size_t bytes, size_t align, 
 
 /* ---- loading ---------------------------------------------------------------------- */
 
+/* May a load at `off` let its reads fault its pages in? Transparent huge pages, one
+ * copy, pages placed by a policy or on a one-node machine, and the load starts at
+ * the committed end (so its reads write every page up to its last commit unit). */
+static bool first_write_fits(const cllm_weights_t *w, size_t off) {
+  int n_nodes = w->topo != NULL ? cllm_topology_nodes(w->topo) : 1;
+  return w->huge_applied == CLLM_WEIGHTS_HUGE_TRANSPARENT && w->replicas == 1 &&
+         !(w->numa_applied == CLLM_WEIGHTS_NUMA_DEFAULT && n_nodes > 1) && off == w->committed;
+}
+
 static cllm_status_t load_into(cllm_weights_t *w, int fd, uint64_t offset, size_t bytes,
                                void **out) {
   size_t fsize, end;
@@ -532,14 +541,22 @@ static cllm_status_t load_into(cllm_weights_t *w, int fd, uint64_t offset, size_
   size_t off;
   cllm_status_t s = place(w, bytes, 0, &off);
   if (s != CLLM_OK) return s;
-  /* Commit the load's pages first (on the readers, by the policy), then read: faster
-   * here than letting the reads' own writes fault them in (bench/RESULTS.md,
-   * weights_bench full_load). */
-  s = commit_to(w, off + bytes);
-  if (s != CLLM_OK) return s;
+  /* The faster way per page size (bench/RESULTS.md, weights_bench full_load): with
+   * transparent huge pages the reads' own writes fault the pages in, where every
+   * page of the range is written and a policy (not first touch) places them;
+   * otherwise the load's pages are committed first (on the readers), then read. */
+  bool direct = first_write_fits(w, off);
+  if (!direct) {
+    s = commit_to(w, off + bytes);
+    if (s != CLLM_OK) return s;
+  }
   cllm__weights_job_t j = job_of(w, w->base + off, bytes, w->chunk, fd);
   j.file_off = (off_t)offset;
   s = cllm__weights_job_run(&j, true, true);
+  if (s == CLLM_OK && direct) { /* written, so present; then the last unit's tail */
+    w->committed = cllm__align_down(off + bytes, w->commit_unit);
+    s = commit_to(w, off + bytes);
+  }
   if (s == CLLM_OK && w->replicas > 1) /* the other copies, from copy 0 (a copy cannot fail) */
     (void)cllm__weights_replicas_fill(w->topo, w->base, w->capacity, 1, w->replicas, off, bytes,
                                       w->readers, w->chunk, true);

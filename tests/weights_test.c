@@ -208,7 +208,9 @@ Test(weights, footprint_is_what_create_charges_and_resident_never_passes_it) {
 /* Create commits nothing; a load commits its own range (one commit step per 64 MiB),
  * then reads; resident never passes the charge taken at create. A partial fill
  * commits the rest at seal. */
-Test(weights, a_load_commits_its_range_then_reads_it) {
+/* Base pages: the load commits its range (one step), then reads. Transparent huge
+ * pages: the reads fault the range in (no step). */
+Test(weights, a_load_commits_its_range_first_or_by_its_reads) {
   cllm_monitor_t *m = mk_monitor(0);
   uint64_t csum;
   const char *path = make_file(6 * MiB, 43, 0, 6 * MiB, &csum);
@@ -225,14 +227,16 @@ Test(weights, a_load_commits_its_range_then_reads_it) {
     unsigned long madvise0 = cllm_fault_calls(CLLM_FAULT_MADVISE);
     void *p;
     cr_assert_eq(cllm_weights_load_path(w, path, 0, CLLM_WEIGHTS_TO_EOF, &p), CLLM_OK);
-    cr_assert_eq(cllm_fault_calls(CLLM_FAULT_MADVISE), madvise0 + 1, "one step (huge %d)", huge);
+    cr_assert_eq(cllm_fault_calls(CLLM_FAULT_MADVISE), madvise0 + (huge ? 0 : 1),
+                 "steps (huge %d)", huge);
     cr_assert_eq(checksum(p, 6 * MiB), csum);
     st = stats_of(w);
     cr_assert_eq(st.resident_bytes, st.capacity_bytes, "written once, so resident");
     cr_assert_eq(st.pages_absent, 0);
     cr_assert_leq(st.resident_bytes, cllm_monitor_used(m, CLLM_CAT_WEIGHTS));
     cr_assert_eq(cllm_weights_seal(w), CLLM_OK);
-    cr_assert_eq(cllm_fault_calls(CLLM_FAULT_MADVISE), madvise0 + 1, "nothing left for seal");
+    cr_assert_eq(cllm_fault_calls(CLLM_FAULT_MADVISE), madvise0 + (huge ? 0 : 1),
+                 "nothing left for seal");
     cr_assert_eq(cllm_weights_check(w), CLLM_OK);
     cllm_weights_destroy(w);
   }
@@ -257,6 +261,51 @@ Test(weights, a_load_commits_its_range_then_reads_it) {
   cr_assert_eq(stats_of(w).resident_bytes, 16 * MiB);
   cr_assert_eq(cllm_weights_check(w), CLLM_OK);
   cllm_weights_destroy(w);
+  unlink(path);
+  cllm_monitor_destroy(m);
+}
+
+/* Transparent huge pages, a load ending inside a page (the commit unit): the reads
+ * fault in what they write, one step commits the rest of that page; when that step fails the load
+ * fails whole (zeros back, nothing used) and the heap stays consistent. */
+Test(weights, a_first_write_load_commits_its_last_units_tail) {
+  cllm_monitor_t *m = mk_monitor(0);
+  uint64_t csum;
+  const char *path = make_file(3 * MiB + 104, 44, 0, 3 * MiB + 104, &csum);
+  cllm_weights_config_t c = cfg_with(m, 6 * MiB);
+  c.huge_pages = CLLM_WEIGHTS_HUGE_TRANSPARENT;
+  c.reader_threads = 2, c.read_chunk_bytes = MiB;
+  for (int fail = 1; fail >= 0; fail--) {
+    cllm_weights_t *w;
+    cr_assert_eq(cllm_weights_create(&c, &w), CLLM_OK);
+    cllm_fault_reset();
+    unsigned long madvise0 = cllm_fault_calls(CLLM_FAULT_MADVISE);
+    if (fail) cllm_fault_arm(CLLM_FAULT_MADVISE, 1);
+    void *p;
+    cllm_status_t rc = cllm_weights_load_path(w, path, 0, CLLM_WEIGHTS_TO_EOF, &p);
+    unsigned long steps = cllm_fault_calls(CLLM_FAULT_MADVISE) - madvise0;
+    cllm_fault_reset();
+    cllm_weights_stats_t st = stats_of(w);
+    if (fail) {
+      cr_assert(rc == CLLM_ENOMEM || rc == CLLM_ESYS, "%s", cllm_status_name(rc));
+      cr_assert_null(p);
+      cr_assert_eq(st.used_bytes, 0);
+      const unsigned char *b = cllm_weights_base(w);
+      size_t nonzero = 0;
+      for (size_t i = 0; i < 3 * MiB + 104; i++) nonzero += b[i] != 0;
+      cr_assert_eq(nonzero, 0, "the zeros are back");
+    } else {
+      cr_assert_eq(rc, CLLM_OK);
+      cr_assert_eq(steps, 1, "one step: the tail");
+      cr_assert_eq(checksum(p, 3 * MiB + 104), csum);
+      cr_assert_geq(st.resident_bytes, 3 * MiB + 4096, "the last page whole");
+    }
+    cr_assert_leq(st.resident_bytes, cllm_monitor_used(m, CLLM_CAT_WEIGHTS));
+    cr_assert_eq(cllm_weights_check(w), CLLM_OK);
+    cr_assert_eq(cllm_weights_seal(w), CLLM_OK);
+    cr_assert_eq(cllm_weights_check(w), CLLM_OK);
+    cllm_weights_destroy(w);
+  }
   unlink(path);
   cllm_monitor_destroy(m);
 }

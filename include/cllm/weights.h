@@ -28,11 +28,15 @@
  *
  * Commit policy: create charges the whole region (stats: committed_bytes, counted
  * in the kernel's commit charge too) but writes no page. A page becomes resident
- * when first needed, where the policy puts it: a load's reader threads commit its
- * range (MADV_POPULATE_WRITE), then pread into it (chosen over letting the reads
- * fault the pages in: bench/RESULTS.md, weights_bench full_load); alloc commits its pages before it
- * returns (on the reader threads); seal commits whatever no alloc or load reached,
- * so a sealed region is wholly resident and placed.
+ * when first needed, where the policy puts it. A load's reader threads pread into
+ * its range; with base pages they commit it first (MADV_POPULATE_WRITE), with
+ * transparent huge pages the reads' writes fault it in where the range covers whole
+ * commit units from the committed end (the faster way for each: bench/RESULTS.md,
+ * weights_bench full_load; on a several-node machine with no policy the caller's
+ * thread commits first, so that first touch does not scatter the pages). alloc
+ * commits its pages before it returns (on the reader threads); seal commits
+ * whatever no alloc or load reached, so a sealed region is wholly resident and
+ * placed.
  * capacity_bytes is rounded up to the page size (to 2 MiB with huge pages); the
  * rounded size is what is charged and what stats report as capacity
  * (cllm_weights_footprint gives it before create).
