@@ -52,7 +52,11 @@
 //                     cllm_kv_seq_table_view when ensure reached a new block (offset
 //                     0: the table may have moved), vs cllm_kv_four_calls = length +
 //                     reserve + block_table (copy) + commit; goal: at least 2x fewer
-//                     ns per token.
+//                     ns per token. Also cllm_kv_two_getters: the length and
+//                     block_table calls alone (what four_calls does beyond a
+//                     reserve + commit; plus a 16-token reserve per 16 calls, so the
+//                     table grows as there), so the best ratio four_calls can have
+//                     over ensure is about 1 + two_getters / ensure.
 //
 // Flags: --only blocks|seed1k|seed256k|utilisation|decode|ensure, --impl NAME (seed rows).
 //
@@ -800,11 +804,11 @@ static void bench_ensure_commit() {
   const size_t tokens = 1024, seqs = 64;
   cllm_kv_cache_t *kv = make_kv(4, 8, 64, 2, tokens / 16 + 16, true, false);
   std::vector<uint32_t> copy(tokens / 16 + 1);
-  std::vector<double> ns[2];
+  std::vector<double> ns[3];
   char id[16];
   uint64_t serial = 0;
   for (int rep = 0; rep < g_o.reps; rep++) {
-    for (int impl = 0; impl < 2; impl++) {
+    for (int impl = 0; impl < 3; impl++) {
       double total = 0;
       for (size_t q = 0; q < seqs; q++) {
         std::snprintf(id, sizeof id, "r%llu", (unsigned long long)serial++);
@@ -815,6 +819,14 @@ static void bench_ensure_commit() {
         for (size_t pos = 0; pos < tokens; pos++) {
           cllm_kv_token_t tok = (cllm_kv_token_t)(serial * 7 + pos);
           cllm_kv_loc_t loc;
+          if (impl == 2) {  // the getters alone; the table grows a block per 16 calls
+            if (pos % 16 == 0) CHECK(cllm_kv_seq_reserve(kv, s, 16, nullptr) == CLLM_OK, "reserve");
+            size_t len;
+            CHECK(cllm_kv_seq_length(kv, s, &len) == CLLM_OK && len == pos - pos % 16 + 16, "length");
+            CHECK(cllm_kv_seq_block_table(kv, s, copy.data(), copy.size(), &nb) == CLLM_OK, "table");
+            bench_sink((void *)(uintptr_t)copy[nb - 1]);
+            continue;
+          }
           if (impl == 0) {
             CHECK(cllm_kv_seq_ensure(kv, s, pos, 1, &loc) == CLLM_OK, "ensure");
             if (loc.offset == 0)
@@ -839,6 +851,7 @@ static void bench_ensure_commit() {
   }
   emit("ensure_commit", "cllm_kv_ensure", ns[0].data(), g_o.reps, tokens * seqs, "tokens", tokens);
   emit("ensure_commit", "cllm_kv_four_calls", ns[1].data(), g_o.reps, tokens * seqs, "tokens", tokens);
+  emit("ensure_commit", "cllm_kv_two_getters", ns[2].data(), g_o.reps, tokens * seqs, "tokens", tokens);
   cllm_kv_cache_destroy(kv);
 }
 
