@@ -167,6 +167,12 @@ static cllm__weights_job_t job_of(const cllm_weights_t *w, char *dst, size_t tot
   return j;
 }
 
+/* Does first touch decide where pages land (no policy on a several-node machine)? */
+static bool first_touch_places(const cllm_weights_t *w) {
+  int n_nodes = w->topo != NULL ? cllm_topology_nodes(w->topo) : 1;
+  return w->numa_applied == CLLM_WEIGHTS_NUMA_DEFAULT && n_nodes > 1;
+}
+
 /* Commit [committed, to) of every copy (to rounded up to the commit unit, at most
  * capacity) on the reader threads. With no policy on a several-node machine only
  * this thread touches the pages (first touch decides their node). On failure
@@ -184,10 +190,8 @@ static cllm_status_t commit_to(cllm_weights_t *w, size_t to) {
                                                           w->replicas, from, to - from,
                                                           w->readers, step, false));
   } else {
-    int n_nodes = w->topo != NULL ? cllm_topology_nodes(w->topo) : 1;
     cllm__weights_job_t commit = job_of(w, w->base + from, to - from, step, -1);
-    s = cllm__weights_job_run(&commit, false,
-                              !(w->numa_applied == CLLM_WEIGHTS_NUMA_DEFAULT && n_nodes > 1));
+    s = cllm__weights_job_run(&commit, false, !first_touch_places(w));
   }
   if (s == CLLM_OK) w->committed = to;
   return s;
@@ -520,9 +524,8 @@ cllm_status_t cllm_weights_alloc(cllm_weights_t *w, size_t bytes, size_t align, 
  * copy, pages placed by a policy or on a one-node machine, and the load starts at
  * the committed end (so its reads write every page up to its last commit unit). */
 static bool first_write_fits(const cllm_weights_t *w, size_t off) {
-  int n_nodes = w->topo != NULL ? cllm_topology_nodes(w->topo) : 1;
   return w->huge_applied == CLLM_WEIGHTS_HUGE_TRANSPARENT && w->replicas == 1 &&
-         !(w->numa_applied == CLLM_WEIGHTS_NUMA_DEFAULT && n_nodes > 1) && off == w->committed;
+         !first_touch_places(w) && off == w->committed;
 }
 
 static cllm_status_t load_into(cllm_weights_t *w, int fd, uint64_t offset, size_t bytes,
